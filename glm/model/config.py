@@ -55,7 +55,7 @@ class GLMConfig:
     mlp: str = "gelu"  # gelu (h -> 4h -> h) | geglu (GLM-130B)
     gelu_approximate: str = "tanh"  # tanh (original GLM training) | none (erf, as the HF port)
     embedding_grad_scale: float = 1.0  # alpha of GLM-130B's embedding gradient shrink; 1.0 = off
-    softmax_in_fp32: bool = False  # attention softmax in fp32 under fp16/bf16
+    softmax_in_fp32: bool = False  # attention scores/softmax in fp32 under fp16/bf16 (GLM-130B)
 
     def __post_init__(self) -> None:
         problems = []

@@ -158,14 +158,13 @@ class SelfAttention(nn.Module):
 
 def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, softmax_in_fp32: bool) -> Tensor:
     """The readable reference, arithmetic as in the original (spec §1.3): scale K, fill -65504, softmax."""
+    dtype = q.dtype
+    if softmax_in_fp32 and dtype in (torch.float16, torch.bfloat16):  # scores, softmax and PV in fp32
+        q, k, v = q.float(), k.float(), v.float()
     scores = q @ (k.transpose(-1, -2) / math.sqrt(q.shape[-1]))
     scores = scores.masked_fill(~mask, MASKED_SCORE)
-    if softmax_in_fp32:
-        probs = scores.float().softmax(dim=-1).to(v.dtype)
-    else:
-        probs = scores.softmax(dim=-1)
-    probs = F.dropout(probs, p=dropout, training=dropout > 0)
-    return probs @ v
+    probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=dropout > 0)
+    return (probs @ v).to(dtype)
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, softmax_in_fp32: bool) -> Tensor:
