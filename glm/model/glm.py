@@ -23,32 +23,70 @@ MASKED_SCORE = -65504.0  # the original's finite fill value (spec §1.3); larges
 # --------------------------------------------------------------------------------------------------
 # Attention mask (spec §2) and cache
 # --------------------------------------------------------------------------------------------------
-def build_attention_mask(
-    sep: Tensor | int | None, batch_size: int, query_length: int, memory_length: int = 0,
-    device: torch.device | None = None,
-) -> Tensor:
-    """Boolean mask `[B, 1, L, M + L]`, True where query i may attend key j.
-
-    Within the current chunk: `j < sep or j <= i` (sep = 0 is causal, sep = L bidirectional).
-    The M cached columns on the left are always visible (spec §1.7).
-    """
+def _per_token_prefix(sep: Tensor | int | None, batch_size: int, length: int, device) -> Tensor:
+    """Normalise every sep form to `[B, L]`: for each key position, the end of its sample's Part A."""
     if sep is None:
         sep = 0
     if not torch.is_tensor(sep):
         sep = torch.tensor([int(sep)], device=device)
-    sep = sep.reshape(-1).to(device=device, dtype=torch.long)
+    sep = sep.to(device=device, dtype=torch.long)
+    if sep.dim() == 2:
+        if sep.shape != (batch_size, length):
+            raise ValueError(f"a per-token sep must be [B, L] = {[batch_size, length]}, got {list(sep.shape)}")
+        return sep
+    sep = sep.reshape(-1)
     if sep.numel() == 1:
         sep = sep.expand(batch_size)
     if sep.numel() != batch_size:
         raise ValueError(f"sep has {sep.numel()} entries for a batch of {batch_size}")
-    rows = torch.arange(query_length, device=device)
+    return sep[:, None].expand(batch_size, length)
+
+
+def build_attention_mask(
+    sep: Tensor | int | None, batch_size: int, query_length: int, memory_length: int = 0,
+    device: torch.device | None = None, segment_ids: Tensor | None = None,
+) -> Tensor:
+    """Boolean mask `[B, 1, L, M + L]`, True where query i may attend key j.
+
+    Within the current chunk: `j < sep or j <= i` (sep = 0 is causal, sep = L bidirectional).
+    The M cached columns on the left are always visible (spec §1.7). Packed rows (several samples in
+    one row) pass `segment_ids [B, L]` and a per-token `sep [B, L]` (each token's sample Part-A end,
+    as an index into the row); attention then never crosses samples.
+    """
     cols = torch.arange(query_length, device=device)
-    causal = cols[None, :] <= rows[:, None]  # [L, L]
-    prefix = cols[None, None, :] < sep[:, None, None]  # [B, 1, L]
-    mask = causal[None] | prefix  # [B, L, L]
+    causal = cols[None, :] <= cols[:, None]  # [L, L]
+    if segment_ids is None and (not torch.is_tensor(sep) or sep.dim() < 2):
+        prefix_end = _per_token_prefix(sep, batch_size, query_length, device)[:, :1]  # [B, 1]
+        mask = causal[None] | (cols[None, None, :] < prefix_end[:, :, None])  # [B, L, L]
+    else:
+        prefix_end = _per_token_prefix(sep, batch_size, query_length, device)  # [B, L] per key
+        mask = causal[None] | (cols[None, None, :] < prefix_end[:, None, :])
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
     if memory_length:
         mask = torch.cat([mask.new_ones(batch_size, query_length, memory_length), mask], dim=-1)
     return mask[:, None]
+
+
+def build_block_mask(
+    sep: Tensor | int | None, batch_size: int, query_length: int, memory_length: int = 0,
+    device: torch.device | None = None, segment_ids: Tensor | None = None,
+):
+    """The same rule as `build_attention_mask`, as a FlexAttention block mask: blocks with no visible
+    key (Part-A rows against Part-B columns, other samples of a packed row) are skipped entirely."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    prefix_end = _per_token_prefix(sep, batch_size, query_length, device)
+    M = memory_length
+
+    def glm_mask(b, h, q_idx, kv_idx):
+        key = (kv_idx - M).clamp(min=0)
+        visible = (key < prefix_end[b, key]) | (key <= q_idx)
+        if segment_ids is not None:
+            visible = visible & (segment_ids[b, q_idx] == segment_ids[b, key])
+        return (kv_idx < M) | visible
+
+    return create_block_mask(glm_mask, batch_size, None, query_length, M + query_length, device=device)
 
 
 def _explicit_mask(attention_mask: Tensor, key_length: int) -> Tensor:
@@ -150,6 +188,8 @@ class SelfAttention(nn.Module):
         dropout = self.config.attention_dropout if self.training else 0.0
         if impl == "eager":
             context = eager_attention(q, k, v, mask, dropout, self.config.softmax_in_fp32)
+        elif impl == "flex":
+            context = flex_attention_glm(q, k, v, mask, self.config.softmax_in_fp32)
         else:
             context = sdpa_attention(q, k, v, mask, dropout, self.config.softmax_in_fp32)
         context = context.transpose(1, 2).reshape(B, L, h)
@@ -174,6 +214,22 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float
         q, k, v = q.float(), k.float(), v.float()
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
     return out.to(dtype)
+
+
+_compiled_flex = None
+
+
+def flex_attention_glm(q: Tensor, k: Tensor, v: Tensor, block_mask, softmax_in_fp32: bool) -> Tensor:
+    """FlexAttention with the GLM block mask (compiled once per process; needs no dense mask)."""
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    dtype = q.dtype
+    if softmax_in_fp32 and dtype in (torch.float16, torch.bfloat16):
+        q, k, v = q.float(), k.float(), v.float()
+    return _compiled_flex(q, k, v, block_mask=block_mask).to(dtype)
 
 
 class MLP(nn.Module):
@@ -287,11 +343,19 @@ class GLM(nn.Module):
                 nn.init.normal_(layer.mlp.dense_4h_to_h.weight, 0.0, out_std)
 
     def attention_impl(self, x: Tensor) -> str:
+        """Kernel for this call. `auto`: flex on CUDA (when there is no attention dropout to apply),
+        sdpa elsewhere. Flex on CPU has no backward pass in torch, so it is inference-only there."""
         impl = self.config.attention
+        dropout = self.training and self.config.attention_dropout > 0
         if impl == "auto":
-            return "sdpa"
+            return "flex" if x.is_cuda and not dropout else "sdpa"
         if impl == "flex":
-            raise NotImplementedError("attention='flex' is not available yet; use sdpa or eager")
+            if dropout:
+                raise ValueError("attention='flex' applies no attention dropout: set attention_dropout=0 "
+                                 "for training with flex, or use attention='sdpa'/'auto'")
+            if not x.is_cuda and torch.is_grad_enabled() and x.requires_grad:
+                raise ValueError("attention='flex' on CPU is inference-only (torch has no CPU backward for "
+                                 "flex_attention); use attention='sdpa' or 'auto' for training on CPU")
         return impl
 
     def embed(self, input_ids: Tensor | None, position_ids: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
@@ -315,6 +379,7 @@ class GLM(nn.Module):
         use_cache: bool = False,
         output_hidden_states: bool = False,
         inputs_embeds: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> GLMOutput:
         """Run the backbone on `[B, L]` ids (or `inputs_embeds [B, L, h]`, for continuous prompts).
 
@@ -323,6 +388,7 @@ class GLM(nn.Module):
              explicit `attention_mask [B, 1, L, M+L]` (True/1 = may attend) is given.
         cache: keys/values of earlier positions; they are visible to every new query. With
              `use_cache=True` the returned `out.cache` holds them plus this call's positions.
+        segment_ids: `[B, L]` sample index of each token in packed rows (then `sep` is per token `[B, L]`).
         """
         x_ref = input_ids if input_ids is not None else inputs_embeds
         B, L = x_ref.shape[:2]
@@ -333,14 +399,18 @@ class GLM(nn.Module):
         elif position_ids.shape != (B, 2, L):
             raise ValueError(f"position_ids must have shape [B, 2, L] = {[B, 2, L]}, got {list(position_ids.shape)}")
         past_len = cache.length if cache is not None else 0
-        if attention_mask is not None:
-            mask = _explicit_mask(attention_mask.to(device), past_len + L)
-        else:
-            mask = build_attention_mask(sep, B, L, past_len, device)  # built once, shared by all layers
-
         x = self.transformer.embedding_dropout(self.embed(input_ids, position_ids, inputs_embeds))
-        rotary = self.rotary(position_ids) if self.rotary is not None else None
         impl = self.attention_impl(x)
+        # the mask is built once per batch and shared by all layers
+        if attention_mask is not None:
+            if impl == "flex":
+                raise ValueError("attention='flex' takes sep/segment_ids, not an explicit attention_mask")
+            mask = _explicit_mask(attention_mask.to(device), past_len + L)
+        elif impl == "flex":
+            mask = build_block_mask(sep, B, L, past_len, device, segment_ids)
+        else:
+            mask = build_attention_mask(sep, B, L, past_len, device, segment_ids)
+        rotary = self.rotary(position_ids) if self.rotary is not None else None
         hidden = [x] if output_hidden_states else None
         keys, values = [], []
         for i, layer in enumerate(self.transformer.layers):
