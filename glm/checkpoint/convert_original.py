@@ -334,8 +334,26 @@ def save_original(
     return files
 
 
+def check_original_compatible(config: GLMConfig) -> None:
+    """Raise unless `config` describes the original GLM architecture (what the original code can run)."""
+    problems = []
+    if config.position_encoding != "learned":
+        problems.append(f"position_encoding={config.position_encoding!r} (original: learned tables)")
+    if config.layernorm_order != "pre":
+        problems.append(f"layernorm_order={config.layernorm_order!r} (original: pre)")
+    if config.mlp != "gelu" or config.ffn_size != 4 * config.hidden_size:
+        problems.append(f"mlp={config.mlp!r} with width {config.ffn_size} (original: gelu, 4h)")
+    if config.layernorm_epsilon != 1e-5:
+        problems.append(f"layernorm_epsilon={config.layernorm_epsilon} (original: hard-wired 1e-5)")
+    if problems:
+        raise CheckpointError(f"GLMConfig '{config.name}' cannot be written in the original layout: "
+                              + "; ".join(problems))
+    if config.gelu_approximate != "tanh":
+        log.warning("GLMConfig '%s' uses the erf GELU; the original code always applies the tanh form", config.name)
+
+
 __all__ = [
-    "EXTRAS_FILE", "ORIGINAL_SAFE_GLOBALS", "OriginalCheckpoint", "convert_original_to_export", "infer_config",
-    "is_original_dir", "load_original", "merge_shards", "merge_tensor", "original_shard_files",
+    "EXTRAS_FILE", "ORIGINAL_SAFE_GLOBALS", "OriginalCheckpoint", "check_original_compatible",
+    "convert_original_to_export", "infer_config", "is_original_dir", "load_original", "merge_shards", "merge_tensor", "original_shard_files",
     "read_module", "save_original", "shard_rule", "split_extras", "split_state_dict", "split_tensor",
 ]

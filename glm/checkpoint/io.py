@@ -366,7 +366,7 @@ def load_pretrained_into(model: nn.Module, path: str | Path, *, strict_backbone:
         mapped[name] = value
     report.loaded = sorted(mapped)
     report.missing = sorted(set(target) - set(mapped))
-    missing_backbone = [k for k in report.missing if k.startswith(dst_prefix) and _is_backbone_key(k[len(dst_prefix):])]
+    missing_backbone = [k for k in report.missing if k.startswith(dst_prefix) and is_backbone_key(k[len(dst_prefix):])]
     if missing_backbone and strict_backbone:
         raise CheckpointError(f"{source}: backbone weights missing from the file: {missing_backbone[:6]}"
                               f"{' ...' if len(missing_backbone) > 6 else ''} ({len(missing_backbone)} in all)")
@@ -388,12 +388,13 @@ _BACKBONE_RE = re.compile(
 )
 
 
-def _is_backbone_key(name: str) -> bool:
+def is_backbone_key(name: str) -> bool:
+    """Whether `name` (without prefix) is a parameter of the GLM backbone (spec §12.1 names)."""
     return bool(_BACKBONE_RE.match(name))
 
 
 __all__ = [
     "CONFIG_FILE", "MODEL_FILE", "RUN_CONFIG_FILE", "TOKENIZER_DIR", "CheckpointError", "LoadReport",
     "atomic_save", "atomic_write", "atomic_write_text", "check_state_dict", "expected_shapes", "export_model",
-    "extend_position_table", "is_export_dir", "load_export", "load_pretrained_into", "read_weights", "safe_load",
+    "extend_position_table", "is_backbone_key", "is_export_dir", "load_export", "load_pretrained_into", "read_weights", "safe_load",
 ]
