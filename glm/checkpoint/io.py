@@ -365,6 +365,7 @@ def load_pretrained_into(model: nn.Module, path: str | Path, *, strict_backbone:
                                   f"{name} {tuple(want)}")
         mapped[name] = value
     report.loaded = sorted(mapped)
+    report.unexpected.sort()
     report.missing = sorted(set(target) - set(mapped))
     missing_backbone = [k for k in report.missing if k.startswith(dst_prefix) and is_backbone_key(k[len(dst_prefix):])]
     if missing_backbone and strict_backbone:
