@@ -1,0 +1,338 @@
+"""Seq2seq (summarisation) data: reading `.source/.target` line files or jsonl, the spec §8.1 layout.
+
+Layout (spec §8.1, §3(c)), `S = src_seq_length`, `T = tgt_seq_length`:
+```
+Part A  [CLS] [MASK|sMASK] " Content:" " "+article ... <pad ...>      positions 0..S-1, block 0, sep = S
+Part B  [sop] target[:-1] <pad ...>                                  positions mask_pos (= 1), blocks 1..T
+target  " "+summary tokens + [eop], truncated to T (the eop may be cut), padded with pad; loss 1 on real
+```
+The article is truncated (from the right) to fit `S`; every truncation is counted and logged.
+Padding inside Part A is visible to all tokens, as in the original (spec §2): training and decoding
+see the same layout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CONTENT_PROMPT = " Content:"
+MASK_POS = 1  # the blank is the token right after [CLS]
+
+# PTB-style escapes of the BERT-tokenised CNN/DM and Gigaword files (spec §8.1: undone for those sets)
+_PTB = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}",
+        "``": '"', "''": '"', "<S_SEP>": "[SEP]"}
+
+
+class DataFormatError(ValueError):
+    """A malformed input file: the message names the file, the (1-based) line and the field."""
+
+
+def undo_ptb(text: str) -> str:
+    """Undo PTB escapes (`-lrb-` -> `(`, two backquotes / quotes -> `"`) and `<S_SEP>` -> `[SEP]`."""
+    return " ".join(_PTB.get(word, _PTB.get(word.lower(), word)) for word in text.split(" "))
+
+
+@dataclass
+class Seq2SeqExample:
+    source: str
+    target: str
+    where: str  # "file:line", for messages
+
+
+def _read_utf8_lines(path: Path) -> list[str]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {err.start}: {err.reason})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    return [ln.rstrip("\r") for ln in lines]
+
+
+def read_examples(
+    path: str | Path, fmt: str = "auto", source_field: str = "document", target_field: str = "summary",
+    bad_rows: str = "raise", max_samples: int | None = None, stats: Counter | None = None,
+) -> list[Seq2SeqExample]:
+    """Read pairs from `{path}.source`/`{path}.target` (fmt `lines`) or a jsonl file (fmt `jsonl`).
+
+    `path` is the split's stem for `lines` (e.g. `data/cnn_dm/val`) or the jsonl file. Bad rows (empty
+    text, missing field, invalid JSON) raise `DataFormatError` naming file, line and field, or with
+    `bad_rows="skip"` are skipped and counted in `stats["skipped"]` (logged). Mismatched line counts and
+    non-UTF-8 bytes always raise. Reads at most `max_samples` good examples.
+    """
+    if bad_rows not in ("raise", "skip"):
+        raise ValueError(f"bad_rows must be 'raise' or 'skip', got {bad_rows!r}")
+    stats = stats if stats is not None else Counter()
+    path = Path(path)
+    if fmt == "auto":
+        fmt = "jsonl" if path.suffix == ".jsonl" else "lines"
+    rows: list[tuple[str | None, str | None, str, str]] = []  # source, target, where, problem-field
+    if fmt == "lines":
+        src_path, tgt_path = Path(f"{path}.source"), Path(f"{path}.target")
+        for p in (src_path, tgt_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"seq2seq data: {p} does not exist")
+        src, tgt = _read_utf8_lines(src_path), _read_utf8_lines(tgt_path)
+        if len(src) != len(tgt):
+            raise DataFormatError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
+        for i, (s, t) in enumerate(zip(src, tgt), start=1):
+            rows.append((s, t, f"{src_path}:{i}" if not s.strip() else f"{tgt_path}:{i}", ""))
+    elif fmt == "jsonl":
+        if not path.is_file():
+            raise FileNotFoundError(f"seq2seq data: {path} does not exist")
+        for i, line in enumerate(_read_utf8_lines(path), start=1):
+            where = f"{path}:{i}"
+            if not line.strip():
+                rows.append((None, None, where, "(empty line)"))
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                rows.append((None, None, where, f"(invalid JSON: {err.msg})"))
+                continue
+            missing = [f for f in (source_field, target_field) if not isinstance(rec, dict) or f not in rec]
+            if missing:
+                rows.append((None, None, where, f"field {missing[0]!r} missing"))
+                continue
+            rows.append((str(rec[source_field]), str(rec[target_field]), where, ""))
+    else:
+        raise ValueError(f"seq2seq data format must be 'lines', 'jsonl' or 'auto', got {fmt!r}")
+    out: list[Seq2SeqExample] = []
+    for source, target, where, problem in rows:
+        if not problem:
+            if not source or not source.strip():
+                problem = f"field {source_field!r} is empty" if fmt == "jsonl" else "empty source line"
+            elif not target or not target.strip():
+                problem = f"field {target_field!r} is empty" if fmt == "jsonl" else "empty target line"
+        if problem:
+            if bad_rows == "raise":
+                raise DataFormatError(f"{where}: {problem} (set bad_rows=skip to skip such rows)")
+            stats["skipped"] += 1
+            continue
+        out.append(Seq2SeqExample(source, target, where))
+        if max_samples is not None and len(out) >= max_samples:
+            break
+    if stats["skipped"]:
+        log.warning("%s: skipped %d bad rows", path, stats["skipped"])
+    return out
+
+
+@dataclass
+class Seq2SeqSample:
+    """One laid-out sample: `input_ids/targets/loss_mask [N]`, `position_ids [2, N]`, `sep`, `mask_pos`."""
+
+    input_ids: np.ndarray
+    targets: np.ndarray
+    loss_mask: np.ndarray
+    position_ids: np.ndarray
+    sep: int
+    mask_pos: int
+
+
+def build_source(article_ids: list[int], prompt_ids: list[int], tok: Any, src_seq_length: int,
+                 task_mask: bool, stats: Counter | None = None) -> list[int]:
+    """`[CLS] mask " Content:" article` truncated to `src_seq_length` and padded with pad (spec §8.1)."""
+    mask = tok.smask_id if task_mask else tok.mask_id
+    head = [tok.cls_id, mask, *prompt_ids]
+    room = src_seq_length - len(head)
+    if room < 1:
+        raise ValueError(f"src_seq_length={src_seq_length} leaves no room for the article after {len(head)} tokens")
+    if len(article_ids) > room and stats is not None:
+        stats["truncated_source"] += 1
+    ids = head + article_ids[:room]
+    return ids + [tok.pad_id] * (src_seq_length - len(ids))
+
+
+def build_seq2seq_sample(source_ids: list[int], summary_ids: list[int] | None, tok: Any, tgt_seq_length: int,
+                         stats: Counter | None = None) -> Seq2SeqSample:
+    """Spec §3(c): Part A = the padded source; Part B = `[sop] + target[:-1]` (none when `summary_ids` is None,
+    the decoding input) with `target = summary + [eop]` truncated to `tgt_seq_length`."""
+    S = len(source_ids)
+    pos_a = np.stack([np.arange(S), np.zeros(S, np.int64)])
+    if summary_ids is None:
+        ids = np.asarray(source_ids, np.int64)
+        return Seq2SeqSample(ids, ids.copy(), np.zeros(S, np.float32), pos_a, S, MASK_POS)
+    target = [*summary_ids, tok.eop_id]
+    if len(target) > tgt_seq_length:
+        target = target[:tgt_seq_length]
+        if stats is not None:
+            stats["truncated_target"] += 1
+    T = tgt_seq_length
+    n = len(target)
+    part_b = [tok.sop_id, *target[:-1]] + [tok.pad_id] * (T - n)
+    tgt_b = target + [tok.pad_id] * (T - n)
+    ids = np.asarray(source_ids + part_b, np.int64)
+    targets = np.asarray(source_ids + tgt_b, np.int64)
+    loss = np.concatenate([np.zeros(S, np.float32), np.r_[np.ones(n), np.zeros(T - n)].astype(np.float32)])
+    pos_b = np.stack([np.full(T, MASK_POS), np.arange(1, T + 1)])
+    return Seq2SeqSample(ids, targets, loss, np.concatenate([pos_a, pos_b], axis=1), S, MASK_POS)
+
+
+def collate_seq2seq(samples: list[Seq2SeqSample], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Stack equal-length samples (the layout pads to fixed lengths) into the batch dict of the contracts."""
+    if not samples:
+        raise ValueError("collate_seq2seq: empty batch")
+    width = max(len(s.input_ids) for s in samples)
+    B = len(samples)
+    ids = np.full((B, width), pad_id, np.int64)
+    tgt = np.full((B, width), pad_id, np.int64)
+    loss = np.zeros((B, width), np.float32)
+    pos = np.zeros((B, 2, width), np.int64)
+    for i, s in enumerate(samples):
+        n = len(s.input_ids)
+        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = s.input_ids, s.targets, s.loss_mask, s.position_ids
+    return {"input_ids": torch.from_numpy(ids), "targets": torch.from_numpy(tgt), "loss_mask": torch.from_numpy(loss),
+            "position_ids": torch.from_numpy(pos), "sep": torch.tensor([s.sep for s in samples]),
+            "mask_pos": torch.tensor([s.mask_pos for s in samples])}
+
+
+class Seq2SeqDataset(torch.utils.data.Dataset):
+    """Tokenised, laid-out examples; `train=False` yields the decoding input (Part A only) plus the index
+    of the example, whose reference text the task module reads from `examples`."""
+
+    def __init__(self, examples: list[Seq2SeqExample], tok: Any, src_seq_length: int, tgt_seq_length: int,
+                 task_mask: bool = False, detokenize: str = "none", train: bool = True) -> None:
+        if detokenize not in ("none", "ptb"):
+            raise ValueError(f"detokenize must be 'none' or 'ptb', got {detokenize!r}")
+        self.examples, self.tok, self.train = examples, tok, train
+        self.stats: Counter = Counter()
+        fix = undo_ptb if detokenize == "ptb" else (lambda s: s)
+        prompt = tok.encode(CONTENT_PROMPT)
+        articles = tok.encode_batch([" " + fix(e.source) for e in examples])
+        summaries = tok.encode_batch([" " + fix(e.target) for e in examples]) if train else [None] * len(examples)
+        self.references = [fix(e.target) for e in examples]
+        self.samples = [
+            build_seq2seq_sample(build_source(a, prompt, tok, src_seq_length, task_mask, self.stats), s, tok,
+                                 tgt_seq_length, self.stats)
+            for a, s in zip(articles, summaries)
+        ]
+        if self.stats:
+            log.info("seq2seq: %d examples, %s", len(examples), dict(self.stats))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Seq2SeqSample:
+        return self.samples[i]
+
+
+def _collate_with_index(batch: list[tuple[int, Seq2SeqSample]], pad_id: int) -> dict[str, torch.Tensor]:
+    out = collate_seq2seq([s for _, s in batch], pad_id)
+    out["index"] = torch.tensor([i for i, _ in batch])
+    return out
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, ds: Seq2SeqDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[int, Seq2SeqSample]:
+        return i, self.ds[i]
+
+
+def resolve_tokenizer(tokenizer: Any) -> Any:
+    """A `GLMTokenizer` object as is, or a path loaded with `glm.tokenizer.load_tokenizer`."""
+    if isinstance(tokenizer, (str, Path)):
+        from glm.tokenizer import load_tokenizer
+
+        return load_tokenizer(tokenizer)
+    return tokenizer
+
+
+try:
+    import lightning as L
+
+    _Base = L.LightningDataModule
+except ImportError:  # pragma: no cover - lightning is a core dependency
+    _Base = object
+
+
+class Seq2SeqDataModule(_Base):
+    """Summarisation data: `splits` maps stage (train/val/test) to a file stem (lines) or jsonl file name
+    under `data_dir`; `max_samples` optionally slices each stage. Validation/test batches carry Part A only
+    plus `index` into `references(stage)`; the loss on validation uses the full teacher-forced layout
+    (`val_loss_batch`)."""
+
+    def __init__(
+        self, data_dir: str, tokenizer: Any, splits: dict[str, str], format: str = "auto",  # noqa: A002
+        source_field: str = "document", target_field: str = "summary", src_seq_length: int = 608,
+        tgt_seq_length: int = 60, task_mask: bool = False, detokenize: str = "none", micro_batch_size: int = 8,
+        eval_batch_size: int | None = None, num_workers: int = 0, max_samples: dict[str, int | None] | None = None,
+        bad_rows: str = "raise", global_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir, self.splits, self.format = Path(data_dir), dict(splits), format
+        self.fields = (source_field, target_field)
+        self.src_seq_length, self.tgt_seq_length = src_seq_length, tgt_seq_length
+        self.task_mask, self.detokenize, self.bad_rows = task_mask, detokenize, bad_rows
+        self.micro_batch_size, self.eval_batch_size = micro_batch_size, eval_batch_size or micro_batch_size
+        self.global_batch_size = global_batch_size
+        self.num_workers = num_workers
+        self.max_samples = dict(max_samples or {})
+        self._tokenizer = tokenizer
+        self.datasets: dict[str, Seq2SeqDataset] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        self._tokenizer = resolve_tokenizer(self._tokenizer)
+        return self._tokenizer
+
+    def _path(self, stage: str) -> Path:
+        if stage not in self.splits:
+            raise KeyError(f"seq2seq data: no split configured for stage {stage!r} (splits: {self.splits})")
+        return self.data_dir / self.splits[stage]
+
+    def _load(self, stage: str, train: bool) -> Seq2SeqDataset:
+        key = f"{stage}:{train}"
+        if key not in self.datasets:
+            examples = read_examples(self._path(stage), self.format, *self.fields, bad_rows=self.bad_rows,
+                                     max_samples=self.max_samples.get(stage))
+            self.datasets[key] = Seq2SeqDataset(examples, self.tokenizer, self.src_seq_length, self.tgt_seq_length,
+                                                self.task_mask, self.detokenize, train)
+        return self.datasets[key]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self._load("train", True)
+        if stage in (None, "fit", "validate") and "val" in self.splits:
+            self._load("val", False)
+        if stage in (None, "test") and "test" in self.splits:
+            self._load("test", False)
+
+    def references(self, stage: str) -> list[str]:
+        return self._load(stage, False).references
+
+    def _loader(self, ds: Seq2SeqDataset, batch_size: int, shuffle: bool, indexed: bool):
+        pad = self.tokenizer.pad_id
+        if indexed:
+            return torch.utils.data.DataLoader(_Indexed(ds), batch_size=batch_size, shuffle=False,
+                                               num_workers=self.num_workers,
+                                               collate_fn=functools.partial(_collate_with_index, pad_id=pad))
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                                           collate_fn=functools.partial(collate_seq2seq, pad_id=pad))
+
+    def train_dataloader(self):
+        return self._loader(self._load("train", True), self.micro_batch_size, True, False)
+
+    def val_dataloader(self):
+        return self._loader(self._load("val", False), self.eval_batch_size, False, True)
+
+    def test_dataloader(self):
+        return self._loader(self._load("test", False), self.eval_batch_size, False, True)

@@ -1,0 +1,137 @@
+"""Seq2seq data and task: the spec §8.1 / §3(c) layout by hand, file reading errors, label smoothing,
+ROUGE post-processing, and (once the pipeline exists) an end-to-end XSum run on the shared files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from glm.data.seq2seq import (
+    DataFormatError,
+    build_seq2seq_sample,
+    build_source,
+    collate_seq2seq,
+    read_examples,
+    undo_ptb,
+)
+
+
+class WordTok:
+    """A whitespace word tokenizer with the contract's special ids (docs/contracts.md), for hand layouts.
+
+    Words get ids 20, 21, ... in order of first use; `" Content:"` is the single word `Content:`.
+    """
+
+    pad_id = eos_id = 0
+    unk_id, cls_id, sep_id, mask_id, smask_id, gmask_id, sop_id, eop_id, dblock_id = range(1, 10)
+    _special = {"[MASK]": 4, "[sMASK]": 5, "[gMASK]": 6}
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        return [self._special.get(w) or self.vocab.setdefault(w, 20 + len(self.vocab)) for w in text.split()]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        inv = {v: k for k, v in self.vocab.items()}
+        return " ".join(inv[i] for i in ids if i in inv)
+
+
+def test_source_and_target_layout_by_hand():
+    tok = WordTok()
+    C, a, b, c, d = tok.encode("Content: a b c d")
+    x, y = tok.encode("x y")
+    stats = Counter()
+    src = build_source([a, b, c, d], [C], tok, src_seq_length=5, task_mask=False, stats=stats)
+    # [CLS] [MASK] " Content:" then the article cut to the 2 remaining slots
+    assert src == [2, 4, C, a, b]
+    assert stats["truncated_source"] == 1
+    src = build_source([a], [C], tok, src_seq_length=6, task_mask=True)
+    assert src == [2, 5, C, a, 0, 0]  # [sMASK] with task masks; padded with pad to S
+    s = build_seq2seq_sample(src, [x, y], tok, tgt_seq_length=5)
+    #                      Part A (S = 6)          | Part B: [sop] x y [pad pad]
+    assert s.input_ids.tolist() == [2, 5, C, a, 0, 0, 7, x, y, 0, 0]
+    assert s.targets.tolist()[6:] == [x, y, 8, 0, 0]  # target = summary + [eop], padded
+    assert s.loss_mask.tolist() == [0] * 6 + [1, 1, 1, 0, 0]
+    assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 1, 1, 1, 1, 1], [0] * 6 + [1, 2, 3, 4, 5]]
+    assert s.sep == 6 and s.mask_pos == 1
+    # a target longer than T loses its tail, eop included (spec §8.1)
+    stats = Counter()
+    s = build_seq2seq_sample(src, [x, y, x], tok, tgt_seq_length=3, stats=stats)
+    assert s.input_ids.tolist()[6:] == [7, x, y] and s.targets.tolist()[6:] == [x, y, x]
+    assert s.loss_mask.tolist()[6:] == [1, 1, 1] and stats["truncated_target"] == 1
+    # decoding input: Part A only
+    s = build_seq2seq_sample(src, None, tok, tgt_seq_length=3)
+    assert s.input_ids.tolist() == src and s.loss_mask.sum() == 0
+    batch = collate_seq2seq([build_seq2seq_sample(src, [x], tok, 3), build_seq2seq_sample(src, [y, y], tok, 3)])
+    assert batch["input_ids"].shape == (2, 9) and batch["sep"].tolist() == [6, 6]
+    assert batch["mask_pos"].tolist() == [1, 1] and batch["loss_mask"].sum().item() == 2 + 3
+
+
+def test_undo_ptb():
+    assert undo_ptb("he said `` hi '' -lrb- loudly -rrb- <S_SEP> ok") == 'he said " hi " ( loudly ) [SEP] ok'
+
+
+def write(path, data: bytes | str):
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def test_line_files_and_their_errors(tmp_path):
+    write(tmp_path / "val.source", "doc one\ndoc two\n")
+    write(tmp_path / "val.target", "sum one\nsum two\n")
+    ex = read_examples(tmp_path / "val")
+    assert [(e.source, e.target) for e in ex] == [("doc one", "sum one"), ("doc two", "sum two")]
+    write(tmp_path / "bad.source", "doc one\ndoc two\ndoc three\n")
+    write(tmp_path / "bad.target", "sum one\nsum two\n")
+    with pytest.raises(DataFormatError, match=r"bad.source has 3 lines but .*bad.target has 2"):
+        read_examples(tmp_path / "bad")
+    write(tmp_path / "empty.source", "doc one\ndoc two\n")
+    write(tmp_path / "empty.target", "sum one\n   \n")
+    with pytest.raises(DataFormatError, match=r"empty.target:2: empty target line"):
+        read_examples(tmp_path / "empty")
+    stats = Counter()
+    assert len(read_examples(tmp_path / "empty", bad_rows="skip", stats=stats)) == 1 and stats["skipped"] == 1
+    write(tmp_path / "bin.source", b"ok\nbad \xff byte\n")
+    write(tmp_path / "bin.target", "a\nb\n")
+    with pytest.raises(DataFormatError, match=r"bin.source:2: not valid UTF-8"):
+        read_examples(tmp_path / "bin")
+
+
+def test_jsonl_fields_and_errors(tmp_path):
+    rows = [{"document": "d1", "summary": "s1"}, {"document": "d2"}, {"document": "d3", "summary": "s3"}]
+    p = write(tmp_path / "x.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(DataFormatError, match=r"x.jsonl:2: field 'summary' missing"):
+        read_examples(p)
+    stats = Counter()
+    ex = read_examples(p, bad_rows="skip", stats=stats)
+    assert [e.source for e in ex] == ["d1", "d3"] and stats["skipped"] == 1
+    assert [e.where for e in ex] == [f"{p}:1", f"{p}:3"]
+    p = write(tmp_path / "y.jsonl", '{"src": "a", "tgt": "b"}\n{not json\n')
+    with pytest.raises(DataFormatError, match=r"y.jsonl:2: \(invalid JSON"):
+        read_examples(p, source_field="src", target_field="tgt")
+    assert read_examples(p, source_field="src", target_field="tgt", max_samples=1)[0].target == "b"
+
+
+def test_real_xsum_files_read(shared_xsum):
+    ex = read_examples(shared_xsum / "test.jsonl", max_samples=5)
+    assert len(ex) == 5 and all(e.source.strip() and e.target.strip() for e in ex)
+    # the shared validation file has one record with an empty document (line 220): named, or counted
+    with pytest.raises(DataFormatError, match=r"validation.jsonl:220: field 'document' is empty"):
+        read_examples(shared_xsum / "validation.jsonl")
+    stats = Counter()
+    assert len(read_examples(shared_xsum / "validation.jsonl", bad_rows="skip", stats=stats)) == 999
+    assert stats["skipped"] == 1
+
+
+@pytest.fixture
+def shared_xsum():
+    from glm.data.paths import need_shared_data
+
+    return need_shared_data("xsum/test.jsonl", "XSum test").parent
