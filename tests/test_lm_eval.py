@@ -1,0 +1,124 @@
+"""LM evaluation: LAMBADA layouts (bi/uni) and perplexity windows by hand (spec §10), the perplexity
+arithmetic, and the experiments on slices of the shared files (once the pipeline exists)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from glm.data.lm_eval import (
+    blank_sample,
+    lambada_sample,
+    num_windows,
+    perplexity,
+    perplexity_windows,
+    read_lambada,
+    split_lambada,
+    wikitext_detokenize,
+)
+
+CLS, MASK, GMASK, SOP, EOS = 2, 4, 6, 7, 0
+
+
+class Ids:
+    """The contract's special ids (docs/contracts.md); layouts below use plain ints as word ids."""
+
+    pad_id = eos_id = 0
+    cls_id, mask_id, smask_id, gmask_id, sop_id, eop_id = 2, 4, 5, 6, 7, 8
+
+
+def test_split_lambada():
+    assert split_lambada("he gave it to  Anna . then Anna") == ("he gave it to  Anna . then", "Anna")
+    assert split_lambada("word") == ("", "word")
+
+
+def test_lambada_bidirectional_layout_by_hand():
+    ctx, ans = [11, 12, 13], [21, 22]
+    s = lambada_sample(ctx, ans, Ids, seq_length=16)
+    # [CLS] c1 c2 c3 [MASK] [eos] | [sop] a1 ; targets a1 a2 (no eop)
+    assert s.input_ids.tolist() == [CLS, 11, 12, 13, MASK, EOS, SOP, 21]
+    assert s.targets.tolist()[6:] == [21, 22]
+    assert s.loss_mask.tolist() == [0] * 6 + [1, 1]
+    assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 4, 4], [0, 0, 0, 0, 0, 0, 1, 2]]
+    assert s.sep == 6
+    # too long: the context loses tokens on the LEFT so that 3 + ctx + k <= seq_length
+    s = lambada_sample(ctx, ans, Ids, seq_length=7, task_mask=True)
+    assert s.input_ids.tolist() == [CLS, 12, 13, GMASK, EOS, SOP, 21] and len(s) == 7
+
+
+def test_lambada_unidirectional_layout_by_hand():
+    s = lambada_sample([11, 12, 13], [21, 22], Ids, seq_length=16, unidirectional=True)
+    # Part A = [CLS] t0 [mask] [eos]; Part B generates t1 t2 a1 a2; only the answer is scored
+    assert s.input_ids.tolist() == [CLS, 11, MASK, EOS, SOP, 12, 13, 21]
+    assert s.targets.tolist()[4:] == [12, 13, 21, 22]
+    assert s.loss_mask.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]
+    assert s.position_ids.tolist() == [[0, 1, 2, 3, 2, 2, 2, 2], [0, 0, 0, 0, 1, 2, 3, 4]]
+    assert s.sep == 4
+
+
+@pytest.mark.parametrize("n,seq,o,expected", [(10, 5, 2, 4), (11, 5, 2, 5), (4, 5, 2, 1), (3, 5, 2, 1),
+                                              (1000, 512, 256, 3), (1024, 1025, 256, 1)])
+def test_window_count(n, seq, o, expected):
+    assert num_windows(n, seq - 1, o) == expected
+
+
+@pytest.mark.parametrize("unidirectional", [False, True])
+@pytest.mark.parametrize("n", [10, 11, 4, 23])
+def test_perplexity_windows_score_every_token_but_the_first_once(n, unidirectional):
+    tokens = list(range(100, 100 + n))
+    wins = perplexity_windows(tokens, Ids, seq_length=5, overlap=2, unidirectional=unidirectional)
+    assert len(wins) == num_windows(n, 4, 2)
+    scored = [int(t) for w in wins for t, m in zip(w.targets, w.loss_mask) if m]
+    assert scored == tokens[1:]
+    assert all(len(w) <= 5 + 1 for w in wins)
+
+
+def test_perplexity_window_layout_by_hand():
+    tokens = [100 + i for i in range(10)]  # W = 4, o = 2: windows [0,4) [2,6) [4,8) [6,10)
+    w = perplexity_windows(tokens, Ids, seq_length=5, overlap=2)
+    # window 0: prompt = first token, text = the other 3, all scored; no eos
+    assert w[0].input_ids.tolist() == [CLS, 100, MASK, SOP, 101, 102]
+    assert w[0].targets.tolist()[3:] == [101, 102, 103] and w[0].loss_mask.tolist() == [0, 0, 0, 1, 1, 1]
+    assert w[0].position_ids.tolist() == [[0, 1, 2, 2, 2, 2], [0, 0, 0, 1, 2, 3]] and w[0].sep == 3
+    # window 1 covers 102..105: prompt = first W - o = 2 tokens, text = last o = 2 tokens
+    assert w[1].input_ids.tolist() == [CLS, 102, 103, MASK, SOP, 104]
+    assert w[1].targets.tolist()[4:] == [104, 105] and w[1].loss_mask.tolist() == [0, 0, 0, 0, 1, 1]
+    assert w[1].position_ids.tolist() == [[0, 1, 2, 3, 3, 3], [0, 0, 0, 0, 1, 2]]
+    # unidirectional: one prompt token, the rest generated, only the last o scored
+    u = perplexity_windows(tokens, Ids, seq_length=5, overlap=2, unidirectional=True, task_mask=True)
+    assert u[1].input_ids.tolist() == [CLS, 102, GMASK, SOP, 103, 104]
+    assert u[1].targets.tolist()[3:] == [103, 104, 105] and u[1].loss_mask.tolist() == [0, 0, 0, 0, 1, 1]
+
+
+def test_perplexity_arithmetic_by_hand():
+    # 5 tokens -> 4 scored; losses 1, 2, 0.5, 0.5 nats; 3 original words
+    r = perplexity(4.0, num_tokens=5, num_original_words=3)
+    assert r.avg_loss == 1.0 and r.ppl == pytest.approx(math.e)
+    assert r.adjusted_ppl == pytest.approx(math.exp(1.0 * 4 / 2))
+    assert perplexity(100.0, 2, 2).ppl == pytest.approx(math.exp(20))  # capped at exp(20)
+
+
+def test_blank_sample_rejects_empty_target():
+    with pytest.raises(ValueError, match="no target"):
+        blank_sample([CLS, MASK], 1, [], 0, SOP)
+
+
+def test_wikitext_detokenize():
+    raw = " = Valkyria = \n The game 's 1 @,@ 000 @-@ page ( final ) guide , it said . \n"
+    assert wikitext_detokenize(raw) == " = Valkyria =\nThe game's 1,000-page (final) guide, it said.\n"
+
+
+def test_real_lambada_file(tmp_path):
+    from glm.data.paths import need_shared_data
+
+    path = need_shared_data("lambada/lambada_test.jsonl", "LAMBADA test")
+    pairs = read_lambada(path)
+    assert len(pairs) == 5153
+    assert all(ctx and word and " " not in word for ctx, word in pairs)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a b"}\n{"txt": "c"}\n')
+    from glm.data.seq2seq import DataFormatError
+
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:2: field 'text' missing"):
+        read_lambada(bad)
