@@ -263,15 +263,12 @@ def collate_cloze(features: Sequence[ClozeFeature], pad_id: int, pad_to: int | N
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:
-    if isinstance(tokenizer, (str, Path)):
-        from glm.tokenizer import load_tokenizer
+    """A tokenizer object, or one loaded from a path / `{kind, path}` spec via `glm.tokenizer.load_tokenizer`."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "mask_id"):
+        return tokenizer
+    from glm.tokenizer import load_tokenizer
 
-        return load_tokenizer(str(tokenizer))
-    if isinstance(tokenizer, dict):  # a config node: {path: ..., ...}
-        from glm.tokenizer import load_tokenizer
-
-        return load_tokenizer(**tokenizer)
-    return tokenizer
+    return load_tokenizer(tokenizer)
 
 
 class ClozeDataModule(L.LightningDataModule):
