@@ -1,4 +1,4 @@
-"""Safe checkpoint I/O: atomic writes, weights_only loads with clear errors, export dirs, pretrained loading."""
+"""Checkpoint I/O: atomic writes, weights_only loads with clear errors, export dirs, pretrained loading."""
 
 from __future__ import annotations
 
@@ -20,7 +20,13 @@ from glm.checkpoint.io import (
 )
 from glm.model import GLM, GLMConfig
 
-TINY = dict(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=256, max_sequence_length=32)
+TINY = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "vocab_size": 256,
+    "max_sequence_length": 32,
+}
 
 
 def tiny_model(seed: int = 0, **overrides) -> GLM:
@@ -115,7 +121,9 @@ def test_safe_load_garbage_empty_missing_and_directory(tmp_path: Path) -> None:
 def test_safe_load_refuses_arbitrary_objects_unless_trusted(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.ones(2), "obj": Unpicklable()}, path)
-    with pytest.raises(CheckpointError, match=r"evil\.pt: refused by torch.load\(weights_only=True\).*Unpicklable"):
+    with pytest.raises(
+        CheckpointError, match=r"evil\.pt: refused by torch.load\(weights_only=True\).*Unpicklable"
+    ):
         safe_load(path)
     assert safe_load(path, trust=True)["obj"].x == 1
 
@@ -147,7 +155,10 @@ def test_export_round_trip_with_run_config(tmp_path: Path) -> None:
 
 def test_export_rejects_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
     sd = tiny_model().state_dict()
-    with pytest.raises(CheckpointError, match=r"wrong shapes: word_embeddings.weight: \(256, 64\) \(config wants \(512, 64\)\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"wrong shapes: word_embeddings.weight: \(256, 64\) \(config wants \(512, 64\)\)",
+    ):
         export_model(sd, GLMConfig(**{**TINY, "vocab_size": 512}), tmp_path / "e")
     del sd["transformer.final_layernorm.bias"]
     with pytest.raises(CheckpointError, match=r"missing keys \['transformer.final_layernorm.bias'\]"):
@@ -239,7 +250,9 @@ def test_extend_position_table_hand_case() -> None:
 def test_load_pretrained_errors(tmp_path: Path) -> None:
     sd = tiny_model().state_dict()
     torch.save({"_orig_mod." + k: v for k, v in sd.items()}, tmp_path / "compiled.pt")
-    with pytest.raises(CheckpointError, match=r"compiled\.pt: keys carry torch.compile's '_orig_mod\.' prefix"):
+    with pytest.raises(
+        CheckpointError, match=r"compiled\.pt: keys carry torch.compile's '_orig_mod\.' prefix"
+    ):
         load_pretrained_into(tiny_model(), tmp_path / "compiled.pt")
 
     partial = {k: v for k, v in sd.items() if ".layers.1." not in k}
@@ -256,4 +269,3 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"other\.pt: no GLM backbone found"):
         load_pretrained_into(tiny_model(), tmp_path / "other.pt")
-

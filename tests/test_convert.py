@@ -41,14 +41,22 @@ def spec_module(seed: int = 0) -> dict[str, torch.Tensor]:
     }
     for i in range(L):
         p = f"transformer.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (H,), p + "input_layernorm.bias": (H,),
-            p + "attention.query_key_value.weight": (3 * H, H), p + "attention.query_key_value.bias": (3 * H,),
-            p + "attention.dense.weight": (H, H), p + "attention.dense.bias": (H,),
-            p + "post_attention_layernorm.weight": (H,), p + "post_attention_layernorm.bias": (H,),
-            p + "mlp.dense_h_to_4h.weight": (4 * H, H), p + "mlp.dense_h_to_4h.bias": (4 * H,),
-            p + "mlp.dense_4h_to_h.weight": (H, 4 * H), p + "mlp.dense_4h_to_h.bias": (H,),
-        })
+        shapes.update(
+            {
+                p + "input_layernorm.weight": (H,),
+                p + "input_layernorm.bias": (H,),
+                p + "attention.query_key_value.weight": (3 * H, H),
+                p + "attention.query_key_value.bias": (3 * H,),
+                p + "attention.dense.weight": (H, H),
+                p + "attention.dense.bias": (H,),
+                p + "post_attention_layernorm.weight": (H,),
+                p + "post_attention_layernorm.bias": (H,),
+                p + "mlp.dense_h_to_4h.weight": (4 * H, H),
+                p + "mlp.dense_h_to_4h.bias": (4 * H,),
+                p + "mlp.dense_4h_to_h.weight": (H, 4 * H),
+                p + "mlp.dense_4h_to_h.bias": (H,),
+            }
+        )
     shapes["transformer.final_layernorm.weight"] = (H,)
     shapes["transformer.final_layernorm.bias"] = (H,)
     sd = {k: torch.randn(s, generator=g) * 0.05 for k, s in shapes.items()}
@@ -66,33 +74,40 @@ def shard_by_spec(sd: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.T
         for key, t in sd.items():
             if key == "word_embeddings.weight" or "dense_h_to_4h" in key:
                 n = t.shape[0] // k
-                shard[key] = t[r * n:(r + 1) * n].clone()
+                shard[key] = t[r * n : (r + 1) * n].clone()
             elif "query_key_value" in key:
-                q, kk, v = t[:H], t[H:2 * H], t[2 * H:]
+                q, kk, v = t[:H], t[H : 2 * H], t[2 * H :]
                 n = H // k
-                shard[key] = torch.cat([q[r * n:(r + 1) * n], kk[r * n:(r + 1) * n], v[r * n:(r + 1) * n]])
-            elif key.endswith("attention.dense.weight") or key.endswith("dense_4h_to_h.weight"):
+                shard[key] = torch.cat(
+                    [q[r * n : (r + 1) * n], kk[r * n : (r + 1) * n], v[r * n : (r + 1) * n]]
+                )
+            elif key.endswith(("attention.dense.weight", "dense_4h_to_h.weight")):
                 n = t.shape[1] // k
-                shard[key] = t[:, r * n:(r + 1) * n].clone()
+                shard[key] = t[:, r * n : (r + 1) * n].clone()
             else:
                 shard[key] = t.clone()
         ranks.append(shard)
     return ranks
 
 
-def write_original(root: Path, shards: list[dict[str, torch.Tensor]], tag: str = "250000", prefix: str = "") -> Path:
+def write_original(
+    root: Path, shards: list[dict[str, torch.Tensor]], tag: str = "250000", prefix: str = ""
+) -> Path:
     """An original-style checkpoint dir, with the non-model entries DeepSpeed/Megatron save too."""
     (root / tag).mkdir(parents=True)
     (root / "latest_checkpointed_iteration.txt").write_text(tag)
     for r, shard in enumerate(shards):
-        torch.save({
-            "module": {prefix + k: v for k, v in shard.items()},
-            "iteration": 250000,
-            "optimizer": None,
-            "random_rng_state": random.getstate(),
-            "np_rng_state": np.random.RandomState(0).get_state(),
-            "torch_rng_state": torch.get_rng_state(),
-        }, root / tag / f"mp_rank_{r:02d}_model_states.pt")
+        torch.save(
+            {
+                "module": {prefix + k: v for k, v in shard.items()},
+                "iteration": 250000,
+                "optimizer": None,
+                "random_rng_state": random.getstate(),
+                "np_rng_state": np.random.RandomState(0).get_state(),
+                "torch_rng_state": torch.get_rng_state(),
+            },
+            root / tag / f"mp_rank_{r:02d}_model_states.pt",
+        )
     return root
 
 
@@ -112,8 +127,8 @@ def run(model: GLM) -> torch.Tensor:
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    for k, value in a.items():
+        assert value.dtype == b[k].dtype and torch.equal(value, b[k]), k
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,8 +139,13 @@ def test_unsharded_original_converts_and_gives_identical_logits(tmp_path: Path) 
     write_original(tmp_path / "orig", [sd])
     config = convert_original_to_export(tmp_path / "orig", tmp_path / "ours", preset="glm-tiny")
     # Shapes from the tables (V, P), heads from the preset.
-    assert (config.num_layers, config.hidden_size, config.num_attention_heads, config.vocab_size,
-            config.max_sequence_length) == (L, H, N, V, P)
+    assert (
+        config.num_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.vocab_size,
+        config.max_sequence_length,
+    ) == (L, H, N, V, P)
     assert config.num_parameters() == N_PARAMS
     loaded_config, loaded, _ = load_export(tmp_path / "ours")
     assert loaded_config == config
@@ -163,20 +183,30 @@ def test_round_trip_original_ours_original_is_exact(tmp_path: Path) -> None:
     assert list(back1) == ["module"]
     assert_same(back1["module"], sd)
     for r, expected in enumerate(shard_by_spec(sd, 2)):  # re-sharding is the spec's split, exactly
-        shard = torch.load(tmp_path / "back2" / "iter_7" / f"mp_rank_{r:02d}_model_states.pt", weights_only=True)
+        shard = torch.load(
+            tmp_path / "back2" / "iter_7" / f"mp_rank_{r:02d}_model_states.pt", weights_only=True
+        )
         assert_same(shard["module"], expected)
 
 
 def test_classification_wrapper_prefix_and_extra_heads(tmp_path: Path) -> None:
     sd = spec_module(seed=3)
     module = {"model." + k: v for k, v in sd.items()}
-    module.update({"pool_layer.weight": torch.randn(H, H), "pool_layer.bias": torch.randn(H),
-                   "multichoice_head.weight": torch.randn(1, H), "multichoice_head.bias": torch.randn(1)})
+    module.update(
+        {
+            "pool_layer.weight": torch.randn(H, H),
+            "pool_layer.bias": torch.randn(H),
+            "multichoice_head.weight": torch.randn(1, H),
+            "multichoice_head.bias": torch.randn(1),
+        }
+    )
     (tmp_path / "f").mkdir()
     torch.save({"module": module}, tmp_path / "f" / "cls.pt")  # a single file also works
     convert_original_to_export(tmp_path / "f" / "cls.pt", tmp_path / "drop", num_attention_heads=N)
     assert not (tmp_path / "drop" / "extra_heads.pt").exists()
-    convert_original_to_export(tmp_path / "f" / "cls.pt", tmp_path / "keep", num_attention_heads=N, keep_extras=True)
+    convert_original_to_export(
+        tmp_path / "f" / "cls.pt", tmp_path / "keep", num_attention_heads=N, keep_extras=True
+    )
     assert_same(load_export(tmp_path / "keep")[1], sd)
     extras = torch.load(tmp_path / "keep" / "extra_heads.pt", weights_only=True)
     assert_same(extras, {k: v for k, v in module.items() if not k.startswith("model.")})
@@ -187,7 +217,10 @@ def test_config_inference_and_its_errors(caplog) -> None:
     cfg = infer_config(sd, source="ckpt")  # no heads given: head size 64 rule -> 1 head for h = 64
     assert "ckpt: head count not given; assuming head size 64 -> 1 heads" in caplog.text
     assert cfg.num_attention_heads == 1 and cfg.vocab_size == V and cfg.max_sequence_length == P
-    with pytest.raises(CheckpointError, match="preset 'glm-small' does not match the checkpoint: num_layers preset 6 vs checkpoint 2"):
+    with pytest.raises(
+        CheckpointError,
+        match="preset 'glm-small' does not match the checkpoint: num_layers preset 6 vs checkpoint 2",
+    ):
         infer_config(sd, "glm-small", "ckpt")
     no_block = {k: v for k, v in sd.items() if "block_position" not in k}
     with pytest.raises(CheckpointError, match="not a block-LM GLM"):
@@ -199,11 +232,16 @@ def test_bad_original_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     shards = shard_by_spec(sd, 2)
     shards[1]["transformer.final_layernorm.bias"] = shards[1]["transformer.final_layernorm.bias"] + 1
     write_original(tmp_path / "diverged", shards)
-    with pytest.raises(CheckpointError, match="replicated tensor transformer.final_layernorm.bias differs between rank 0 and rank 1"):
+    with pytest.raises(
+        CheckpointError,
+        match="replicated tensor transformer.final_layernorm.bias differs between rank 0 and rank 1",
+    ):
         load_original(tmp_path / "diverged")
 
     write_original(tmp_path / "gap", shard_by_spec(sd, 2))
-    (tmp_path / "gap" / "250000" / "mp_rank_01_model_states.pt").rename(tmp_path / "gap" / "250000" / "mp_rank_02_model_states.pt")
+    (tmp_path / "gap" / "250000" / "mp_rank_01_model_states.pt").rename(
+        tmp_path / "gap" / "250000" / "mp_rank_02_model_states.pt"
+    )
     with pytest.raises(CheckpointError, match=r"model-parallel ranks \[0, 2\] are not 0..1"):
         load_original(tmp_path / "gap")
 
@@ -230,11 +268,23 @@ def test_bad_original_checkpoints_give_clear_errors(tmp_path: Path) -> None:
 # Hugging Face port
 # --------------------------------------------------------------------------------------------------
 HF_CONFIG = {
-    "_name_or_path": "THUDM/glm-tiny-test", "architectures": ["GLMModel"], "model_type": "glm",
-    "num_layers": L, "hidden_size": H, "num_attention_heads": N, "vocab_size": V, "max_sequence_length": P,
-    "embedding_dropout_prob": 0.1, "attention_dropout_prob": 0.05, "output_dropout_prob": 0.1,
-    "block_position_encoding": True, "relative_encoding": False, "initializer_range": 0.02,
-    "checkpoint_activations": False, "output_predict": True, "pad_token_id": 0,
+    "_name_or_path": "THUDM/glm-tiny-test",
+    "architectures": ["GLMModel"],
+    "model_type": "glm",
+    "num_layers": L,
+    "hidden_size": H,
+    "num_attention_heads": N,
+    "vocab_size": V,
+    "max_sequence_length": P,
+    "embedding_dropout_prob": 0.1,
+    "attention_dropout_prob": 0.05,
+    "output_dropout_prob": 0.1,
+    "block_position_encoding": True,
+    "relative_encoding": False,
+    "initializer_range": 0.02,
+    "checkpoint_activations": False,
+    "output_predict": True,
+    "pad_token_id": 0,
 }
 
 
@@ -247,8 +297,14 @@ def test_hf_directory_loads_with_or_without_prefix(tmp_path: Path, prefix: str) 
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
     config, loaded = load_hf(tmp_path)
     assert_same(loaded, sd)
-    assert (config.name, config.num_layers, config.hidden_size, config.num_attention_heads, config.vocab_size,
-            config.max_sequence_length) == ("glm-tiny-test", L, H, N, V, P)
+    assert (
+        config.name,
+        config.num_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.vocab_size,
+        config.max_sequence_length,
+    ) == ("glm-tiny-test", L, H, N, V, P)
     assert (config.hidden_dropout, config.attention_dropout, config.gelu_approximate) == (0.1, 0.05, "tanh")
     assert load_hf(tmp_path, gelu_approximate="none")[0].gelu_approximate == "none"
     model = GLM(config).eval()
@@ -280,7 +336,9 @@ def test_hf_config_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({**HF_CONFIG, "relative_encoding": True}))
     with pytest.raises(CheckpointError, match=r"config\.json: relative_encoding=true"):
         load_hf(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in HF_CONFIG.items() if k != "hidden_size"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({k: v for k, v in HF_CONFIG.items() if k != "hidden_size"})
+    )
     with pytest.raises(CheckpointError, match=r"config\.json: missing field\(s\) \['hidden_size'\]"):
         load_hf(tmp_path)
 
@@ -291,28 +349,89 @@ def test_hf_config_errors(tmp_path: Path) -> None:
 def test_cli_original_to_ours_to_resharded_original(tmp_path: Path, capsys) -> None:
     sd = spec_module(seed=6)
     write_original(tmp_path / "orig", shard_by_spec(sd, 2))
-    assert cli_main(["convert", "--from", "original", str(tmp_path / "orig"), "--model", "glm-tiny",
-                     "--out", str(tmp_path / "ours")]) == 0
+    assert (
+        cli_main(
+            [
+                "convert",
+                "--from",
+                "original",
+                str(tmp_path / "orig"),
+                "--model",
+                "glm-tiny",
+                "--out",
+                str(tmp_path / "ours"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"{N_PARAMS:,} parameters" in out and "num_attention_heads: 4" in out
     assert_same(load_export(tmp_path / "ours")[1], sd)
-    assert cli_main(["convert", "--from", "ours", str(tmp_path / "ours"), "--to", "original", "--mp", "2",
-                     "--out", str(tmp_path / "back")]) == 0
+    assert (
+        cli_main(
+            [
+                "convert",
+                "--from",
+                "ours",
+                str(tmp_path / "ours"),
+                "--to",
+                "original",
+                "--mp",
+                "2",
+                "--out",
+                str(tmp_path / "back"),
+            ]
+        )
+        == 0
+    )
     for r, expected in enumerate(shard_by_spec(sd, 2)):
-        shard = torch.load(tmp_path / "back" / "release" / f"mp_rank_{r:02d}_model_states.pt", weights_only=True)
+        shard = torch.load(
+            tmp_path / "back" / "release" / f"mp_rank_{r:02d}_model_states.pt", weights_only=True
+        )
         assert_same(shard["module"], expected)
-    assert cli_main(["convert", "--from", "ours", str(tmp_path / "ours"), "--to", "ours", "--dtype", "bf16",
-                     "--out", str(tmp_path / "bf16")]) == 0
+    assert (
+        cli_main(
+            [
+                "convert",
+                "--from",
+                "ours",
+                str(tmp_path / "ours"),
+                "--to",
+                "ours",
+                "--dtype",
+                "bf16",
+                "--out",
+                str(tmp_path / "bf16"),
+            ]
+        )
+        == 0
+    )
     assert all(v.dtype == torch.bfloat16 for v in load_export(tmp_path / "bf16")[1].values())
 
 
 def test_cli_reports_errors_without_traceback(tmp_path: Path, capsys) -> None:
-    assert cli_main(["convert", "--from", "original", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        cli_main(["convert", "--from", "original", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+        == 1
+    )
     assert "error: " in capsys.readouterr().err
     rotary = GLMConfig(**{**CONFIG.to_dict(), "position_encoding": "rotary"})
     from glm.checkpoint.io import export_model
 
     export_model(GLM(rotary), rotary, tmp_path / "rot")
-    assert cli_main(["convert", "--from", "ours", str(tmp_path / "rot"), "--to", "original",
-                     "--out", str(tmp_path / "o2")]) == 1
+    assert (
+        cli_main(
+            [
+                "convert",
+                "--from",
+                "ours",
+                str(tmp_path / "rot"),
+                "--to",
+                "original",
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 1
+    )
     assert "cannot be written in the original layout: position_encoding='rotary'" in capsys.readouterr().err

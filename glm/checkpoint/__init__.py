@@ -14,5 +14,11 @@ from glm.checkpoint.io import (
 )
 
 __all__ = [
-    "CheckpointError", "LoadReport", "atomic_save", "export_model", "load_export", "load_pretrained_into", "safe_load",
+    "CheckpointError",
+    "LoadReport",
+    "atomic_save",
+    "export_model",
+    "load_export",
+    "load_pretrained_into",
+    "safe_load",
 ]

@@ -1,8 +1,10 @@
 """`python -m glm.checkpoint convert --from original|hf|ours PATH --out DIR [--to ours|original|hf] ...`
 
 Examples:
-    python -m glm.checkpoint convert --from original ckpts/blocklm-large-blank --model glm-large --out export/glm-large
-    python -m glm.checkpoint convert --from ours export/glm-large --to original --mp 2 --out ckpts/glm-large-mp2
+    python -m glm.checkpoint convert --from original ckpts/blocklm-large-blank --model glm-large \
+        --out export/glm-large
+    python -m glm.checkpoint convert --from ours export/glm-large --to original --mp 2 \
+        --out ckpts/glm-large-mp2
     python -m glm.checkpoint convert --from hf hf/glm-large --out export/glm-large-hf
 """
 
@@ -45,7 +47,10 @@ def convert(args: argparse.Namespace) -> int:
         sd, info = load_original(src, trust=args.trust_checkpoint, progress=_progress("merging shards"))
         config = infer_config(sd, args.model, str(src), **overrides)
         extras = info.extras
-        print(f"  {len(info.files)} model-parallel shard(s): {', '.join(f.name for f in info.files)}", file=sys.stderr)
+        print(
+            f"  {len(info.files)} model-parallel shard(s): {', '.join(f.name for f in info.files)}",
+            file=sys.stderr,
+        )
     elif args.src == "hf":
         config, sd = load_hf(src, gelu_approximate=args.gelu)
     else:
@@ -61,8 +66,11 @@ def convert(args: argparse.Namespace) -> int:
     if args.dtype:
         sd = {k: v.to(DTYPES[args.dtype]) for k, v in sd.items()}
     if extras and not args.keep_extras:
-        print(f"  dropping {len(extras)} non-backbone tensors "
-              f"({sorted({k.split('.')[0] for k in extras})}); --keep-extras keeps them", file=sys.stderr)
+        print(
+            f"  dropping {len(extras)} non-backbone tensors "
+            f"({sorted({k.split('.')[0] for k in extras})}); --keep-extras keeps them",
+            file=sys.stderr,
+        )
         extras = {}
 
     print(f"writing {args.to} checkpoint {out}", file=sys.stderr)
@@ -85,33 +93,57 @@ def convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m glm.checkpoint", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m glm.checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert between original GLM, Hugging Face and our export layout")
     c.add_argument("--from", dest="src", choices=("original", "hf", "ours"), required=True)
     c.add_argument("path", help="source: original checkpoint dir/file, HF model dir, or our export dir")
     c.add_argument("--out", required=True, help="target directory")
     c.add_argument("--to", choices=("ours", "original", "hf"), default="ours")
-    c.add_argument("--model", help="GLMConfig preset naming the architecture (e.g. glm-large); V and P "
-                                   "are always read from the weights")
-    c.add_argument("--heads", type=int, help="number of attention heads (else from --model, else head size 64)")
+    c.add_argument(
+        "--model",
+        help="GLMConfig preset naming the architecture (e.g. glm-large); V and P "
+        "are always read from the weights",
+    )
+    c.add_argument(
+        "--heads", type=int, help="number of attention heads (else from --model, else head size 64)"
+    )
     c.add_argument("--mp", type=int, default=1, help="model-parallel ranks to write (--to original)")
     c.add_argument("--tag", default="release", help="tag directory name (--to original)")
-    c.add_argument("--keep-extras", action="store_true",
-                   help="keep pool_layer/multichoice_head/prompt_spell tensors of finetuned checkpoints")
-    c.add_argument("--gelu", choices=("tanh", "none"), default="tanh",
-                   help="GELU form in the written config: tanh (original training) or none (erf, as the HF port)")
+    c.add_argument(
+        "--keep-extras",
+        action="store_true",
+        help="keep pool_layer/multichoice_head/prompt_spell tensors of finetuned checkpoints",
+    )
+    c.add_argument(
+        "--gelu",
+        choices=("tanh", "none"),
+        default="tanh",
+        help="GELU form in the written config: tanh (original training) or none (erf, as the HF port)",
+    )
     c.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep)")
     c.add_argument("--tokenizer", help="tokenizer file/dir to store in the export (--to ours)")
-    c.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow arbitrary pickled objects in original files (only for sources you trust)")
+    c.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow arbitrary pickled objects in original files (only for sources you trust)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.src != "original" and (args.model or args.heads):
+        print(
+            "error: --model/--heads only apply with --from original (HF and export dirs carry their config)",
+            file=sys.stderr,
+        )
+        return 2
     if args.mp != 1 and args.to != "original":
         print("error: --mp only applies with --to original", file=sys.stderr)
         return 2

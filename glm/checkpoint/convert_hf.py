@@ -40,8 +40,10 @@ HF_SAFETENSORS_INDEX = "model.safetensors.index.json"
 _REQUIRED = ("hidden_size", "num_attention_heads", "max_sequence_length")
 
 
-def hf_config_to_glm(hf: Mapping[str, Any], *, source: str = HF_CONFIG, gelu_approximate: str = "tanh") -> GLMConfig:
-    """Map a HF `config.json` dict onto GLMConfig (dropouts: embedding/output -> hidden, attention -> attention)."""
+def hf_config_to_glm(
+    hf: Mapping[str, Any], *, source: str = HF_CONFIG, gelu_approximate: str = "tanh"
+) -> GLMConfig:
+    """Map a HF `config.json` dict onto GLMConfig (dropouts: output -> hidden, attention -> attention)."""
     missing = [k for k in _REQUIRED if k not in hf]
     if "num_layers" not in hf and "num_hidden_layers" not in hf:
         missing.insert(0, "num_layers")
@@ -50,13 +52,23 @@ def hf_config_to_glm(hf: Mapping[str, Any], *, source: str = HF_CONFIG, gelu_app
     if hf.get("relative_encoding", False):
         raise CheckpointError(f"{source}: relative_encoding=true (Transformer-XL style) is not supported")
     if not hf.get("block_position_encoding", True):
-        raise CheckpointError(f"{source}: block_position_encoding=false (single position table) is not supported")
+        raise CheckpointError(
+            f"{source}: block_position_encoding=false (single position table) is not supported"
+        )
     emb, out = hf.get("embedding_dropout_prob", 0.1), hf.get("output_dropout_prob", 0.1)
     if emb != out:
         # Our backbone has one hidden dropout for all three places (as the original code, spec §1.6).
-        log.warning("%s: embedding_dropout_prob %s != output_dropout_prob %s; using %s for both", source, emb, out, out)
+        log.warning(
+            "%s: embedding_dropout_prob %s != output_dropout_prob %s; using %s for both",
+            source,
+            emb,
+            out,
+            out,
+        )
     if hf.get("spell_length"):
-        log.warning("%s: spell_length=%s: P-tuning prompt weights are not converted", source, hf["spell_length"])
+        log.warning(
+            "%s: spell_length=%s: P-tuning prompt weights are not converted", source, hf["spell_length"]
+        )
     try:
         return GLMConfig(
             name=str(hf.get("_name_or_path") or "hf-glm").rstrip("/").split("/")[-1] or "hf-glm",
@@ -111,7 +123,9 @@ def _weight_files(directory: Path) -> list[Path]:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise CheckpointError(f"{index}: not a weight index (need a 'weight_map' object): {err}") from None
+                raise CheckpointError(
+                    f"{index}: not a weight index (need a 'weight_map' object): {err}"
+                ) from None
             return [directory / name for name in dict.fromkeys(weight_map.values())]
     for name in (HF_WEIGHTS, HF_SAFETENSORS):
         if (directory / name).is_file():
@@ -133,7 +147,7 @@ def _read_weight_file(file: Path) -> dict[str, Tensor]:
 
 
 def load_hf(path: str | Path, *, gelu_approximate: str = "tanh") -> tuple[GLMConfig, dict[str, Tensor]]:
-    """Read a HF GLM directory (`config.json` + weights): our config and backbone state dict (prefix stripped)."""
+    """Read a HF GLM directory (`config.json` + weights): our config and the un-prefixed backbone weights."""
     directory = Path(path)
     if not (directory / HF_CONFIG).is_file():
         raise CheckpointError(f"{directory}: no {HF_CONFIG}; not a Hugging Face model directory")
@@ -146,13 +160,18 @@ def load_hf(path: str | Path, *, gelu_approximate: str = "tanh") -> tuple[GLMCon
     dropped: list[str] = []
     for file in _weight_files(directory):
         for key, value in _read_weight_file(file).items():
-            name = key[len(HF_PREFIX):] if key.startswith(HF_PREFIX) else key
+            name = key.removeprefix(HF_PREFIX)
             if is_backbone_key(name):
                 state_dict[name] = value
             else:
                 dropped.append(key)
     if dropped:
-        log.warning("%s: dropped %d non-backbone tensors (task heads / prompts): %s", directory, len(dropped), dropped[:8])
+        log.warning(
+            "%s: dropped %d non-backbone tensors (task heads / prompts): %s",
+            directory,
+            len(dropped),
+            dropped[:8],
+        )
     return config, state_dict
 
 
@@ -170,4 +189,3 @@ def save_hf(state_dict: Mapping[str, Tensor], config: GLMConfig, out_dir: str | 
 
 
 __all__ = ["glm_config_to_hf", "hf_config_to_glm", "load_hf", "save_hf"]
-

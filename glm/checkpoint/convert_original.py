@@ -122,7 +122,9 @@ def read_module(file: str | Path, *, trust: bool = False) -> dict[str, Tensor]:
     else:
         what = "contents (no 'module' entry)"
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{file}: {what} is not a state dict of tensors; not an original GLM checkpoint")
+        raise CheckpointError(
+            f"{file}: {what} is not a state dict of tensors; not an original GLM checkpoint"
+        )
     return dict(obj)
 
 
@@ -131,15 +133,19 @@ def split_extras(module: dict[str, Tensor], source: str) -> tuple[dict[str, Tens
     sd = dict(module)
     for prefix in ("module.", "model."):
         if any(k.startswith(prefix + "word_embeddings.") for k in sd):
-            sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+            sd = {(k.removeprefix(prefix)): v for k, v in sd.items()}
     bad = [k for k in sd if "_orig_mod." in k]
     if bad:
-        raise CheckpointError(f"{source}: torch.compile '_orig_mod.' in key {bad[0]!r}; not an original checkpoint")
+        raise CheckpointError(
+            f"{source}: torch.compile '_orig_mod.' in key {bad[0]!r}; not an original checkpoint"
+        )
     extras = {k: v for k, v in sd.items() if k.startswith(EXTRA_PREFIXES)}
     backbone = {k: v for k, v in sd.items() if k not in extras}
     if "word_embeddings.weight" not in backbone:
-        raise CheckpointError(f"{source}: no 'word_embeddings.weight' in the state dict (first keys: "
-                              f"{list(sd)[:5]}); not a GLM checkpoint")
+        raise CheckpointError(
+            f"{source}: no 'word_embeddings.weight' in the state dict (first keys: "
+            f"{list(sd)[:5]}); not a GLM checkpoint"
+        )
     return backbone, extras
 
 
@@ -170,7 +176,9 @@ def merge_tensor(key: str, parts: list[Tensor], source: str = "") -> Tensor:
         thirds = [p.chunk(3, dim=0) for p in parts]  # each rank: [Q_r; K_r; V_r]
         for r, p in enumerate(parts):
             if p.shape[0] % 3:
-                raise CheckpointError(f"{source}: {key} on rank {r} has {p.shape[0]} rows, not divisible by 3")
+                raise CheckpointError(
+                    f"{source}: {key} on rank {r} has {p.shape[0]} rows, not divisible by 3"
+                )
         return torch.cat([t[i] for i in range(3) for t in thirds], dim=0)
     for r, p in enumerate(parts[1:], start=1):
         if p.shape != parts[0].shape or not torch.equal(p, parts[0]):
@@ -186,15 +194,19 @@ def split_tensor(key: str, tensor: Tensor, k: int) -> list[Tensor]:
     dim = 1 if rule == "cols" else 0
     size = tensor.shape[dim] // 3 if rule == "qkv" else tensor.shape[dim]
     if size % k:
-        raise CheckpointError(f"cannot split {key} {tuple(tensor.shape)} into {k} model-parallel ranks "
-                              f"({size} is not divisible by {k})")
+        raise CheckpointError(
+            f"cannot split {key} {tuple(tensor.shape)} into {k} model-parallel ranks "
+            f"({size} is not divisible by {k})"
+        )
     if rule == "qkv":
         q, kk, v = (t.chunk(k, dim=0) for t in tensor.chunk(3, dim=0))
         return [torch.cat([q[r], kk[r], v[r]], dim=0) for r in range(k)]
     return [c.contiguous() for c in tensor.chunk(k, dim=dim)]
 
 
-def merge_shards(shards: list[dict[str, Tensor]], source: str = "", progress: Callable | None = None) -> dict[str, Tensor]:
+def merge_shards(
+    shards: list[dict[str, Tensor]], source: str = "", progress: Callable | None = None
+) -> dict[str, Tensor]:
     """Merge per-rank state dicts into one; entries are popped from `shards` as they are used."""
     keys = list(shards[0])
     for r, shard in enumerate(shards[1:], start=1):
@@ -202,7 +214,7 @@ def merge_shards(shards: list[dict[str, Tensor]], source: str = "", progress: Ca
             diff = sorted(set(shard) ^ set(keys))
             raise CheckpointError(f"{source}: rank {r} has different keys than rank 0, e.g. {diff[:5]}")
     merged: dict[str, Tensor] = {}
-    for key in (progress(keys) if progress else keys):
+    for key in progress(keys) if progress else keys:
         merged[key] = merge_tensor(key, [s.pop(key) for s in shards], source)
     return merged
 
@@ -226,8 +238,10 @@ def infer_config(
 ) -> GLMConfig:
     """GLMConfig for an original `module` dict: shapes give layers, h, V, P; heads from preset/overrides."""
     if "transformer.block_position_embeddings.weight" not in state_dict:
-        raise CheckpointError(f"{source}: no transformer.block_position_embeddings.weight: not a block-LM GLM "
-                              "(the masked-LM variant with a single position table is not supported)")
+        raise CheckpointError(
+            f"{source}: no transformer.block_position_embeddings.weight: not a block-LM GLM "
+            "(the masked-LM variant with a single position table is not supported)"
+        )
     vocab, hidden = state_dict["word_embeddings.weight"].shape
     pos_rows = state_dict["transformer.position_embeddings.weight"].shape[0]
     layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"transformer\.layers\.(\d+)\.", k))}
@@ -235,22 +249,38 @@ def infer_config(
         raise CheckpointError(f"{source}: layer indices {sorted(layer_ids)[:10]} are not 0..N-1")
     ffn = state_dict["transformer.layers.0.mlp.dense_h_to_4h.weight"].shape[0]
     if ffn != 4 * hidden:
-        raise CheckpointError(f"{source}: MLP width {ffn} is not 4 * hidden ({4 * hidden}); not an original GLM")
-    shape = dict(num_layers=len(layer_ids), hidden_size=int(hidden), vocab_size=int(vocab),
-                 max_sequence_length=int(pos_rows) - 1)
+        raise CheckpointError(
+            f"{source}: MLP width {ffn} is not 4 * hidden ({4 * hidden}); not an original GLM"
+        )
+    shape = {
+        "num_layers": len(layer_ids),
+        "hidden_size": int(hidden),
+        "vocab_size": int(vocab),
+        "max_sequence_length": int(pos_rows) - 1,
+    }
     try:
         if preset is not None:
             config = GLMConfig.from_name(preset, **overrides)
-            clash = {k: (getattr(config, k), v) for k, v in shape.items()
-                     if k in ("num_layers", "hidden_size") and getattr(config, k) != v}
+            clash = {
+                k: (getattr(config, k), v)
+                for k, v in shape.items()
+                if k in ("num_layers", "hidden_size") and getattr(config, k) != v
+            }
             if clash:
-                raise CheckpointError(f"{source}: preset {preset!r} does not match the checkpoint: " + ", ".join(
-                    f"{k} preset {a} vs checkpoint {b}" for k, (a, b) in clash.items()))
+                raise CheckpointError(
+                    f"{source}: preset {preset!r} does not match the checkpoint: "
+                    + ", ".join(f"{k} preset {a} vs checkpoint {b}" for k, (a, b) in clash.items())
+                )
             return GLMConfig.from_name(preset, **{**overrides, **shape})
         if "num_attention_heads" not in overrides:
             overrides["num_attention_heads"] = max(1, int(hidden) // HEAD_SIZE)
-            log.warning("%s: head count not given; assuming head size %d -> %d heads (pass --model or "
-                        "num_attention_heads to be explicit)", source, HEAD_SIZE, overrides["num_attention_heads"])
+            log.warning(
+                "%s: head count not given; assuming head size %d -> %d heads (pass --model or "
+                "num_attention_heads to be explicit)",
+                source,
+                HEAD_SIZE,
+                overrides["num_attention_heads"],
+            )
         return GLMConfig(**{"name": "converted", **overrides, **shape})
     except ValueError as err:
         raise CheckpointError(f"{source}: {err}") from None
@@ -292,7 +322,7 @@ def convert_original_to_export(
     progress: Callable | None = None,
     **overrides,
 ) -> GLMConfig:
-    """Original checkpoint -> our export dir (`model.pt` + `model_config.yaml` [+ tokenizer]); returns the config."""
+    """Original checkpoint -> our export dir (weights, config [, tokenizer]); returns its config."""
     sd, info = load_original(path, trust=trust, progress=progress)
     config = infer_config(sd, preset, str(path), **overrides)
     if dtype is not None:
@@ -303,8 +333,12 @@ def convert_original_to_export(
             atomic_save(info.extras, Path(out_dir) / EXTRAS_FILE)
             log.info("%s: wrote %d non-backbone tensors to %s", path, len(info.extras), EXTRAS_FILE)
         else:
-            log.warning("%s: dropped %d non-backbone tensors (%s); keep them with keep_extras/--keep-extras",
-                        path, len(info.extras), sorted({k.split(".")[0] for k in info.extras}))
+            log.warning(
+                "%s: dropped %d non-backbone tensors (%s); keep them with keep_extras/--keep-extras",
+                path,
+                len(info.extras),
+                sorted({k.split(".")[0] for k in info.extras}),
+            )
     return config
 
 
@@ -316,7 +350,7 @@ def save_original(
     tag: str = "release",
     extras: Mapping[str, Tensor] | None = None,
 ) -> list[Path]:
-    """Write the original layout: `out_dir/latest_checkpointed_iteration.txt` + `<tag>/mp_rank_XX_model_states.pt`.
+    """Write the original layout: `latest_checkpointed_iteration.txt` + `<tag>/mp_rank_XX_model_states.pt`.
 
     Each file is `{"module": shard}` — what the original `load_pretrained` and the HF converter read
     (`--no-load-optim --no-load-rng` for a full DeepSpeed resume, which expects more keys).
@@ -346,14 +380,31 @@ def check_original_compatible(config: GLMConfig) -> None:
     if config.layernorm_epsilon != 1e-5:
         problems.append(f"layernorm_epsilon={config.layernorm_epsilon} (original: hard-wired 1e-5)")
     if problems:
-        raise CheckpointError(f"GLMConfig '{config.name}' cannot be written in the original layout: "
-                              + "; ".join(problems))
+        raise CheckpointError(
+            f"GLMConfig '{config.name}' cannot be written in the original layout: " + "; ".join(problems)
+        )
     if config.gelu_approximate != "tanh":
-        log.warning("GLMConfig '%s' uses the erf GELU; the original code always applies the tanh form", config.name)
+        log.warning(
+            "GLMConfig '%s' uses the erf GELU; the original code always applies the tanh form", config.name
+        )
 
 
 __all__ = [
-    "EXTRAS_FILE", "ORIGINAL_SAFE_GLOBALS", "OriginalCheckpoint", "check_original_compatible",
-    "convert_original_to_export", "infer_config", "is_original_dir", "load_original", "merge_shards", "merge_tensor", "original_shard_files",
-    "read_module", "save_original", "shard_rule", "split_extras", "split_state_dict", "split_tensor",
+    "EXTRAS_FILE",
+    "ORIGINAL_SAFE_GLOBALS",
+    "OriginalCheckpoint",
+    "check_original_compatible",
+    "convert_original_to_export",
+    "infer_config",
+    "is_original_dir",
+    "load_original",
+    "merge_shards",
+    "merge_tensor",
+    "original_shard_files",
+    "read_module",
+    "save_original",
+    "shard_rule",
+    "split_extras",
+    "split_state_dict",
+    "split_tensor",
 ]

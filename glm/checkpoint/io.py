@@ -141,8 +141,10 @@ def safe_load(
             ) from None
         raise CheckpointError(f"{path}: corrupt checkpoint ({size} bytes): {err}") from None
     except (RuntimeError, OSError, EOFError, KeyError, ValueError, IndexError) as err:
-        kind = "truncated or corrupt zip checkpoint" if is_zip or _looks_like_partial_zip(path) else (
-            "not a torch checkpoint (neither the zip nor the legacy pickle format), or truncated"
+        kind = (
+            "truncated or corrupt zip checkpoint"
+            if is_zip or _looks_like_partial_zip(path)
+            else ("not a torch checkpoint (neither the zip nor the legacy pickle format), or truncated")
         )
         raise CheckpointError(f"{path}: {kind} ({size} bytes): {type(err).__name__}: {err}") from None
 
@@ -154,7 +156,9 @@ def _looks_like_partial_zip(path: Path) -> bool:
 
 def _as_state_dict(obj: Any, path: Path, what: str = "state dict") -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path}: expected a non-empty {what} (dict of tensors), got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a non-empty {what} (dict of tensors), got {type(obj).__name__}"
+        )
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
         raise CheckpointError(f"{path}: {what} has non-tensor entries, e.g. {bad[:5]}")
@@ -176,8 +180,11 @@ def check_state_dict(state_dict: Mapping[str, Tensor], config: GLMConfig, source
     want = expected_shapes(config)
     missing = sorted(set(want) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(want))
-    wrong = [f"{k}: {tuple(state_dict[k].shape)} (config wants {tuple(want[k])})"
-             for k in sorted(set(want) & set(state_dict)) if state_dict[k].shape != want[k]]
+    wrong = [
+        f"{k}: {tuple(state_dict[k].shape)} (config wants {tuple(want[k])})"
+        for k in sorted(set(want) & set(state_dict))
+        if state_dict[k].shape != want[k]
+    ]
     problems = [
         f"missing keys {missing[:6]}{' ...' if len(missing) > 6 else ''}" if missing else "",
         f"unexpected keys {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}" if unexpected else "",
@@ -185,7 +192,9 @@ def check_state_dict(state_dict: Mapping[str, Tensor], config: GLMConfig, source
     ]
     problems = [p for p in problems if p]
     if problems:
-        raise CheckpointError(f"{source}: weights do not match GLMConfig '{config.name}': " + " | ".join(problems))
+        raise CheckpointError(
+            f"{source}: weights do not match GLMConfig '{config.name}': " + " | ".join(problems)
+        )
 
 
 def _plain_state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -195,8 +204,10 @@ def _plain_state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> 
         sd = dict(model_or_state_dict)
     for k in sd:
         if "_orig_mod." in k:
-            raise CheckpointError(f"state dict key {k!r} has a torch.compile '_orig_mod.' prefix; "
-                                  "export the uncompiled module (compile blocks in place instead)")
+            raise CheckpointError(
+                f"state dict key {k!r} has a torch.compile '_orig_mod.' prefix; "
+                "export the uncompiled module (compile blocks in place instead)"
+            )
     # detach + cpu: no autograd history or device tensors in files; contiguous so views of a fused
     # tensor are not saved with their whole storage.
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
@@ -241,12 +252,14 @@ def is_export_dir(path: str | Path) -> bool:
 def load_export(
     directory: str | Path, map_location: str | torch.device | None = "cpu", *, load_tokenizer: bool = True
 ) -> tuple[GLMConfig, dict[str, Tensor], Any]:
-    """Read an export directory: `(GLMConfig, state_dict, tokenizer or None)`; weights checked against config."""
+    """Read an export directory: `(GLMConfig, state_dict, tokenizer or None)`; weights checked vs config."""
     directory = Path(directory)
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
-            raise CheckpointError(f"{directory}: not an export directory (no {name}); expected "
-                                  f"{MODEL_FILE} + {CONFIG_FILE} [+ {TOKENIZER_DIR}/, {RUN_CONFIG_FILE}]")
+            raise CheckpointError(
+                f"{directory}: not an export directory (no {name}); expected "
+                f"{MODEL_FILE} + {CONFIG_FILE} [+ {TOKENIZER_DIR}/, {RUN_CONFIG_FILE}]"
+            )
     try:
         config = GLMConfig.from_file(directory / CONFIG_FILE)
     except ValueError as err:
@@ -275,7 +288,9 @@ class LoadReport:
     extended: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (rows in file, rows now)
 
 
-def read_weights(path: str | Path, map_location: str | torch.device | None = "cpu") -> tuple[dict[str, Tensor], str]:
+def read_weights(
+    path: str | Path, map_location: str | torch.device | None = "cpu"
+) -> tuple[dict[str, Tensor], str]:
     """The state dict stored at `path` and what kind of source it was.
 
     Kinds: `export` (export dir), `lightning` (`.ckpt` with a `state_dict` entry), `original` (original
@@ -313,7 +328,9 @@ def _backbone_prefix(keys: Iterable[str], source: str) -> str:
     return prefixes[0]
 
 
-def extend_position_table(table: Tensor, rows: int, std: float, generator: torch.Generator | None = None) -> Tensor:
+def extend_position_table(
+    table: Tensor, rows: int, std: float, generator: torch.Generator | None = None
+) -> Tensor:
     """A fresh N(0, std) table of `rows` rows whose first rows are `table` (spec §1.1, §12.1)."""
     if table.shape[0] > rows:
         raise ValueError(f"cannot shrink a position table from {table.shape[0]} to {rows} rows")
@@ -338,8 +355,8 @@ def load_pretrained_into(model: nn.Module, path: str | Path, *, strict_backbone:
     bad = [k for k in sd if "_orig_mod." in k]
     if bad:
         raise CheckpointError(
-            f"{source}: keys carry torch.compile's '_orig_mod.' prefix (e.g. {bad[0]!r}); save the uncompiled "
-            "module's state dict (this project compiles blocks in place, which keeps the names)"
+            f"{source}: keys carry torch.compile's '_orig_mod.' prefix (e.g. {bad[0]!r}); save the "
+            "uncompiled module's state dict (this project compiles blocks in place, which keeps the names)"
         )
     target = model.state_dict()
     src_prefix = _backbone_prefix(sd, source)
@@ -351,35 +368,48 @@ def load_pretrained_into(model: nn.Module, path: str | Path, *, strict_backbone:
     mapped: dict[str, Tensor] = {}
     report = LoadReport(source=f"{source} ({kind})")
     for key, value in sd.items():
-        name = dst_prefix + key[len(src_prefix):] if key.startswith(src_prefix) else key
+        name = dst_prefix + key[len(src_prefix) :] if key.startswith(src_prefix) else key
         if name not in target:
             report.unexpected.append(key)
             continue
         want = target[name].shape
-        inner = name[len(dst_prefix):]
+        inner = name[len(dst_prefix) :]
         if inner in POSITION_TABLES and value.shape[1:] == want[1:] and value.shape[0] < want[0]:
             value = extend_position_table(value, want[0], std)
             report.extended[name] = (sd[key].shape[0], want[0])
         if value.shape != want:
-            raise CheckpointError(f"{source}: {key}: shape {tuple(value.shape)} does not fit the model's "
-                                  f"{name} {tuple(want)}")
+            raise CheckpointError(
+                f"{source}: {key}: shape {tuple(value.shape)} does not fit the model's {name} {tuple(want)}"
+            )
         mapped[name] = value
     report.loaded = sorted(mapped)
     report.unexpected.sort()
     report.missing = sorted(set(target) - set(mapped))
-    missing_backbone = [k for k in report.missing if k.startswith(dst_prefix) and is_backbone_key(k[len(dst_prefix):])]
+    missing_backbone = [
+        k for k in report.missing if k.startswith(dst_prefix) and is_backbone_key(k[len(dst_prefix) :])
+    ]
     if missing_backbone and strict_backbone:
-        raise CheckpointError(f"{source}: backbone weights missing from the file: {missing_backbone[:6]}"
-                              f"{' ...' if len(missing_backbone) > 6 else ''} ({len(missing_backbone)} in all)")
+        raise CheckpointError(
+            f"{source}: backbone weights missing from the file: {missing_backbone[:6]}"
+            f"{' ...' if len(missing_backbone) > 6 else ''} ({len(missing_backbone)} in all)"
+        )
     model.load_state_dict(mapped, strict=False)
     for name, (old, new) in report.extended.items():
         log.info("%s: extended %s from %d to %d rows (new rows N(0, %g))", source, name, old, new, std)
     if report.missing:
-        log.warning("%s: %d model keys not in the file (kept as initialised): %s", source, len(report.missing),
-                    report.missing[:10])
+        log.warning(
+            "%s: %d model keys not in the file (kept as initialised): %s",
+            source,
+            len(report.missing),
+            report.missing[:10],
+        )
     if report.unexpected:
-        log.warning("%s: %d keys in the file not used by the model: %s", source, len(report.unexpected),
-                    report.unexpected[:10])
+        log.warning(
+            "%s: %d keys in the file not used by the model: %s",
+            source,
+            len(report.unexpected),
+            report.unexpected[:10],
+        )
     return report
 
 
@@ -395,7 +425,23 @@ def is_backbone_key(name: str) -> bool:
 
 
 __all__ = [
-    "CONFIG_FILE", "MODEL_FILE", "RUN_CONFIG_FILE", "TOKENIZER_DIR", "CheckpointError", "LoadReport",
-    "atomic_save", "atomic_write", "atomic_write_text", "check_state_dict", "expected_shapes", "export_model",
-    "extend_position_table", "is_backbone_key", "is_export_dir", "load_export", "load_pretrained_into", "read_weights", "safe_load",
+    "CONFIG_FILE",
+    "MODEL_FILE",
+    "RUN_CONFIG_FILE",
+    "TOKENIZER_DIR",
+    "CheckpointError",
+    "LoadReport",
+    "atomic_save",
+    "atomic_write",
+    "atomic_write_text",
+    "check_state_dict",
+    "expected_shapes",
+    "export_model",
+    "extend_position_table",
+    "is_backbone_key",
+    "is_export_dir",
+    "load_export",
+    "load_pretrained_into",
+    "read_weights",
+    "safe_load",
 ]
