@@ -122,3 +122,19 @@ def test_real_lambada_file(tmp_path):
 
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: field 'text' missing"):
         read_lambada(bad)
+
+
+def test_score_samples_against_hand_values():
+    import torch
+
+    from glm.tasks.lm_eval import score_samples
+
+    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]],
+                                     [[0.2, 0.5, 0.3], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]], dtype=torch.float64))
+    targets = torch.tensor([[0, 1, 2], [1, 2, 2]])
+    mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    ce, count, correct = score_samples(logits, targets, mask)
+    torch.testing.assert_close(ce, torch.tensor([-math.log(0.6) - math.log(0.4), -math.log(0.5) - math.log(0.25)],
+                                                dtype=torch.float64))
+    assert count.tolist() == [2, 2]
+    assert correct.tolist() == [True, False]  # row 1 slot 1: argmax 0 != target 2

@@ -135,3 +135,41 @@ def shared_xsum():
     from glm.data.paths import need_shared_data
 
     return need_shared_data("xsum/test.jsonl", "XSum test").parent
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss and ROUGE
+# --------------------------------------------------------------------------------------------------
+def test_label_smoothed_loss_matches_float64_hand_formula():
+    import torch
+
+    from glm.tasks.seq2seq import label_smoothed_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 7, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 7, (2, 4), generator=g)
+    mask = torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.float32)
+    eps, total, n = 0.1, 0.0, 0
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t]:
+                logp = logits[b, t] - torch.logsumexp(logits[b, t], 0)
+                total += (1 - eps) * -logp[targets[b, t]].item() + eps * (-logp).mean().item()
+                n += 1
+    assert label_smoothed_loss(logits, targets, mask, eps).item() == pytest.approx(total / n, rel=1e-6)
+
+
+def test_rouge_sentences_postprocess_and_scores():
+    from glm.tasks.seq2seq import RougeMetric, postprocess_prediction, split_sentences
+
+    assert split_sentences("One two. Three four! Five") == ["One two.", "Three four!", "Five"]
+    assert split_sentences("a b [SEP] c d.") == ["a b", "c d."]
+    kept = postprocess_prediction(["too short here", "the cat sat on the mat", "the cat sat on a mat",
+                                   "dogs run in the park"])
+    assert kept == ["the cat sat on the mat", "dogs run in the park"]  # 5/6 words overlap -> removed
+    rouge = RougeMetric(postprocess=False)
+    same = rouge(["the cat sat on the mat ."], ["the cat sat on the mat ."])
+    assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
+    # hand count: pred "the cat ran" vs ref "the cat sat down": unigram P = 2/3, R = 2/4 -> F = 4/7
+    part = rouge(["the cat ran"], ["the cat sat down"])
+    assert part["rouge1"] == pytest.approx(4 / 7) and part["rouge2"] == pytest.approx(2 * (1 / 2 * 1 / 3) / (1 / 2 + 1 / 3))

@@ -248,12 +248,12 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 def resolve_tokenizer(tokenizer: Any) -> Any:
-    """A `GLMTokenizer` object as is, or a path loaded with `glm.tokenizer.load_tokenizer`."""
-    if isinstance(tokenizer, (str, Path)):
-        from glm.tokenizer import load_tokenizer
+    """A tokenizer object as is; a path or `{kind, path}` dict loaded with `glm.tokenizer.load_tokenizer`."""
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "pad_id"):
+        return tokenizer
+    from glm.tokenizer import load_tokenizer
 
-        return load_tokenizer(tokenizer)
-    return tokenizer
+    return load_tokenizer(tokenizer)
 
 
 try:

@@ -1,0 +1,175 @@
+"""Seq2seq finetuning (summarisation): label-smoothed teacher forcing, beam-search decoding, ROUGE.
+
+Training (spec §8.2): `loss_t = (1 - eps) * ce_t + eps * mean_V(-log_softmax(logits_t))`, averaged over
+the target slots; this is exactly `torch.nn.functional.cross_entropy(..., label_smoothing=eps)`.
+Validation/test decode every source with `glm.generation` (the decoding settings of the experiment),
+drop eop/pad ids, detokenise and score ROUGE-1/2/Lsum F1 with `rouge_score` (stemming) in process,
+logged as `val/rouge1`, `val/rouge2`, `val/rougeL` (Lsum); test writes `test.jsonl.hyps` /
+`test.jsonl.refs` (one line each) into the run dir.
+
+ROUGE post-processing (spec §8.3, the original `rouge_metric`): texts are split into sentences on
+`[SEP]` (else on sentence-final punctuation, so ROUGE-Lsum sees sentences); with `rouge_postprocess`
+predicted sentences of at most 4 words are dropped and a predicted sentence is removed when more than
+70% of its word set already occurs in one earlier kept sentence (decision: overlap measured as
+`|A & B| / |A|` for the later sentence A).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from glm.generation import GenerationConfig, generate
+from glm.tasks.base import GLMTaskModule
+
+log = logging.getLogger(__name__)
+
+_SENT_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def label_smoothed_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, eps: float = 0.1) -> Tensor:
+    """Spec §8.2 over all V logits; `sum(loss_t * mask_t) / sum(mask_t)`."""
+    per_tok = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none", label_smoothing=eps)
+    mask = loss_mask.flatten().float()
+    return (per_tok * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a summary: on `[SEP]` when present (CNN/DM targets), else on . ! ? + whitespace."""
+    parts = text.split("[SEP]") if "[SEP]" in text else _SENT_END.split(text)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def postprocess_prediction(sentences: list[str], min_words: int = 5, max_overlap: float = 0.7) -> list[str]:
+    """Drop sentences of fewer than `min_words` words and near-duplicates of earlier kept sentences."""
+    kept: list[str] = []
+    for s in sentences:
+        words = set(s.lower().split())
+        if len(s.split()) < min_words:
+            continue
+        if any(len(words & set(k.lower().split())) / max(len(words), 1) > max_overlap for k in kept):
+            continue
+        kept.append(s)
+    return kept
+
+
+class RougeMetric:
+    """ROUGE-1/2/Lsum F1 (x100 not applied: values in [0, 1]) averaged over examples, via `rouge_score`."""
+
+    def __init__(self, postprocess: bool = True) -> None:
+        from rouge_score import rouge_scorer
+
+        self.scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
+        self.postprocess = postprocess
+
+    def __call__(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        if len(predictions) != len(references):
+            raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+        if not predictions:
+            return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
+        for pred, ref in zip(predictions, references):
+            p = split_sentences(pred)
+            if self.postprocess:
+                p = postprocess_prediction(p)
+            scores = self.scorer.score("\n".join(split_sentences(ref)), "\n".join(p))
+            for k in totals:
+                totals[k] += scores[k].fmeasure
+        n = len(predictions)
+        return {"rouge1": totals["rouge1"] / n, "rouge2": totals["rouge2"] / n, "rougeL": totals["rougeLsum"] / n}
+
+
+class Seq2SeqModule(GLMTaskModule):
+    """GLM summarisation finetuning. Extra arguments (plain values): `generation` (dict of
+    `GenerationConfig` fields: num_beams, length_penalty, no_repeat_ngram_size, min_new_tokens,
+    max_new_tokens, do_sample, top_k, top_p, temperature, seed), `label_smoothing` (spec: 0.1),
+    `rouge_postprocess`, `num_logged_samples` (rows of the W&B sample table), `output_dir` (None = the
+    trainer's `default_root_dir`, the run dir)."""
+
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict, pretrained: str | None = None,
+                 generation: dict | None = None, label_smoothing: float = 0.1, rouge_postprocess: bool = True,
+                 num_logged_samples: int = 8, output_dir: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
+        self.generation = dict(generation or {})
+        GenerationConfig(**self.generation)  # fail at start-up on a bad key or value, not after training
+        self.label_smoothing = float(label_smoothing)
+        self.rouge_postprocess = bool(rouge_postprocess)
+        self.num_logged_samples = int(num_logged_samples)
+        self.output_dir = output_dir
+        self._decoded: list[tuple[int, str]] = []
+
+    # ---- training ----
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
+        loss = label_smoothed_loss(logits, batch["targets"], batch["loss_mask"], self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    # ---- decoding ----
+    def _tokenizer(self) -> Any:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "tokenizer"):
+            raise RuntimeError("Seq2SeqModule needs its Seq2SeqDataModule attached to the trainer")
+        return dm.tokenizer
+
+    def generation_config(self) -> GenerationConfig:
+        tok = self._tokenizer()
+        gen = {"max_new_tokens": self.trainer.datamodule.tgt_seq_length, **self.generation}
+        return GenerationConfig.for_tokenizer(tok, **gen)
+
+    def decode_batch(self, batch: dict[str, Tensor]) -> list[str]:
+        tok = self._tokenizer()
+        cfg = self.generation_config()
+        out = generate(self.model, batch["input_ids"], batch["mask_pos"], cfg, position_ids=batch["position_ids"],
+                       sep=batch["sep"])
+        drop = {tok.eop_id, tok.pad_id}  # spec §9: eop and pad removed before detokenising
+        return [tok.decode([t for t in seq if t not in drop]).strip() for seq in out.sequences]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._decoded.extend(zip(batch["index"].tolist(), self.decode_batch(batch)))
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _finish(self, stage: str) -> dict[str, float]:
+        decoded, self._decoded = sorted(self._decoded), []
+        if not decoded:
+            return {}
+        refs_all = self.trainer.datamodule.references("val" if stage == "val" else "test")
+        hyps = [h for _, h in decoded]
+        refs = [refs_all[i] for i, _ in decoded]
+        scores = RougeMetric(self.rouge_postprocess)(hyps, refs)
+        for k, v in scores.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k == "rouge1", sync_dist=False)
+        if self.trainer.is_global_zero:
+            out = Path(self.output_dir or self.trainer.default_root_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            if stage == "test":
+                # one line per example: newlines inside a summary would break the line pairing
+                (out / "test.jsonl.hyps").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), "utf-8")
+                (out / "test.jsonl.refs").write_text("".join(r.replace("\n", " ") + "\n" for r in refs), "utf-8")
+            self._log_table(stage, hyps, refs)
+        return scores
+
+    def _log_table(self, stage: str, hyps: list[str], refs: list[str]) -> None:
+        """A W&B table of sample summaries when a WandbLogger is attached (no-op otherwise)."""
+        n = min(self.num_logged_samples, len(hyps))
+        for lg in self.loggers:
+            if n and hasattr(lg, "log_table") and type(lg).__name__ == "WandbLogger":
+                lg.log_table(key=f"{stage}/samples", columns=["reference", "prediction"],
+                             data=[[refs[i], hyps[i]] for i in range(n)])
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._decoded = []
+            return
+        self._finish("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish("test")
