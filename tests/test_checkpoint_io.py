@@ -269,3 +269,18 @@ def test_load_pretrained_errors(tmp_path: Path) -> None:
     torch.save({"foo.weight": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"other\.pt: no GLM backbone found"):
         load_pretrained_into(tiny_model(), tmp_path / "other.pt")
+
+
+def test_export_with_tokenizer_round_trip(tmp_path: Path) -> None:
+    from glm.data.paths import need_shared_data
+    from glm.tokenizer import WordPieceTokenizer
+
+    tok = WordPieceTokenizer(need_shared_data("tokenizers/bert-base-uncased/vocab.txt", "BERT vocab"))
+    config = GLMConfig(**{**TINY, "vocab_size": tok.vocab_size})  # 30592 for BERT + GLM specials (§4.1)
+    model = GLM(config)
+    export_model(model, config, tmp_path / "e", tokenizer=tok)
+    loaded_config, _, loaded_tok = load_export(tmp_path / "e")
+    assert loaded_config.vocab_size == loaded_tok.vocab_size == 30592
+    text = "GLM fills [MASK] blanks."
+    assert loaded_tok.encode(text) == tok.encode(text)
+    assert (loaded_tok.mask_id, loaded_tok.sop_id, loaded_tok.eos_id) == (103, 30522, 0)
