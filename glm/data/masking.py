@@ -24,9 +24,13 @@ Deliberate deviations from the original (``blocklm_utils.py::ConstructBlockStrat
   ``G ~ U{int(gpt_min_ratio * len), len - 2}`` with the sample's own length (the batch min/max of the
   original coincide with it for equal-length samples, the pretraining case).
 - **Never an unmasked or dropped sample.** The original drops a token-mode sample whose spans do not all
-  fit. Here the same span lengths are re-shuffled and placed again (up to ``PLACEMENT_TRIES`` times; a
-  re-shuffle keeps the drawn length multiset, so span statistics are unchanged); if every try fails, the
-  try that placed the most tokens is used (fewer masked tokens than the target). A sentence-mode sample
+  fit (common when a sample holds many short documents: each non-longest document takes at most 15% of
+  itself, and the longest may lack room for the rest). Here the same span lengths are re-shuffled and
+  placed again by the spec rule (``PLACEMENT_TRIES`` times; a re-shuffle keeps the drawn length multiset,
+  so span statistics are unchanged); if all fail, the spans are spread over the documents in proportion
+  to their free room (:func:`_allocate_spread`, counted as "token_spread"; same placement rules, only the
+  15%-per-document cap is dropped); if even that cannot place every span (a long span that fits no
+  document), the attempt that placed the most tokens is used, counted as "token_partial". A sentence-mode sample
   without any sentence candidate falls back to token mode, a single document span that cannot be placed
   falls back to the suffix form. Every fallback is counted in ``GLMMasker.fallbacks`` and logged (warning
   the first time per kind and process). A sample with no maskable token at all raises ``ValueError``.
@@ -80,7 +84,7 @@ MODES: tuple[str, ...] = ("token", "sentence", "document")
 SENTENCE_END_CHARS: tuple[str, ...] = (".", "?", "!", ";", ":", "。", "？", "！", "；", "…", "\n")
 
 # Re-shuffles of the span lengths tried before the partial-placement fallback (see module docstring).
-PLACEMENT_TRIES = 8
+PLACEMENT_TRIES = 4
 
 
 # --------------------------------------------------------------------------------------------------
@@ -464,6 +468,39 @@ def _allocate(
     return spans[np.argsort(spans[:, 0], kind="stable")]
 
 
+def _allocate_spread(
+    lengths: np.ndarray, doc_starts: np.ndarray, doc_lens: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Fallback allocation: longest span first, each into the document with the largest free fraction.
+
+    A document holding lengths with total ``m`` in ``k`` spans fits iff ``m + k - 1 <= D`` (the offset
+    rule's condition). Spans are then placed per document by :func:`place_spans` in a random order.
+    Returns the placed spans sorted by start (fewer than ``len(lengths)`` if some length fits nowhere).
+    """
+    nd = doc_lens.shape[0]
+    used = np.zeros(nd, np.int64)  # masked tokens + gaps already needed (m + k)
+    assigned: list[list[int]] = [[] for _ in range(nd)]
+    for length in np.sort(lengths)[::-1]:
+        fits = used + length <= doc_lens  # after adding it: m + k - 1 = used + length <= D
+        if not fits.any():
+            continue
+        free = np.where(fits, (doc_lens - used) / np.maximum(doc_lens, 1), -1.0)
+        d = int(np.argmax(free))
+        assigned[d].append(int(length))
+        used[d] += length + 1
+    placed = []
+    for d in range(nd):
+        if not assigned[d]:
+            continue
+        chosen = rng.permutation(np.array(assigned[d], np.int64))
+        hi = int(doc_lens[d]) - int(chosen.sum()) - chosen.shape[0] + 1
+        placed.append(place_spans(chosen, int(doc_starts[d]), np.sort(rng.integers(0, hi + 1, size=chosen.shape[0]))))
+    if not placed:
+        return np.zeros((0, 2), np.int64)
+    spans = np.concatenate(placed)
+    return spans[np.argsort(spans[:, 0], kind="stable")]
+
+
 def sentence_candidates(tokens: np.ndarray, sentence_end: np.ndarray, cls_id: int, eos_id: int) -> np.ndarray:
     """Spec §5.4 sentence candidates ``[c, 2]`` (half-open, text order).
 
@@ -612,15 +649,25 @@ class GLMMasker:
                 break
             if best is None or _covered(spans) > _covered(best):
                 best = spans
-        else:
+        if best.shape[0] < lengths.shape[0]:
+            # Many short documents can leave the longest one too little room under the spec rule.
+            spans = _allocate_spread(lengths, doc_starts, doc_lens, rng)
+            if spans.shape[0] == lengths.shape[0]:
+                self._fallback("token_spread", f"{lengths.shape[0]} spans spread over {doc_lens.shape[0]} "
+                                               f"documents in a sample of {n}")
+                best = spans
+            elif _covered(spans) > _covered(best):
+                best = spans
+        if best.shape[0] < lengths.shape[0]:
             if best.shape[0] == 0:
                 # Not one drawn length fits anywhere: one span as long as the longest document allows.
                 d = int(np.argmax(doc_lens))
                 length = min(int(lengths.min()), int(doc_lens[d]))
                 off = int(rng.integers(0, doc_lens[d] - length + 1))
                 best = np.array([[doc_starts[d] + off, doc_starts[d] + off + length]], np.int64)
-            self._fallback("token_partial", f"placed {best.shape[0]} of {lengths.shape[0]} spans "
-                                            f"({_covered(best)} of {int(lengths.sum())} tokens) in a sample of {n}")
+            self._fallback("token_partial", f"placed {best.shape[0]} span(s) of {_covered(best)} tokens instead "
+                                            f"of the {lengths.shape[0]} drawn ({int(lengths.sum())} tokens) in a "
+                                            f"sample of {n}")
         sample = layout_spans(tokens, best, self._order(best.shape[0], rng), mask_id=self.ids.mask,
                               sop_id=self.ids.sop, eop_id=self.ids.eop,
                               block_position_encoding=self.config.block_position_encoding, mode="token")
