@@ -363,9 +363,7 @@ class SentencePieceTokenizer(GLMTokenizer):
         return directory
 
 
-def _iter_training_lines(
-    files: Sequence[Path], max_bytes: int | None, progress: bool
-) -> Iterator[str]:
+def _iter_training_lines(files: Sequence[Path], max_bytes: int | None, progress: bool) -> Iterator[str]:
     """Lines of ``files`` as text: BOM removed, CRLF/CR -> LF, at most ``max_bytes`` in all.
 
     The byte budget is shared evenly among the files (unused share rolls over), cut at a line end,
@@ -376,7 +374,9 @@ def _iter_training_lines(
     sizes = [f.stat().st_size for f in files]
     total = sum(sizes) if max_bytes is None else min(sum(sizes), max_bytes)
     remaining = max_bytes
-    with tqdm(total=total, unit="B", unit_scale=True, desc="reading text", disable=not progress or None) as bar:
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="reading text", disable=not progress or None
+    ) as bar:
         for k, path in enumerate(files):
             budget = None if remaining is None else remaining // (len(files) - k)
             used = 0
@@ -389,7 +389,9 @@ def _iter_training_lines(
                     try:
                         line = raw.decode("utf-8")
                     except UnicodeDecodeError as err:
-                        raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+                        raise ValueError(
+                            f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})"
+                        ) from err
                     if lineno == 1:
                         line = line.removeprefix("\ufeff")
                     line = line.rstrip("\n").rstrip("\r")
@@ -412,7 +414,9 @@ def _expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return sorted(dict.fromkeys(files))
 
 
-def _training_settings(files: Sequence[Path], vocab_size: int, model_type: str, max_bytes: int | None) -> dict:
+def _training_settings(
+    files: Sequence[Path], vocab_size: int, model_type: str, max_bytes: int | None
+) -> dict:
     """What a trained model depends on (the cache key of :func:`ensure_tokenizer`)."""
     return {
         "vocab_size": vocab_size,
@@ -557,7 +561,8 @@ class _HFTokenizer(GLMTokenizer):
                 raise ValueError(f"{source}: vocabulary has no {entry!r} entry (needed as the {name} token)")
             ids[name] = i
         appended = [
-            n for n in fam.appended
+            n
+            for n in fam.appended
             if (task_mask or n not in TASK_MASK_NAMES) and (decoder_mask or n != "dblock")
         ]
         base = tok.get_vocab_size(with_added_tokens=False)
@@ -569,7 +574,10 @@ class _HFTokenizer(GLMTokenizer):
         names = list(fam.in_vocab) + appended
         strings = [fam.in_vocab.get(n, SPECIAL_TOKENS[n]) for n in names]
         tok.add_special_tokens(
-            [AddedToken(s, special=True, normalized=False, lstrip=n in fam.lstrip) for n, s in zip(names, strings)]
+            [
+                AddedToken(s, special=True, normalized=False, lstrip=n in fam.lstrip)
+                for n, s in zip(names, strings)
+            ]
         )
         for name, s in zip(names, strings):
             if tok.token_to_id(s) != ids[name]:  # guards against a library change in id assignment
@@ -612,7 +620,9 @@ class WordPieceTokenizer(_HFTokenizer):
         if not self.vocab_file.is_file():
             raise FileNotFoundError(f"BERT vocab file not found: {self.vocab_file}")
         self.lowercase = lowercase
-        tok = Tokenizer(models.WordPiece.from_file(str(self.vocab_file), unk_token="[UNK]", max_input_chars_per_word=100))
+        tok = Tokenizer(
+            models.WordPiece.from_file(str(self.vocab_file), unk_token="[UNK]", max_input_chars_per_word=100)
+        )
         # Same pipeline as the BERT basic tokenizer the original used: clean text, split CJK chars,
         # lowercase + strip accents (uncased), split on whitespace and punctuation.
         tok.normalizer = normalizers.BertNormalizer(
@@ -627,7 +637,10 @@ class WordPieceTokenizer(_HFTokenizer):
         directory.mkdir(parents=True, exist_ok=True)
         _copy_into(self.vocab_file, directory, "vocab.txt")
         meta = self._meta(
-            vocab_file="vocab.txt", task_mask=self.task_mask, decoder_mask=self.decoder_mask, lowercase=self.lowercase
+            vocab_file="vocab.txt",
+            task_mask=self.task_mask,
+            decoder_mask=self.decoder_mask,
+            lowercase=self.lowercase,
         )
         _write_json_atomic(directory / META_FILE, meta)
         return directory
@@ -662,7 +675,10 @@ class GPT2Tokenizer(_HFTokenizer):
         _copy_into(self.vocab_json, directory, "vocab.json")
         _copy_into(self.merges_txt, directory, "merges.txt")
         meta = self._meta(
-            vocab_file="vocab.json", merges_file="merges.txt", task_mask=self.task_mask, decoder_mask=self.decoder_mask
+            vocab_file="vocab.json",
+            merges_file="merges.txt",
+            task_mask=self.task_mask,
+            decoder_mask=self.decoder_mask,
         )
         _write_json_atomic(directory / META_FILE, meta)
         return directory
@@ -680,7 +696,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
         raise ValueError(f"{path}: not a glm-lightning tokenizer file (field 'format' != {META_FORMAT!r})")
     if meta.get("version") != META_VERSION:
-        raise ValueError(f"{path}: field 'version' is {meta.get('version')!r}; this code reads {META_VERSION}")
+        raise ValueError(
+            f"{path}: field 'version' is {meta.get('version')!r}; this code reads {META_VERSION}"
+        )
     return meta
 
 
@@ -695,10 +713,14 @@ def _build(kind: str, path: Path, options: dict[str, Any], where: str) -> GLMTok
         return WordPieceTokenizer(vocab, **flags)
     if kind == "gpt2":
         if not path.is_dir():
-            raise ValueError(f"{where}: 'path' of a gpt2 tokenizer must be the dir with vocab.json and merges.txt")
+            raise ValueError(
+                f"{where}: 'path' of a gpt2 tokenizer must be the dir with vocab.json and merges.txt"
+            )
         flags.pop("lowercase", None)
         return GPT2Tokenizer(
-            path / options.get("vocab_file", "vocab.json"), path / options.get("merges_file", "merges.txt"), **flags
+            path / options.get("vocab_file", "vocab.json"),
+            path / options.get("merges_file", "merges.txt"),
+            **flags,
         )
     raise ValueError(f"{where}: field 'kind' is {kind!r}; expected sentencepiece, bert or gpt2")
 
@@ -730,10 +752,15 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
             )
         meta = _read_meta(path)
         tok = _build(str(meta.get("kind")), path, meta, str(path / META_FILE))
-        for field, actual in (("special_ids", dict(tok.special_ids)), ("vocab_size", tok.vocab_size),
-                              ("num_text_tokens", tok.num_text_tokens)):
+        for field, actual in (
+            ("special_ids", dict(tok.special_ids)),
+            ("vocab_size", tok.vocab_size),
+            ("num_text_tokens", tok.num_text_tokens),
+        ):
             if field in meta and meta[field] != actual:
-                raise ValueError(f"{path / META_FILE}: field {field!r} is {meta[field]}, but the files give {actual}")
+                raise ValueError(
+                    f"{path / META_FILE}: field {field!r} is {meta[field]}, but the files give {actual}"
+                )
         return tok
     if path.suffix == ".model" and path.is_file():
         return SentencePieceTokenizer(path)
@@ -750,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m glm.tokenizer", description=main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train a GLM sentencepiece tokenizer on text files")
-    p_train.add_argument("--input", nargs="+", required=True, metavar="GLOB", help="text files or glob patterns")
+    p_train.add_argument(
+        "--input", nargs="+", required=True, metavar="GLOB", help="text files or glob patterns"
+    )
     p_train.add_argument("--out", required=True, help="output dir (tokenizer.model + tokenizer.json)")
     p_train.add_argument("--vocab-size", type=int, default=8000)
     p_train.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe")
@@ -762,9 +791,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            tok = train_sentencepiece(args.input, args.out, args.vocab_size, args.model_type,
-                                      args.max_bytes or None, num_threads=args.threads)
-            print(f"wrote {Path(args.out) / SP_MODEL_FILE} ({tok.num_text_tokens} pieces, V={tok.vocab_size})")
+            tok = train_sentencepiece(
+                args.input,
+                args.out,
+                args.vocab_size,
+                args.model_type,
+                args.max_bytes or None,
+                num_threads=args.threads,
+            )
+            print(
+                f"wrote {Path(args.out) / SP_MODEL_FILE} ({tok.num_text_tokens} pieces, V={tok.vocab_size})"
+            )
         else:
             tok = load_tokenizer(args.tokenizer)
             ids = tok.encode(args.text)

@@ -1,4 +1,4 @@
-"""Tokenizers: GLM special ids (contracts.md, spec §4.1), exact round trips, caching, BERT/GPT-2 vocabularies.
+"""Tokenizers: GLM special ids (contracts.md, spec §4.1), exact round trips, caching, BERT/GPT-2.
 
 The SentencePiece model is trained once per module (vocab 600 on 300 KB of two Gutenberg books,
 ~0.2 s). BERT/GPT-2 expectations are looked up by hand in the vocabulary files, not in the library.
@@ -26,21 +26,66 @@ from glm.tokenizer import (
     train_sentencepiece,
 )
 
-SP_IDS = {"eos": 0, "pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4, "smask": 5, "gmask": 6, "sop": 7, "eop": 8,
-          "dblock": 9}
-SP_STRINGS = ["<|endoftext|>", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[sMASK]", "[gMASK]", "<|startofpiece|>",
-              "<|endofpiece|>", "[dBLOCK]"]
+SP_IDS = {
+    "eos": 0,
+    "pad": 0,
+    "unk": 1,
+    "cls": 2,
+    "sep": 3,
+    "mask": 4,
+    "smask": 5,
+    "gmask": 6,
+    "sop": 7,
+    "eop": 8,
+    "dblock": 9,
+}
+SP_STRINGS = [
+    "<|endoftext|>",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[sMASK]",
+    "[gMASK]",
+    "<|startofpiece|>",
+    "<|endofpiece|>",
+    "[dBLOCK]",
+]
 # spec §4.1 (BERT with task mask; dBLOCK by the original append order, see glm/tokenizer.py)
-BERT_IDS = {"eos": 0, "pad": 0, "unk": 100, "cls": 101, "sep": 102, "mask": 103, "sop": 30522, "eop": 30523,
-            "gmask": 30524, "smask": 30525, "dblock": 30526}
-GPT2_IDS = {"eos": 50256, "pad": 50256, "sop": 50257, "eop": 50258, "cls": 50259, "mask": 50260, "sep": 50261,
-            "unk": 50262, "gmask": 50263, "smask": 50264, "dblock": 50265}
+BERT_IDS = {
+    "eos": 0,
+    "pad": 0,
+    "unk": 100,
+    "cls": 101,
+    "sep": 102,
+    "mask": 103,
+    "sop": 30522,
+    "eop": 30523,
+    "gmask": 30524,
+    "smask": 30525,
+    "dblock": 30526,
+}
+GPT2_IDS = {
+    "eos": 50256,
+    "pad": 50256,
+    "sop": 50257,
+    "eop": 50258,
+    "cls": 50259,
+    "mask": 50260,
+    "sep": 50261,
+    "unk": 50262,
+    "gmask": 50263,
+    "smask": 50264,
+    "dblock": 50265,
+}
 VOCAB = 600
 
 
 def _books() -> list[Path]:
-    return [need_shared_data("gutenberg/11-0.txt", "Alice (Gutenberg)"),
-            need_shared_data("gutenberg/84-0.txt", "Frankenstein (Gutenberg)")]
+    return [
+        need_shared_data("gutenberg/11-0.txt", "Alice (Gutenberg)"),
+        need_shared_data("gutenberg/84-0.txt", "Frankenstein (Gutenberg)"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +127,14 @@ def test_sp_special_ids_and_pieces(sp):
 
 def test_pad_vocab_size_rule():
     # spec §4.1: BERT 30522+4 -> 30592, GPT-2 50257+9 -> 50304; contracts: 8000 -> 8064
-    assert [pad_vocab_size(n) for n in (1, 128, 129, 8000, 30526, 50266)] == [128, 128, 256, 8064, 30592, 50304]
+    assert [pad_vocab_size(n) for n in (1, 128, 129, 8000, 30526, 50266)] == [
+        128,
+        128,
+        256,
+        8064,
+        30592,
+        50304,
+    ]
 
 
 def test_sp_training_reads_crlf_and_bom_as_plain_text(sp):
@@ -187,8 +239,8 @@ def test_ensure_tokenizer_trains_once_then_reuses(tmp_path, monkeypatch):
     monkeypatch.setattr(T, "_train_into", counting)
     out = tmp_path / "cache" / "tok"
     books = _books()[:1]
-    kw = dict(vocab_size=500, max_bytes=100_000, quiet=True, progress=False)
-    first = ensure_tokenizer(out, books, **{k: v for k, v in kw.items()})
+    kw = {"vocab_size": 500, "max_bytes": 100_000, "quiet": True, "progress": False}
+    first = ensure_tokenizer(out, books, **kw)
     mtime = (out / "tokenizer.model").stat().st_mtime_ns
     second = ensure_tokenizer(out, books, **kw)
     assert len(calls) == 1
@@ -212,8 +264,19 @@ def test_train_errors_are_clear(tmp_path):
 def test_cli_train_and_encode(tmp_path, capsys):
     book = _books()[0]
     out = tmp_path / "cli"
-    rc = T.main(["train", "--input", str(book.parent / "11-*.txt"), "--out", str(out), "--vocab-size", "500",
-                 "--max-bytes", "100000"])
+    rc = T.main(
+        [
+            "train",
+            "--input",
+            str(book.parent / "11-*.txt"),
+            "--out",
+            str(out),
+            "--vocab-size",
+            "500",
+            "--max-bytes",
+            "100000",
+        ]
+    )
     assert rc == 0 and (out / "tokenizer.model").is_file() and (out / "tokenizer.json").is_file()
     assert load_tokenizer(out).num_text_tokens == 500
     capsys.readouterr()
@@ -235,7 +298,14 @@ def test_bert_special_ids_match_spec(bert):
     assert _ids(bert) == BERT_IDS
     assert bert.num_text_tokens == 30527 and bert.vocab_size == 30592
     assert [bert.id_to_piece(i) for i in (0, 100, 101, 102, 103, 30522, 30524)] == [
-        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|startofpiece|>", "[gMASK]"]
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "<|startofpiece|>",
+        "[gMASK]",
+    ]
 
 
 def test_bert_without_task_mask_has_no_gmask(tmp_path):
@@ -300,7 +370,9 @@ def test_gpt2_save_load_and_dict_spec(gpt2, tmp_path):
     assert sorted(p.name for p in saved.iterdir()) == ["merges.txt", "tokenizer.json", "vocab.json"]
     for spec in (saved, {"kind": "gpt2", "path": str(saved)}):
         tok = load_tokenizer(spec)
-        assert isinstance(tok, GPT2Tokenizer) and tok.encode(text) == gpt2.encode(text) and _ids(tok) == GPT2_IDS
+        assert (
+            isinstance(tok, GPT2Tokenizer) and tok.encode(text) == gpt2.encode(text) and _ids(tok) == GPT2_IDS
+        )
     no_task = load_tokenizer({"kind": "gpt2", "path": str(saved), "task_mask": False})
     assert no_task.gmask_id is None and no_task.dblock_id == 50263
     shutil.rmtree(saved)
