@@ -1,0 +1,296 @@
+"""Cloze finetuning on SuperGLUE (spec §7): verbalizer / candidate scoring, losses, metrics, outputs.
+
+Scoring (spec §7.1):
+- single-token: score of class c = raw logit of verbalizer token v_c at the `[sop]` slot (index `sep`);
+- multi-token: score of a candidate = sum over its k+1 target slots of `log_softmax(logits)[target]`,
+  divided by `(k+1) ** length_penalty` when `length_penalty > 0`; all candidates of a batch in one
+  forward pass; padded candidates get -10000.
+Losses: `cross_entropy` over the scores (default), `generative` = -log p(gold answer), `mix` = both.
+For single-token tasks the generative term is `-log_softmax(logits at [sop])[v_gold]` over the full
+vocabulary: the raw-logit score itself is unbounded below, so `-score` would not be a usable loss there
+(the multi-token score already is a log-probability, so there it equals `-score[label]`).
+
+Outputs in `output_dir` (the run dir): `val_predictions.jsonl` (one line per validation example with
+its scores), `metrics.json` (`{"task", "optimized_metric", <metric>: value, ...}`) after each
+validation epoch, and `test/<Task>.jsonl` in SuperGLUE submission format after `predict`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glm.data.cloze import IGNORE_INDEX
+from glm.metrics import SuperGLUEMetrics
+from glm.tasks.base import GLMTaskModule
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClozeModule", "PromptEncoder", "cloze_loss", "multi_token_scores", "single_token_scores"]
+
+PAD_SCORE = -10000.0
+LOSSES = ("cross_entropy", "generative", "mix")
+
+
+def single_token_scores(logits: Tensor, sep: Tensor, verbalizer_ids: Tensor) -> Tensor:
+    """Raw logits of the verbalizer tokens at the `[sop]` slot.
+
+    logits `[N, L, V]`, sep `[N]` (the `[sop]` index), verbalizer_ids `[N, K]` -> scores `[N, K]`.
+    """
+    rows = torch.arange(logits.size(0), device=logits.device)
+    at_sop = logits[rows, sep]  # [N, V]
+    return at_sop.gather(1, verbalizer_ids)
+
+
+def multi_token_scores(logits: Tensor, targets: Tensor, loss_mask: Tensor, length_penalty: float = 0.0) -> Tensor:
+    """Sum of target log-probabilities over the loss-mask slots of each row, length-normalised.
+
+    logits `[N, L, V]`, targets/loss_mask `[N, L]` -> `[N]` (float32 or wider). Only the masked slots
+    go through log_softmax, so memory is O(answer tokens x V), not O(L x V).
+    """
+    sel = loss_mask > 0
+    rows = sel.nonzero(as_tuple=True)[0]
+    picked = logits[sel]
+    if picked.dtype not in (torch.float32, torch.float64):  # bf16/fp16 logits: log_softmax in float32
+        picked = picked.float()
+    picked = picked.log_softmax(-1)  # [T, V]
+    token_lp = picked.gather(1, targets[sel].unsqueeze(1)).squeeze(1)
+    scores = torch.zeros(logits.size(0), dtype=picked.dtype, device=logits.device).index_add_(0, rows, token_lp)
+    if length_penalty > 0:
+        scores = scores / loss_mask.sum(-1).to(scores.dtype).clamp(min=1) ** length_penalty
+    return scores
+
+
+def cloze_loss(scores: Tensor, label: Tensor, kind: str = "cross_entropy", gen_logprob: Tensor | None = None) -> Tensor:
+    """Loss over `[B, C]` scores (padded choices already at -10000) and `label [B]` (-100 = no loss).
+
+    `gen_logprob [B, C]`: log-probability of each choice for the generative term (defaults to the
+    scores, which is right for multi-token tasks).
+    """
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+    valid = label != IGNORE_INDEX
+    if not valid.any():
+        return scores.sum() * 0.0  # keeps the graph (and DDP) happy when a batch has no target
+    loss = scores.new_zeros(())
+    if kind in ("cross_entropy", "mix"):
+        loss = loss + F.cross_entropy(scores[valid].float(), label[valid])
+    if kind in ("generative", "mix"):
+        lp = scores if gen_logprob is None else gen_logprob
+        loss = loss - lp[valid].gather(1, label[valid].unsqueeze(1)).float().mean()
+    return loss
+
+
+class PromptEncoder(nn.Module):
+    """Continuous prompt embeddings for P-tuning: `num_tokens` learned vectors through an LSTM or MLP."""
+
+    def __init__(self, num_tokens: int, hidden_size: int, kind: str = "lstm") -> None:
+        super().__init__()
+        if kind not in ("lstm", "mlp"):
+            raise ValueError(f"prompt encoder must be 'lstm' or 'mlp', got {kind!r}")
+        self.kind = kind
+        self.embedding = nn.Embedding(num_tokens, hidden_size)
+        if kind == "lstm":  # P-tuning: a bidirectional LSTM then a 2-layer MLP
+            self.lstm = nn.LSTM(hidden_size, hidden_size // 2, num_layers=2, bidirectional=True, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self) -> Tensor:
+        """`[num_tokens, hidden]` prompt embeddings."""
+        x = self.embedding.weight.unsqueeze(0)
+        if self.kind == "lstm":
+            x = self.lstm(x)[0]
+        return self.mlp(x).squeeze(0)
+
+
+class ClozeModule(GLMTaskModule):
+    """Cloze finetuning of GLM on one SuperGLUE task.
+
+    Extra arguments (plain values, saved as hyperparameters): `task` (boolq, cb, copa, multirc, record, rte,
+    wic, wsc), `loss` (cross_entropy | generative | mix), `length_penalty`, `p_tuning` (dict: `enabled`,
+    `encoder` lstm|mlp, `freeze_backbone`; the number of prompt tokens comes from the data's
+    `num_prompt_tokens`), `output_dir` (where predictions and metrics go; None = the trainer's
+    `default_root_dir`).
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict,
+        scheduler: dict,
+        pretrained: str | None = None,
+        task: str = "copa",
+        loss: str = "cross_entropy",
+        length_penalty: float = 0.0,
+        p_tuning: dict | None = None,
+        num_prompt_tokens: int = 0,
+        output_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
+        if loss not in LOSSES:
+            raise ValueError(f"task.loss must be one of {LOSSES}, got {loss!r}")
+        self.task_name, self.loss_kind, self.length_penalty = task.lower(), loss, float(length_penalty)
+        self.p_tuning = dict(p_tuning or {})
+        self.num_prompt_tokens = int(num_prompt_tokens)
+        if self.p_tuning.get("enabled") and self.num_prompt_tokens <= 0:
+            raise ValueError("p_tuning.enabled needs num_prompt_tokens > 0 (data.num_prompt_tokens)")
+        self.output_dir = output_dir
+        self.prompt_encoder: PromptEncoder | None = None
+        self._val_records: list[dict[str, Any]] = []
+        self._test_records: list[dict[str, Any]] = []
+
+    # ---- model ----
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.p_tuning.get("enabled") and self.prompt_encoder is None:
+            self.prompt_encoder = PromptEncoder(self.num_prompt_tokens, self.model.config.hidden_size,
+                                                self.p_tuning.get("encoder", "lstm"))
+            if self.p_tuning.get("freeze_backbone", False):
+                self.model.requires_grad_(False)
+
+    def _forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Flatten `[B, C, ...]` to `[B*C, ...]` and run the backbone once; logits `[B*C, L, V]`."""
+        B, C, L = batch["input_ids"].shape
+        ids = batch["input_ids"].reshape(B * C, L)
+        pos = batch["position_ids"].reshape(B * C, 2, L)
+        sep = batch["sep"].reshape(B * C)
+        if "prompt_mask" in batch:
+            if self.prompt_encoder is None:
+                raise ValueError("the batch has continuous-prompt slots but p_tuning is not enabled in the task")
+            embeds = self.model.word_embeddings(ids)
+            pm = batch["prompt_mask"].reshape(B * C, L)
+            prompts = self.prompt_encoder().to(embeds.dtype)  # [P, h], slot j of each row gets prompt j
+            slot = pm.long().cumsum(-1) - 1
+            embeds = torch.where(pm.unsqueeze(-1), prompts[slot.clamp(min=0)], embeds)
+            return self.model(None, pos, sep=sep, inputs_embeds=embeds).logits
+        return self.model(ids, pos, sep=sep).logits
+
+    def score(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(scores `[B, C or K]` with padded choices at -10000, generative log-probs of the same shape)."""
+        B, C, L = batch["input_ids"].shape
+        logits = self._forward(batch)
+        if "verbalizer_ids" in batch:  # single-token: C == 1
+            sep = batch["sep"][:, 0]
+            scores = single_token_scores(logits, sep, batch["verbalizer_ids"])
+            rows = torch.arange(B, device=logits.device)
+            gen = logits[rows, sep].float().log_softmax(-1).gather(1, batch["verbalizer_ids"])
+            return scores, gen
+        flat = multi_token_scores(logits, batch["targets"].reshape(B * C, L), batch["loss_mask"].reshape(B * C, L),
+                                  self.length_penalty).view(B, C)
+        scores = flat.masked_fill(~batch["choice_mask"], PAD_SCORE)
+        return scores, scores
+
+    # ---- steps ----
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        scores, gen = self.score(batch)
+        loss = cloze_loss(scores, batch["label"], self.loss_kind, gen)
+        self.log("train/loss", loss, prog_bar=True, batch_size=scores.size(0))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        scores, gen = self.score(batch)
+        if (batch["label"] != IGNORE_INDEX).any():
+            loss = cloze_loss(scores, batch["label"], self.loss_kind, gen)
+            self.log("val/loss", loss, batch_size=scores.size(0), sync_dist=True)
+        self._val_records.extend(self._records(batch, scores))
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        scores, _ = self.score(batch)
+        self._test_records.extend(self._records(batch, scores))
+
+    @staticmethod
+    def _records(batch: dict[str, Tensor], scores: Tensor) -> list[dict[str, Any]]:
+        valid = batch["choice_mask"] if "verbalizer_ids" not in batch else torch.ones_like(scores, dtype=torch.bool)
+        out = []
+        for i, s, m in zip(batch["example_idx"].tolist(), scores.float().cpu(), valid.cpu(), strict=True):
+            s = s[m]
+            out.append({"example_idx": i, "scores": s.tolist(), "best": int(s.argmax())})
+        return out
+
+    # ---- epoch ends: metrics and files ----
+    def _datamodule(self):
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "examples"):
+            raise RuntimeError("ClozeModule needs the ClozeDataModule attached to the trainer (trainer.fit(model, "
+                               "datamodule=...)) to map predictions back to examples")
+        return dm
+
+    def _out_dir(self) -> Path:
+        return Path(self.output_dir or self.trainer.default_root_dir)
+
+    def on_validation_epoch_end(self) -> None:
+        records, self._val_records = self._val_records, []
+        if not records or self.trainer.sanity_checking:
+            return
+        dm = self._datamodule()
+        task, examples = dm.task, dm.examples("val")
+        metrics = SuperGLUEMetrics(task.name, max(len(task.labels), 2))
+        group_ids: dict[Any, int] = {}
+        lines = []
+        for r in records:
+            ex = examples[r["example_idx"]]
+            pred = task.predict(ex, r["best"])
+            lines.append({"idx": ex.submit_idx, "guid": ex.guid, "prediction": pred, "scores": r["scores"],
+                          "label": None if ex.label is None else task.labels[ex.label] if task.labels else None,
+                          "answers": ex.answers})
+            if task.name == "record":
+                metrics.update(pred_texts=[pred], gold_texts=[ex.answers])
+                continue
+            if ex.label is None:
+                continue
+            pred_class = task.labels.index(pred) if isinstance(pred, str) else int(pred)
+            groups = torch.tensor([group_ids.setdefault(ex.group, len(group_ids))]) if task.name == "multirc" else None
+            metrics.update(torch.tensor([pred_class]), torch.tensor([ex.label]), groups)
+        values = metrics.compute()
+        for k, v in values.items():
+            self.log(f"val/{k}", v, prog_bar=True, sync_dist=False)
+        if self.trainer.is_global_zero:
+            out = self._out_dir()
+            out.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(out / "val_predictions.jsonl", lines)
+            main = task.main_metric
+            payload = {"task": task.name, "pattern_id": dm.pattern_id, "epoch": self.current_epoch,
+                       "optimized_metric": values[main.split("/", 1)[1]], "main_metric": main,
+                       **{f"val/{k}": v for k, v in values.items()}}
+            _atomic_write(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+
+    def on_predict_epoch_end(self) -> None:
+        records, self._test_records = self._test_records, []
+        dm = self._datamodule()
+        task, examples = dm.task, dm.examples("test")
+        preds = [(examples[r["example_idx"]], task.predict(examples[r["example_idx"]], r["best"])) for r in records]
+        if self.trainer.is_global_zero:
+            path = self._out_dir() / "test" / f"{task.dirname}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(path, submission_lines(task.name, preds))
+            log.info("wrote %d test predictions to %s", len(preds), path)
+
+
+def submission_lines(task: str, preds: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """SuperGLUE submission records: `{"idx", "label"}` per item; MultiRC nested per passage/question."""
+    if task != "multirc":
+        return [{"idx": ex.submit_idx, "label": label} for ex, label in preds]
+    passages: dict[Any, dict[Any, list]] = {}
+    for ex, label in preds:
+        s = ex.submit_idx
+        passages.setdefault(s["paragraph"], {}).setdefault(s["question"], []).append(
+            {"idx": s["answer"], "label": int(label)})
+    return [{"idx": p, "passage": {"questions": [{"idx": q, "answers": a} for q, a in qs.items()]}}
+            for p, qs in passages.items()]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
