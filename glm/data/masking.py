@@ -418,8 +418,21 @@ def place_spans(lengths: np.ndarray, doc_start: int, offsets: np.ndarray) -> np.
     least one unmasked token between consecutive spans and stays inside ``[doc_start, doc_start + D)``.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
+    k = lengths.shape[0]
+    return _place_grouped(lengths, np.zeros(k, np.int64), np.full(k, doc_start, np.int64),
+                          np.asarray(offsets, dtype=np.int64))
+
+
+def _place_grouped(lengths: np.ndarray, group: np.ndarray, doc_start: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`place_spans` for several documents at once (per span: its group id, run of equal ids per
+    document; the document start; the offset, sorted within the group)."""
+    k = lengths.shape[0]
+    first = np.flatnonzero(np.concatenate([[True], group[1:] != group[:-1]]))
+    sizes = np.diff(np.append(first, k))
     before = np.cumsum(lengths) - lengths
-    starts = doc_start + np.asarray(offsets, dtype=np.int64) + before + np.arange(lengths.shape[0])
+    before -= np.repeat(before[first], sizes)  # lengths of the earlier spans of the same document
+    rank = np.arange(k) - np.repeat(first, sizes)  # j - 1: one free token after each earlier span
+    starts = doc_start + offsets + before + rank
     return np.stack([starts, starts + lengths], axis=1)
 
 
@@ -442,29 +455,36 @@ def _allocate(
     ``<= int(ratio * D)``; the longest takes the longest prefix that fits (``m + k - 1 <= D``). Returns the
     placed spans ``[p, 2]`` sorted by start (``p < len(lengths)`` when not all fit).
     """
-    by_len = np.argsort(doc_lens, kind="stable")
-    placed = []
+    # Python ints: the lists are short (tens of spans, a few documents) and numpy calls cost more here.
+    todo = lengths.tolist()
+    n = len(todo)
+    sizes = doc_lens.tolist()
+    by_len = sorted(range(len(sizes)), key=sizes.__getitem__)  # stable: ties keep text order
+    groups = []  # (document, number of spans, their total)
     i = 0
     for rank, d in enumerate(by_len):
-        if i == lengths.shape[0]:
+        if i == n:
             break
-        rest = lengths[i:]
-        total = np.cumsum(rest)
-        big = int(doc_lens[d])
-        if rank == by_len.shape[0] - 1:
-            take = int(np.searchsorted(total + np.arange(rest.shape[0]), big, side="right"))
-        else:
-            take = int(np.searchsorted(total, int(ratio * big), side="right"))
-        if take == 0:
-            continue
-        chosen = rest[:take]
-        hi = big - int(total[take - 1]) - take + 1  # largest offset
-        offsets = np.sort(rng.integers(0, hi + 1, size=take))
-        placed.append(place_spans(chosen, int(doc_starts[d]), offsets))
-        i += take
-    if not placed:
+        longest = rank == len(by_len) - 1
+        cap = sizes[d] if longest else int(ratio * sizes[d])
+        m = k = 0
+        # longest: m + k - 1 <= D after adding (room for the gaps); others: m <= int(ratio * D)
+        while i + k < n and m + todo[i + k] + (k if longest else 0) <= cap:
+            m += todo[i + k]
+            k += 1
+        if k:
+            groups.append((d, k, m))
+            i += k
+    if not groups:
         return np.zeros((0, 2), np.int64)
-    spans = np.concatenate(placed)
+    docs = np.array([g[0] for g in groups], np.int64)
+    counts = np.array([g[1] for g in groups], np.int64)
+    group = np.repeat(np.arange(len(groups)), counts)
+    hi = doc_lens[docs] - np.array([g[2] for g in groups], np.int64) - counts + 1  # largest offset
+    # One uniform draw per span, floor-scaled to {0, ..., hi} of its document, sorted within the document.
+    offsets = (rng.random(i) * (hi[group] + 1)).astype(np.int64)
+    offsets = offsets[np.lexsort((offsets, group))]
+    spans = _place_grouped(lengths[:i], group, doc_starts[docs][group], offsets)
     return spans[np.argsort(spans[:, 0], kind="stable")]
 
 
@@ -477,17 +497,19 @@ def _allocate_spread(
     rule's condition). Spans are then placed per document by :func:`place_spans` in a random order.
     Returns the placed spans sorted by start (fewer than ``len(lengths)`` if some length fits nowhere).
     """
-    nd = doc_lens.shape[0]
-    used = np.zeros(nd, np.int64)  # masked tokens + gaps already needed (m + k)
+    sizes = doc_lens.tolist()
+    nd = len(sizes)
+    used = [0] * nd  # masked tokens + gaps already needed (m + k)
     assigned: list[list[int]] = [[] for _ in range(nd)]
-    for length in np.sort(lengths)[::-1]:
-        fits = used + length <= doc_lens  # after adding it: m + k - 1 = used + length <= D
-        if not fits.any():
-            continue
-        free = np.where(fits, (doc_lens - used) / np.maximum(doc_lens, 1), -1.0)
-        d = int(np.argmax(free))
-        assigned[d].append(int(length))
-        used[d] += length + 1
+    for length in sorted(lengths.tolist(), reverse=True):
+        best, best_free = -1, -1.0
+        for d in range(nd):
+            # after adding it: m + k - 1 = used + length <= D
+            if used[d] + length <= sizes[d] and (sizes[d] - used[d]) / sizes[d] > best_free:
+                best, best_free = d, (sizes[d] - used[d]) / sizes[d]
+        if best >= 0:
+            assigned[best].append(length)
+            used[best] += length + 1
     placed = []
     for d in range(nd):
         if not assigned[d]:
