@@ -433,6 +433,7 @@ def beam_search(
 class FilledText:
     text: str  # the input with every blank replaced by its generated text
     blanks: list[str]  # each blank's text, in order
+    blank_ids: list[list[int]]  # each blank's generated ids (stop token excluded)
 
 
 def build_blank_context(token_ids: list[int], tokenizer: Any, task_mask: bool = True) -> list[int]:
@@ -484,7 +485,7 @@ def fill_blanks(
         pieces.append(tokenizer.decode(filled))
         last = m + 1
     pieces.append(tokenizer.decode(context[last:]))
-    return FilledText(text="".join(pieces), blanks=[tokenizer.decode(b) for b in blanks])
+    return FilledText(text="".join(pieces), blanks=[tokenizer.decode(b) for b in blanks], blank_ids=blanks)
 
 
 def _fill_one(model: GLM, cache: KVCache, mask_index: int, config: GenerationConfig,

@@ -272,3 +272,58 @@ def test_sampling_is_seeded_and_matches_tempered_distribution():
     # top_k=1 sampling is greedy
     greedy = generate(model, ctx[:3], 0, c.replace(top_k=1))
     assert all(s == [2] for s in greedy.sequences)
+
+
+class WordTok:
+    """Whitespace words -> ids 10.. (first use); the contract's special ids; `[MASK]` etc. are one id."""
+
+    pad_id = eos_id = 0
+    unk_id, cls_id, sep_id, mask_id, smask_id, gmask_id, sop_id, eop_id, dblock_id = range(1, 10)
+    _special = {"[MASK]": 4, "[sMASK]": 5, "[gMASK]": 6}
+
+    def __init__(self, words: str) -> None:
+        self.vocab = {w: 10 + i for i, w in enumerate(words.split())}
+        self.inv = {v: k for k, v in self.vocab.items()}
+
+    def encode(self, text: str) -> list[int]:
+        return [self._special.get(w) or self.vocab[w] for w in text.split()]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(" " + self.inv[i] for i in ids if i in self.inv)
+
+
+def test_fill_blanks_left_to_right_equals_uncached_reference():
+    from glm.generation import build_blank_context, fill_blanks
+
+    tok = WordTok("a b c d e f g h i j k l m n o p q r s t")
+    model = tiny_model(11, vocab=30)
+    with torch.no_grad():  # undo the embedding boost: otherwise every slot predicts its own input ([sop])
+        model.word_embeddings.weight.div_(40.0)
+        model.transformer.final_layernorm.bias.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
+    text = "a [MASK] b c [sMASK] d"
+    out = fill_blanks(model, tok, text, GenerationConfig(max_new_tokens=4))
+    context = build_blank_context(tok.encode(text), tok)
+    assert context == [2, 10, 4, 11, 12, 5, 13, 0]  # [CLS] text [eos]
+    # reference: every step re-runs context + all Part-B spans so far in one uncached forward (sep = context)
+    ids, pos, blk, blanks = list(context), list(range(len(context))), [0] * len(context), []
+    for m in (2, 5):
+        ids.append(tok.sop_id), pos.append(m), blk.append(1)
+        seq: list[int] = []
+        for step in range(4):
+            with torch.no_grad():
+                logits = model(torch.tensor([ids]), torch.tensor([[pos, blk]]), sep=len(context)).logits[0, -1]
+            t = int(logits.argmax())
+            if t in (tok.eop_id, tok.eos_id):
+                break
+            seq.append(t)
+            if step < 3:
+                ids.append(t), pos.append(m), blk.append(step + 2)
+        blanks.append(seq)
+        if len(seq) == 4:  # the cache keeps [sop] + every generated token of a blank
+            ids.append(seq[-1]), pos.append(m), blk.append(5)
+    assert out.blank_ids == blanks
+    assert len(blanks[0]) >= 2 and len(blanks[1]) >= 2  # several cached steps per blank are compared
+    assert out.text == " a" + tok.decode(blanks[0]) + " b c" + tok.decode(blanks[1]) + " d"
+    # no mask in the text: [gMASK] is appended and the context has no eos after it
+    assert build_blank_context(tok.encode("a b"), tok) == [2, 10, 11, 6]
+    assert build_blank_context(tok.encode("a b"), tok, task_mask=False) == [2, 10, 11, 4, 0]

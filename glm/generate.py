@@ -1,0 +1,100 @@
+"""Interactive blank filling, like the original `generate_samples.py` (spec §3(d)).
+
+    python -m glm.generate ckpt=EXPORT_DIR                       # prompt on the terminal, empty line quits
+    python -m glm.generate ckpt=EXPORT_DIR input=FILE            # one text per line, filled text printed
+    python -m glm.generate ckpt=DIR num_beams=4 max_new_tokens=64 task_mask=false tokenizer=TOK_DIR
+    python -m glm.generate ckpt=DIR do_sample=true top_p=0.9 temperature=0.8 seed=1
+
+Text may contain several `[MASK]`/`[sMASK]`/`[gMASK]`; each is filled left to right in its own Part-B
+span; a text without a mask gets `[gMASK]` (or `[MASK]` with `task_mask=false`) appended. `ckpt` is an
+export directory (weights + model_config.yaml [+ tokenizer/]); `tokenizer=` overrides its tokenizer.
+Other `key=value` pairs are `glm.generation.GenerationConfig` fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glm.generation import GenerationConfig, fill_blanks
+
+_BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    """`key=value` pairs, typed by `GenerationConfig`'s fields; unknown keys are an error naming the key."""
+    fields = {f.name: f for f in dataclasses.fields(GenerationConfig)}
+    own = {"ckpt", "input", "tokenizer", "task_mask", "device"}
+    out: dict[str, Any] = {}
+    for arg in argv:
+        if "=" not in arg:
+            raise SystemExit(f"glm.generate: expected key=value, got {arg!r}")
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+-")
+        if key in own:
+            out[key] = _BOOL.get(value.lower(), value) if key == "task_mask" else value
+            continue
+        if key not in fields or key in ("sop_id", "eop_id", "pad_id", "extra_stop_ids"):
+            raise SystemExit(f"glm.generate: unknown option {key!r}; known: {sorted(own | set(fields))}")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                out[key] = _BOOL[value.lower()]
+            elif key == "seed":
+                out[key] = int(value)
+            else:
+                out[key] = type(default)(value)
+        except (KeyError, ValueError):
+            raise SystemExit(f"glm.generate: {key}={value!r} is not a valid {type(default).__name__}") from None
+    if "ckpt" not in out:
+        raise SystemExit("glm.generate: ckpt=EXPORT_DIR is required")
+    return out
+
+
+def load(ckpt: str, tokenizer: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
+    """Model (eval mode) and tokenizer from an export directory."""
+    from glm.checkpoint.io import load_export
+    from glm.model import GLM
+
+    config, state_dict, tok = load_export(ckpt, load_tokenizer=tokenizer is None)
+    if tokenizer is not None:
+        from glm.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    if tok is None:
+        raise SystemExit(f"glm.generate: {ckpt} has no tokenizer/; pass tokenizer=PATH")
+    model = GLM(config)
+    model.load_state_dict(state_dict)
+    return model.to(device).eval(), tok
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    model, tok = load(args.pop("ckpt"), args.pop("tokenizer", None), args.pop("device", "cpu"))
+    task_mask = bool(args.pop("task_mask", tok.gmask_id is not None))
+    source = args.pop("input", None)
+    config = GenerationConfig.for_tokenizer(tok, **args)
+    if source is not None:
+        lines = Path(source).read_text(encoding="utf-8").splitlines()
+        for i, text in enumerate(lines, start=1):
+            if text.strip():
+                print(fill_blanks(model, tok, text, config, task_mask).text, flush=True)
+        return 0
+    while True:  # interactive: an empty line or EOF ends the session
+        try:
+            text = input("Context prompt (empty line to stop) >>> ")
+        except EOFError:
+            break
+        if not text.strip():
+            break
+        with torch.no_grad():
+            print(fill_blanks(model, tok, text, config, task_mask).text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
