@@ -33,9 +33,21 @@ from glm.data.paths import need_shared_data
 # Ids of our sentencepiece tokenizer (docs/contracts.md): 0 eos=pad, 2 [CLS], 4 [MASK], 5 [sMASK],
 # 6 [gMASK], 7 sop, 8 eop, 9 [dBLOCK]; text pieces from 10 on.
 EOS, CLS, MASK, SMASK, GMASK, SOP, EOP, DBLOCK = 0, 2, 4, 5, 6, 7, 8, 9
-IDS = SpecialIds(cls=CLS, eos=EOS, pad=EOS, mask=MASK, smask=SMASK, gmask=GMASK, sop=SOP, eop=EOP, dblock=DBLOCK)
-SPECIAL_PIECES = ["<|endoftext|>", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[sMASK]", "[gMASK]",
-                  "<|startofpiece|>", "<|endofpiece|>", "[dBLOCK]"]
+IDS = SpecialIds(
+    cls=CLS, eos=EOS, pad=EOS, mask=MASK, smask=SMASK, gmask=GMASK, sop=SOP, eop=EOP, dblock=DBLOCK
+)
+SPECIAL_PIECES = [
+    "<|endoftext|>",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "[sMASK]",
+    "[gMASK]",
+    "<|startofpiece|>",
+    "<|endofpiece|>",
+    "[dBLOCK]",
+]
 SEQ = 512
 BOOKS = ("1342-0.txt", "11-0.txt", "84-0.txt", "98-0.txt")
 
@@ -112,7 +124,9 @@ def check_span_layout(tokens: np.ndarray, s: MaskedSample, mask_id: int, block_p
     n_out = len(s)
     assert s.input_ids.shape == s.targets.shape == s.loss_mask.shape == (n_out,)
     assert s.position_ids.shape == (2, n_out)
-    assert s.input_ids.dtype == np.int64 and s.position_ids.dtype == np.int64 and s.loss_mask.dtype == np.float32
+    assert (
+        s.input_ids.dtype == np.int64 and s.position_ids.dtype == np.int64 and s.loss_mask.dtype == np.float32
+    )
     sep = s.sep
     a = s.input_ids[:sep]
     pos, blk = s.position_ids
@@ -158,7 +172,7 @@ def check_token_spans(tokens: np.ndarray, spans) -> None:
     for b, e in spans:
         assert not np.isin(tokens[b:e], [CLS, EOS]).any(), "token spans never cover [CLS] or eos"
         assert e <= len(tokens) - 1, "the final token is never masked"
-    for (_, e0), (b1, _) in zip(spans, spans[1:]):
+    for (_, e0), (b1, _) in itertools.pairwise(spans):
         assert b1 >= e0 + 1, "at least one unmasked token between spans"
 
 
@@ -193,16 +207,22 @@ def test_spec_worked_example_exactly():
     np.testing.assert_array_equal(s.loss_mask, [0] * 9 + [1] * 5)
     assert s.sep == 9 and s.mode == "token"
     # --no-block-position: every Part-B token gets block id 1 (spec §1.1); nothing else changes.
-    flat = layout_spans(tokens, [(2, 4), (6, 7)], [1, 0], mask_id=MASK, sop_id=SOP, eop_id=EOP,
-                        block_position_encoding=False)
+    flat = layout_spans(
+        tokens, [(2, 4), (6, 7)], [1, 0], mask_id=MASK, sop_id=SOP, eop_id=EOP, block_position_encoding=False
+    )
     np.testing.assert_array_equal(flat.position_ids[1], [0] * 9 + [1] * 5)
     np.testing.assert_array_equal(flat.position_ids[0], s.position_ids[0])
 
 
 def test_layout_rejects_bad_spans():
     tokens = np.arange(10, 20)
-    for spans, order in [([], None), ([(3, 5), (4, 6)], None), ([(5, 5)], None), ([(8, 11)], None),
-                         ([(1, 2), (4, 5)], [0, 0])]:
+    for spans, order in [
+        ([], None),
+        ([(3, 5), (4, 6)], None),
+        ([(5, 5)], None),
+        ([(8, 11)], None),
+        ([(1, 2), (4, 5)], [0, 0]),
+    ]:
         with pytest.raises(ValueError, match="layout_spans"):
             layout_spans(tokens, spans, order, mask_id=MASK, sop_id=SOP, eop_id=EOP)
 
@@ -233,8 +253,10 @@ def test_offset_formula_hand_example_and_exhaustive():
     # inside the document, in list order, with at least one free token between spans.
     lengths, s0, doc = [2, 1, 3], 4, 9
     hi = doc - sum(lengths) - len(lengths) + 1
-    got = {tuple(map(tuple, place_spans(lengths, s0, o)))
-           for o in itertools.combinations_with_replacement(range(hi + 1), len(lengths))}
+    got = {
+        tuple(map(tuple, place_spans(lengths, s0, o)))
+        for o in itertools.combinations_with_replacement(range(hi + 1), len(lengths))
+    }
     want = set()
     for starts in itertools.product(range(s0, s0 + doc), repeat=3):
         sp = tuple((b, b + l) for b, l in zip(starts, lengths))
@@ -250,10 +272,14 @@ def test_sentence_candidates_hand_example():
     a, b, c, d, e = 30, 31, 32, 33, 34
     #            0   1  2  3    4  5    6   7  8  9
     tokens = [CLS, a, b, dot, c, EOS, CLS, d, q, e]
-    # "a b ." ; "c" closed by eos (no candidate) ; "[CLS] d ?" (the next document's [CLS] included) ; "e" (tail)
-    np.testing.assert_array_equal(sentence_candidates(np.array(tokens), se, CLS, EOS), [[1, 4], [6, 9], [9, 10]])
+    # "a b ."; "c" closed by eos (no candidate); "[CLS] d ?" (the next document's [CLS] included); "e" (tail)
+    np.testing.assert_array_equal(
+        sentence_candidates(np.array(tokens), se, CLS, EOS), [[1, 4], [6, 9], [9, 10]]
+    )
     # Ending with eos: no tail candidate; an unterminated sentence before the eos is never a candidate.
-    np.testing.assert_array_equal(sentence_candidates(np.array([CLS, a, dot, b, EOS]), se, CLS, EOS), [[1, 3]])
+    np.testing.assert_array_equal(
+        sentence_candidates(np.array([CLS, a, dot, b, EOS]), se, CLS, EOS), [[1, 3]]
+    )
 
 
 def test_allocation_shortest_document_gets_at_most_its_share():
@@ -292,8 +318,9 @@ def _synthetic(rng: np.random.Generator, vocab: int = 300) -> np.ndarray:
 def test_invariants_every_mode_on_random_samples(task_mask, block_positions):
     se = np.zeros(300, bool)
     se[10:15] = True
-    cfg = MaskingConfig.from_name("glm-10b", task_mask=task_mask, block_position_encoding=block_positions,
-                                  single_span_prob=0.1)
+    cfg = MaskingConfig.from_name(
+        "glm-10b", task_mask=task_mask, block_position_encoding=block_positions, single_span_prob=0.1
+    )
     masker = GLMMasker(cfg, IDS, se)
     smask, gmask = (SMASK, GMASK) if task_mask else (MASK, MASK)
     gen = np.random.default_rng(123)
@@ -310,8 +337,8 @@ def test_invariants_every_mode_on_random_samples(task_mask, block_positions):
             assert set(spans) <= cand, "sentence blanks are whole candidate sentences"
             assert sum(e - b for b, e in spans) >= min(int(0.15 * len(tokens)), sum(e - b for b, e in cand))
             seen["sentence"] += 1
-        elif s.input_ids[s.sep:].tolist().count(SOP) == 1 and EOP in s.targets[s.sep:]:
-            (b, e), = check_span_layout(tokens, s, gmask, block_positions)
+        elif s.input_ids[s.sep :].tolist().count(SOP) == 1 and EOP in s.targets[s.sep :]:
+            ((b, e),) = check_span_layout(tokens, s, gmask, block_positions)
             check_token_spans(tokens, [(b, e)])
             assert not (tokens[:-1] == EOS).any(), "the single-span form is for single-document samples"
             seen["document-span"] += 1
@@ -353,7 +380,7 @@ def test_many_short_documents_use_the_spread_fallback():
     # 20 documents of 12 maskable tokens (at most int(0.15 * 12) = 1 masked token each under the spec
     # rule) and one of 14: the ~44 masked tokens cannot go to the longest, so they are spread.
     docs = [[CLS, *range(20 + 12 * j, 32 + 12 * j), EOS] for j in range(20)]
-    tokens = np.array(sum(docs, []) + [CLS, *range(270, 284), EOS])
+    tokens = np.array([t for doc in docs for t in doc] + [CLS, *range(270, 284), EOS])
     masker = GLMMasker(MaskingConfig.from_name("span"), IDS, np.zeros(300, bool))
     for i in range(50):
         s = masker.mask_tokens(tokens, sample_rng(4, 0, i))
@@ -380,19 +407,21 @@ def test_dblock_replacement_rate():
         tokens = np.r_[CLS, gen.integers(15, 300, 400), EOS]
         s = masker(tokens, sample_rng(1, 0, i))
         check_span_layout(tokens, s, MASK)  # targets untouched, [sop] never replaced
-        b_in = s.input_ids[s.sep:]
+        b_in = s.input_ids[s.sep :]
         hits += int((b_in == DBLOCK).sum())
         total += int((b_in != SOP).sum())
     # ~24k Bernoulli(0.1) trials: sd 0.0019, bound at about 4 sd.
     assert abs(hits / total - 0.1) < 0.008
     # Only token mode replaces Part-B inputs (spec §5.3).
     doc = GLMMasker(MaskingConfig.from_name("document", block_mask_prob=0.5), IDS, np.zeros(300, bool))
-    assert all(DBLOCK not in doc(np.r_[CLS, gen.integers(15, 300, 100), EOS], sample_rng(1, 0, i)).input_ids
-               for i in range(50))
+    assert all(
+        DBLOCK not in doc(np.r_[CLS, gen.integers(15, 300, 100), EOS], sample_rng(1, 0, i)).input_ids
+        for i in range(50)
+    )
 
 
 def test_real_text_layouts(corpus):
-    tok, paragraphs, sentence_end = corpus
+    _, paragraphs, sentence_end = corpus
     masker = GLMMasker(MaskingConfig.from_name("glm-10b"), IDS, sentence_end)
     for i, tokens in enumerate(real_samples(paragraphs, 300)):
         s = masker(tokens, sample_rng(11, 0, i))
@@ -429,8 +458,10 @@ def mixture_run(corpus):
     _, paragraphs, sentence_end = corpus
     samples = real_samples(paragraphs, 4000)
     masker = GLMMasker(MaskingConfig.from_name("glm-10b"), IDS, sentence_end)
-    out = [(samples[i % len(samples)], masker(samples[i % len(samples)], sample_rng(2024, 0, i)))
-           for i in range(20_000)]
+    out = [
+        (samples[i % len(samples)], masker(samples[i % len(samples)], sample_rng(2024, 0, i)))
+        for i in range(20_000)
+    ]
     return masker, out
 
 
@@ -449,7 +480,7 @@ def test_token_statistics(mixture_run):
     for tokens, s in out:
         if s.mode != "token":
             continue
-        begins = np.flatnonzero(s.input_ids[s.sep:] == SOP)
+        begins = np.flatnonzero(s.input_ids[s.sep :] == SOP)
         span_lengths = np.diff(np.r_[begins, len(s) - s.sep]) - 1
         lengths.append(span_lengths)
         n = len(tokens)
@@ -475,7 +506,7 @@ def test_sentence_and_document_statistics(mixture_run):
     for tokens, s in out:
         n = len(tokens)
         if s.mode == "sentence":
-            masked = (len(s) - s.sep) - int((s.input_ids[s.sep:] == SOP).sum())
+            masked = (len(s) - s.sep) - int((s.input_ids[s.sep :] == SOP).sum())
             assert masked >= int(0.15 * n)
         elif s.mode == "document":
             g = len(s) - s.sep
@@ -496,7 +527,7 @@ def test_infill_share_on_single_document_samples(corpus):
         tokens = np.r_[CLS, words[start : start + SEQ - 1]]  # one cut document: no eos
         s = masker(tokens, sample_rng(5, 1, i))
         if EOP in s.targets:
-            (b, e), = check_span_layout(tokens, s, MASK)
+            ((b, e),) = check_span_layout(tokens, s, MASK)
             check_token_spans(tokens, [(b, e)])
             forms["span"] += 1
         else:
@@ -511,9 +542,14 @@ def test_infill_share_on_single_document_samples(corpus):
 
 
 def _same(a: MaskedSample, b: MaskedSample) -> bool:
-    return (a.sep == b.sep and a.mode == b.mode and np.array_equal(a.input_ids, b.input_ids)
-            and np.array_equal(a.targets, b.targets) and np.array_equal(a.loss_mask, b.loss_mask)
-            and np.array_equal(a.position_ids, b.position_ids))
+    return (
+        a.sep == b.sep
+        and a.mode == b.mode
+        and np.array_equal(a.input_ids, b.input_ids)
+        and np.array_equal(a.targets, b.targets)
+        and np.array_equal(a.loss_mask, b.loss_mask)
+        and np.array_equal(a.position_ids, b.position_ids)
+    )
 
 
 def test_determinism_independent_of_workers(corpus):
@@ -561,15 +597,23 @@ def test_split_short_pieces_are_sentence_aligned(corpus):
         for p in pieces:
             assert p[0] == CLS and t // 2 + 1 <= len(p) <= t + 1
             # each piece is a contiguous window of the body
-            start = next(k for k in range(len(body) - len(p) + 2) if np.array_equal(body[k : k + len(p) - 1], p[1:]))
+            start = next(
+                k for k in range(len(body) - len(p) + 2) if np.array_equal(body[k : k + len(p) - 1], p[1:])
+            )
             assert start == 0 or sentence_end[body[start - 1]] or body[start - 1] == EOS
             assert body[start] != EOS
     cfg = MaskingConfig.from_name("glm-10b", short_seq_prob=1.0)
     masker = GLMMasker(cfg, IDS, sentence_end)
     pieces = masker.maybe_split(tokens, sample_rng(0, 0, 0), SEQ)
     assert len(pieces) >= 1 and all(masker(p, sample_rng(0, 0, j)).sep > 0 for j, p in enumerate(pieces))
-    assert len(GLMMasker(MaskingConfig.from_name("glm-10b", short_seq_prob=0.0), IDS, sentence_end)
-               .maybe_split(tokens, sample_rng(0, 0, 0), SEQ)) == 1
+    assert (
+        len(
+            GLMMasker(MaskingConfig.from_name("glm-10b", short_seq_prob=0.0), IDS, sentence_end).maybe_split(
+                tokens, sample_rng(0, 0, 0), SEQ
+            )
+        )
+        == 1
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,26 +633,42 @@ def test_presets_match_spec_table():
     }
     for name, (bert, gap, task, block, short, single) in rows.items():
         c = MaskingConfig.from_name(name)
-        assert (c.bert_prob, c.gap_sentence_prob, c.task_mask, c.block_mask_prob, c.short_seq_prob,
-                c.single_span_prob) == (bert, gap, task, block, short, single), name
-        assert (c.avg_block_length, c.max_block_length, c.bert_ratio, c.gap_sentence_ratio, c.gpt_infill_prob,
-                c.shuffle_blocks, c.block_position_encoding) == (3, 40, 0.15, 0.15, 0.5, True, True)
+        assert (
+            c.bert_prob,
+            c.gap_sentence_prob,
+            c.task_mask,
+            c.block_mask_prob,
+            c.short_seq_prob,
+            c.single_span_prob,
+        ) == (bert, gap, task, block, short, single), name
+        assert (
+            c.avg_block_length,
+            c.max_block_length,
+            c.bert_ratio,
+            c.gap_sentence_ratio,
+            c.gpt_infill_prob,
+            c.shuffle_blocks,
+            c.block_position_encoding,
+        ) == (3, 40, 0.15, 0.15, 0.5, True, True)
     assert MaskingConfig.from_name("glm-10b").gpt_min_ratio == 0.25
     assert MaskingConfig.from_name("glm-10b").gpt_prob == pytest.approx(0.2)
     assert MaskingConfig.from_name("document").gpt_prob == 1.0
     assert {"span", "sentence", "document"} <= set(PRESETS)
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"bert_prob": 0.8, "gap_sentence_prob": 0.3}, "exceeds 1"),
-    ({"bert_prob": 1.5}, "bert_prob"),
-    ({"max_block_length": 1}, "max_block_length"),
-    ({"avg_block_length": 0}, "avg_block_length"),
-    ({"bert_ratio": 0.0}, "bert_ratio"),
-    ({"task_mask": "yes"}, "task_mask"),
-])
-def test_config_validation(fields, message):
-    with pytest.raises(ValueError, match=message):
+@pytest.mark.parametrize(
+    "fields, error, message",
+    [
+        ({"bert_prob": 0.8, "gap_sentence_prob": 0.3}, ValueError, "exceeds 1"),
+        ({"bert_prob": 1.5}, ValueError, "bert_prob"),
+        ({"max_block_length": 1}, ValueError, "max_block_length"),
+        ({"avg_block_length": 0}, ValueError, "avg_block_length"),
+        ({"bert_ratio": 0.0}, ValueError, "bert_ratio"),
+        ({"task_mask": "yes"}, TypeError, "task_mask"),
+    ],
+)
+def test_config_validation(fields, error, message):
+    with pytest.raises(error, match=message):
         MaskingConfig(**fields)
 
 
@@ -619,7 +679,17 @@ def test_from_name_errors_and_special_ids():
         MaskingConfig.from_name("span", bert_rate=0.2)
 
     class Tok:
-        cls_id, eos_id, pad_id, mask_id, smask_id, gmask_id, sop_id, eop_id, dblock_id = 2, 0, 0, 4, 5, 6, 7, 8, 9
+        cls_id, eos_id, pad_id, mask_id, smask_id, gmask_id, sop_id, eop_id, dblock_id = (
+            2,
+            0,
+            0,
+            4,
+            5,
+            6,
+            7,
+            8,
+            9,
+        )
 
     assert SpecialIds.from_tokenizer(Tok()) == IDS
     del Tok.dblock_id
@@ -640,7 +710,9 @@ def test_collate_pads_per_spec():
     assert batch["targets"][1].tolist() == [CLS, 101, 102, 103, GMASK, 104, 105] + [0] * 9
     assert batch["loss_mask"][1].tolist() == [0, 0, 0, 0, 0, 1, 1] + [0] * 9
     assert batch["position_ids"][1].tolist() == [[0, 1, 2, 3, 4, 4, 4] + [0] * 9, [0] * 5 + [1, 2] + [0] * 9]
-    assert batch["input_ids"][0, :14].tolist() == s1.input_ids.tolist() and not batch["input_ids"][0, 14:].any()
+    assert (
+        batch["input_ids"][0, :14].tolist() == s1.input_ids.tolist() and not batch["input_ids"][0, 14:].any()
+    )
     assert collate_masked([s1, s2])["input_ids"].shape == (2, 14)
     with pytest.raises(ValueError, match="empty batch"):
         collate_masked([])

@@ -30,10 +30,10 @@ Deliberate deviations from the original (``blocklm_utils.py::ConstructBlockStrat
   so span statistics are unchanged); if all fail, the spans are spread over the documents in proportion
   to their free room (:func:`_allocate_spread`, counted as "token_spread"; same placement rules, only the
   15%-per-document cap is dropped); if even that cannot place every span (a long span that fits no
-  document), the attempt that placed the most tokens is used, counted as "token_partial". A sentence-mode sample
-  without any sentence candidate falls back to token mode, a single document span that cannot be placed
-  falls back to the suffix form. Every fallback is counted in ``GLMMasker.fallbacks`` and logged (warning
-  the first time per kind and process). A sample with no maskable token at all raises ``ValueError``.
+  document), the attempt that placed the most tokens is used, counted as "token_partial". A sentence-mode
+  sample without any sentence candidate falls back to token mode, a single document span that cannot be
+  placed falls back to the suffix form. Every fallback is counted in ``GLMMasker.fallbacks`` and logged
+  (warning the first time per kind and process). A sample with no maskable token at all raises ``ValueError``.
 - **At least one token-level span.** The span budget is ``max(1, int(bert_ratio * len))`` (the original
   asks for ``int(...)``, which is 0, i.e. no blank, for samples shorter than 7 tokens).
 - **Short-sequence splitting** changes the number of samples, so it is not part of ``__call__``: callers use
@@ -121,14 +121,23 @@ class MaskingConfig:
     single_span_prob: float = 0.0  # token mode with exactly one span
 
     def __post_init__(self) -> None:
-        for name in ("bert_prob", "gap_sentence_prob", "gpt_min_ratio", "gpt_infill_prob", "block_mask_prob",
-                     "short_seq_prob", "single_span_prob"):
+        for name in (
+            "bert_prob",
+            "gap_sentence_prob",
+            "gpt_min_ratio",
+            "gpt_infill_prob",
+            "block_mask_prob",
+            "short_seq_prob",
+            "single_span_prob",
+        ):
             _check_prob(name, getattr(self, name))
         for name in ("bert_ratio", "gap_sentence_ratio"):
             value = getattr(self, name)
             _check_prob(name, value)
             if value == 0:
-                raise ValueError(f"MaskingConfig.{name}: must be > 0 (a zero ratio masks nothing), got {value!r}")
+                raise ValueError(
+                    f"MaskingConfig.{name}: must be > 0 (a zero ratio masks nothing), got {value!r}"
+                )
         if self.bert_prob + self.gap_sentence_prob > 1.0 + 1e-9:
             raise ValueError(
                 f"MaskingConfig: bert_prob + gap_sentence_prob = {self.bert_prob + self.gap_sentence_prob:g} "
@@ -138,8 +147,10 @@ class MaskingConfig:
             isinstance(self.avg_block_length, (int, float)) and self.avg_block_length > 0
         ):
             raise ValueError(f"MaskingConfig.avg_block_length: must be > 0, got {self.avg_block_length!r}")
-        if isinstance(self.max_block_length, bool) or not isinstance(self.max_block_length, int) or (
-            self.max_block_length < 2
+        if (
+            isinstance(self.max_block_length, bool)
+            or not isinstance(self.max_block_length, int)
+            or (self.max_block_length < 2)
         ):
             raise ValueError(
                 "MaskingConfig.max_block_length: must be an int >= 2 (exclusive cap; lengths are "
@@ -147,7 +158,7 @@ class MaskingConfig:
             )
         for name in ("shuffle_blocks", "block_position_encoding", "task_mask"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"MaskingConfig.{name}: must be true/false, got {getattr(self, name)!r}")
+                raise TypeError(f"MaskingConfig.{name}: must be true/false, got {getattr(self, name)!r}")
 
     @property
     def gpt_prob(self) -> float:
@@ -173,12 +184,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "glm-base": {"bert_prob": 1.0, "gap_sentence_prob": 0.0},
     "glm-large": {"bert_prob": 1.0, "gap_sentence_prob": 0.0},
     "glm-roberta": {"bert_prob": 1.0, "gap_sentence_prob": 0.0, "task_mask": True},
-    "glm-10b": {"bert_prob": 0.5, "gap_sentence_prob": 0.3, "gpt_min_ratio": 0.25, "task_mask": True,
-                "block_mask_prob": 0.1, "short_seq_prob": 0.02},
-    "glm-10b-longer": {"bert_prob": 0.4, "gap_sentence_prob": 0.3, "gpt_min_ratio": 0.25, "task_mask": True,
-                       "block_mask_prob": 0.1, "short_seq_prob": 0.5, "single_span_prob": 0.05},
-    "glm-large-chinese": {"bert_prob": 0.4, "gap_sentence_prob": 0.3, "gpt_min_ratio": 0.25, "task_mask": True,
-                          "block_mask_prob": 0.1, "short_seq_prob": 0.02},
+    "glm-10b": {
+        "bert_prob": 0.5,
+        "gap_sentence_prob": 0.3,
+        "gpt_min_ratio": 0.25,
+        "task_mask": True,
+        "block_mask_prob": 0.1,
+        "short_seq_prob": 0.02,
+    },
+    "glm-10b-longer": {
+        "bert_prob": 0.4,
+        "gap_sentence_prob": 0.3,
+        "gpt_min_ratio": 0.25,
+        "task_mask": True,
+        "block_mask_prob": 0.1,
+        "short_seq_prob": 0.5,
+        "single_span_prob": 0.05,
+    },
+    "glm-large-chinese": {
+        "bert_prob": 0.4,
+        "gap_sentence_prob": 0.3,
+        "gpt_min_ratio": 0.25,
+        "task_mask": True,
+        "block_mask_prob": 0.1,
+        "short_seq_prob": 0.02,
+    },
     # GLM-Doc / GLM-410M / GLM-515M ("Token+Doc"): the repository has no config (spec §5.7, §13.1:
     # unconfirmed). Decision: the argparse defaults, 0.5 token + 0.5 document, gpt_min_ratio 0.5, no task
     # mask -- they match the paper's description of the objective and are what the code runs without flags.
@@ -276,8 +306,9 @@ def build_sentence_end(
 
 def sentence_end_from_tokenizer(tok: Any) -> np.ndarray:
     """:func:`build_sentence_end` over ``tok.id_to_piece`` for ids below ``tok.num_text_tokens``."""
-    return build_sentence_end(tok.id_to_piece, int(tok.vocab_size), int(getattr(tok, "num_text_tokens",
-                                                                                 tok.vocab_size)))
+    return build_sentence_end(
+        tok.id_to_piece, int(tok.vocab_size), int(getattr(tok, "num_text_tokens", tok.vocab_size))
+    )
 
 
 def default_loss_mask(tokens: np.ndarray, cls_id: int) -> np.ndarray:
@@ -363,7 +394,9 @@ def layout_spans(
     targets = np.concatenate([a_ids, b_tgt])
     loss_mask = np.concatenate([np.zeros(sep, np.float32), np.ones(nb, np.float32)])
     positions = np.concatenate([np.arange(sep, dtype=np.int64), mask_pos[order][blk]])
-    blocks = np.concatenate([np.zeros(sep, np.int64), r + 1 if block_position_encoding else np.ones(nb, np.int64)])
+    blocks = np.concatenate(
+        [np.zeros(sep, np.int64), r + 1 if block_position_encoding else np.ones(nb, np.int64)]
+    )
     return MaskedSample(input_ids, targets, loss_mask, np.stack([positions, blocks]), int(sep), mode)
 
 
@@ -387,7 +420,9 @@ def layout_suffix(
     n = tokens.shape[0]
     g = int(gen_length)
     if not 1 <= g <= n - 1:
-        raise ValueError(f"layout_suffix: gen_length must be within [1, {n - 1}] for a sample of {n}, got {g}")
+        raise ValueError(
+            f"layout_suffix: gen_length must be within [1, {n - 1}] for a sample of {n}, got {g}"
+        )
     if loss_mask is None:
         if cls_id is None:
             raise ValueError("layout_suffix: give loss_mask or cls_id")
@@ -402,7 +437,7 @@ def layout_suffix(
     lm = np.concatenate([np.zeros(s + 1, np.float32), loss_mask[s:]])
     positions = np.concatenate([np.arange(s + 1, dtype=np.int64), np.full(g, s, np.int64)])
     blocks = np.zeros(s + 1 + g, np.int64)
-    blocks[s + 1:] = np.arange(1, g + 1) if block_position_encoding else 1
+    blocks[s + 1 :] = np.arange(1, g + 1) if block_position_encoding else 1
     return MaskedSample(input_ids, targets, lm, np.stack([positions, blocks]), s + 1, "document")
 
 
@@ -412,18 +447,21 @@ def layout_suffix(
 
 
 def place_spans(lengths: np.ndarray, doc_start: int, offsets: np.ndarray) -> np.ndarray:
-    """Spec §5.3 offset formula: span ``j`` starts at ``doc_start + offsets_j + l_1 + ... + l_{j-1} + (j-1)``.
+    """Spec §5.3 offset formula: span ``j`` starts at ``doc_start + offsets_j + sum(l_1..l_{j-1}) + j - 1``.
 
     ``offsets`` must be sorted, each in ``{0, ..., D - sum(lengths) - k + 1}``; the result ``[k, 2]`` keeps at
     least one unmasked token between consecutive spans and stays inside ``[doc_start, doc_start + D)``.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     k = lengths.shape[0]
-    return _place_grouped(lengths, np.zeros(k, np.int64), np.full(k, doc_start, np.int64),
-                          np.asarray(offsets, dtype=np.int64))
+    return _place_grouped(
+        lengths, np.zeros(k, np.int64), np.full(k, doc_start, np.int64), np.asarray(offsets, dtype=np.int64)
+    )
 
 
-def _place_grouped(lengths: np.ndarray, group: np.ndarray, doc_start: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _place_grouped(
+    lengths: np.ndarray, group: np.ndarray, doc_start: np.ndarray, offsets: np.ndarray
+) -> np.ndarray:
     """:func:`place_spans` for several documents at once (per span: its group id, run of equal ids per
     document; the document start; the offset, sorted within the group)."""
     k = lengths.shape[0]
@@ -516,7 +554,9 @@ def _allocate_spread(
             continue
         chosen = rng.permutation(np.array(assigned[d], np.int64))
         hi = int(doc_lens[d]) - int(chosen.sum()) - chosen.shape[0] + 1
-        placed.append(place_spans(chosen, int(doc_starts[d]), np.sort(rng.integers(0, hi + 1, size=chosen.shape[0]))))
+        placed.append(
+            place_spans(chosen, int(doc_starts[d]), np.sort(rng.integers(0, hi + 1, size=chosen.shape[0])))
+        )
     if not placed:
         return np.zeros((0, 2), np.int64)
     spans = np.concatenate(placed)
@@ -609,8 +649,10 @@ class GLMMasker:
             raise TypeError(f"GLMMasker: config must be a MaskingConfig, got {type(config).__name__}")
         sentence_end = np.asarray(sentence_end)
         if sentence_end.ndim != 1 or sentence_end.dtype != bool:
-            raise ValueError(f"GLMMasker: sentence_end must be a 1-D bool array, got {sentence_end.dtype} "
-                             f"shape {sentence_end.shape}")
+            raise ValueError(
+                f"GLMMasker: sentence_end must be a 1-D bool array, got {sentence_end.dtype} "
+                f"shape {sentence_end.shape}"
+            )
         self.config = config
         self.ids = special_ids
         self.sentence_end = sentence_end
@@ -645,12 +687,14 @@ class GLMMasker:
         return self.mask_document(tokens, rng, loss_mask)
 
     def maybe_split(self, tokens: np.ndarray, rng: np.random.Generator, seq_length: int) -> list[np.ndarray]:
-        """With probability ``short_seq_prob`` :func:`split_short`, else ``[tokens]``. Mask each piece after."""
+        """With probability ``short_seq_prob`` :func:`split_short`, else ``[tokens]``; mask each piece."""
         if self.config.short_seq_prob > 0 and rng.random() < self.config.short_seq_prob:
             return split_short(tokens, rng, seq_length, self.sentence_end, self.ids.cls, self.ids.eos)
         return [np.asarray(tokens)]
 
-    def mask_tokens(self, tokens: np.ndarray, rng: np.random.Generator, single_span: bool = False) -> MaskedSample:
+    def mask_tokens(
+        self, tokens: np.ndarray, rng: np.random.Generator, single_span: bool = False
+    ) -> MaskedSample:
         """Token-level blanks (spec §5.3); ``single_span`` draws exactly one span length."""
         tokens = self._check_tokens(tokens)
         n = tokens.shape[0]
@@ -660,8 +704,9 @@ class GLMMasker:
                 f"GLMMasker: sample of {n} tokens has no maskable token (every token is [CLS], eos or the "
                 "final token); filter such samples before masking"
             )
-        lengths = self._draw_lengths(1 if single_span else max(1, int(self.config.bert_ratio * n)), rng,
-                                     single_span)
+        lengths = self._draw_lengths(
+            1 if single_span else max(1, int(self.config.bert_ratio * n)), rng, single_span
+        )
         best = None
         for _ in range(PLACEMENT_TRIES):
             lengths = rng.permutation(lengths)
@@ -675,8 +720,10 @@ class GLMMasker:
             # Many short documents can leave the longest one too little room under the spec rule.
             spans = _allocate_spread(lengths, doc_starts, doc_lens, rng)
             if spans.shape[0] == lengths.shape[0]:
-                self._fallback("token_spread", f"{lengths.shape[0]} spans spread over {doc_lens.shape[0]} "
-                                               f"documents in a sample of {n}")
+                self._fallback(
+                    "token_spread",
+                    f"{lengths.shape[0]} spans spread over {doc_lens.shape[0]} documents in a sample of {n}",
+                )
                 best = spans
             elif _covered(spans) > _covered(best):
                 best = spans
@@ -687,12 +734,22 @@ class GLMMasker:
                 length = min(int(lengths.min()), int(doc_lens[d]))
                 off = int(rng.integers(0, doc_lens[d] - length + 1))
                 best = np.array([[doc_starts[d] + off, doc_starts[d] + off + length]], np.int64)
-            self._fallback("token_partial", f"placed {best.shape[0]} span(s) of {_covered(best)} tokens instead "
-                                            f"of the {lengths.shape[0]} drawn ({int(lengths.sum())} tokens) in a "
-                                            f"sample of {n}")
-        sample = layout_spans(tokens, best, self._order(best.shape[0], rng), mask_id=self.ids.mask,
-                              sop_id=self.ids.sop, eop_id=self.ids.eop,
-                              block_position_encoding=self.config.block_position_encoding, mode="token")
+            self._fallback(
+                "token_partial",
+                f"placed {best.shape[0]} span(s) of {_covered(best)} tokens instead "
+                f"of the {lengths.shape[0]} drawn ({int(lengths.sum())} tokens) in a "
+                f"sample of {n}",
+            )
+        sample = layout_spans(
+            tokens,
+            best,
+            self._order(best.shape[0], rng),
+            mask_id=self.ids.mask,
+            sop_id=self.ids.sop,
+            eop_id=self.ids.eop,
+            block_position_encoding=self.config.block_position_encoding,
+            mode="token",
+        )
         if self.config.block_mask_prob > 0:
             self._dblock(sample, rng)
         return sample
@@ -712,9 +769,16 @@ class GLMMasker:
         take = min(int(np.searchsorted(total, goal, side="left")) + 1, cand.shape[0])
         spans = cand[:take]
         spans = spans[np.argsort(spans[:, 0], kind="stable")]
-        return layout_spans(tokens, spans, self._order(take, rng), mask_id=self.sentence_mask_id,
-                            sop_id=self.ids.sop, eop_id=self.ids.eop,
-                            block_position_encoding=self.config.block_position_encoding, mode="sentence")
+        return layout_spans(
+            tokens,
+            spans,
+            self._order(take, rng),
+            mask_id=self.sentence_mask_id,
+            sop_id=self.ids.sop,
+            eop_id=self.ids.eop,
+            block_position_encoding=self.config.block_position_encoding,
+            mode="sentence",
+        )
 
     def mask_document(
         self,
@@ -739,30 +803,51 @@ class GLMMasker:
             doc_starts, doc_lens = _documents(tokens, self.ids.cls, self.ids.eos)
             spans = _allocate(np.array([g], np.int64), doc_starts, doc_lens, self.config.bert_ratio, rng)
             if spans.shape[0] == 1:
-                return layout_spans(tokens, spans, None, mask_id=self.document_mask_id, sop_id=self.ids.sop,
-                                    eop_id=self.ids.eop, block_position_encoding=self.config.block_position_encoding,
-                                    mode="document")
+                return layout_spans(
+                    tokens,
+                    spans,
+                    None,
+                    mask_id=self.document_mask_id,
+                    sop_id=self.ids.sop,
+                    eop_id=self.ids.eop,
+                    block_position_encoding=self.config.block_position_encoding,
+                    mode="document",
+                )
             self._fallback("document_span_to_suffix", f"a span of {g} does not fit a sample of {n} tokens")
         if loss_mask is not None:
             loss_mask = np.asarray(loss_mask, dtype=np.float32)
             if loss_mask.shape != tokens.shape:
-                raise ValueError(f"GLMMasker: loss_mask shape {loss_mask.shape} != tokens shape {tokens.shape}")
-        return layout_suffix(tokens, g, mask_id=self.document_mask_id, sop_id=self.ids.sop, loss_mask=loss_mask,
-                             cls_id=self.ids.cls, block_position_encoding=self.config.block_position_encoding)
+                raise ValueError(
+                    f"GLMMasker: loss_mask shape {loss_mask.shape} != tokens shape {tokens.shape}"
+                )
+        return layout_suffix(
+            tokens,
+            g,
+            mask_id=self.document_mask_id,
+            sop_id=self.ids.sop,
+            loss_mask=loss_mask,
+            cls_id=self.ids.cls,
+            block_position_encoding=self.config.block_position_encoding,
+        )
 
     # -- helpers ----------------------------------------------------------------------------------------
 
     def _check_tokens(self, tokens: np.ndarray) -> np.ndarray:
         arr = np.asarray(tokens)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"GLMMasker: tokens must be a 1-D integer array, got dtype {arr.dtype} shape "
-                             f"{arr.shape}")
+            raise ValueError(
+                f"GLMMasker: tokens must be a 1-D integer array, got dtype {arr.dtype} shape {arr.shape}"
+            )
         if arr.shape[0] < 3:
-            raise ValueError(f"GLMMasker: a sample needs at least 3 tokens ([CLS] x [eos]), got {arr.shape[0]}")
+            raise ValueError(
+                f"GLMMasker: a sample needs at least 3 tokens ([CLS] x [eos]), got {arr.shape[0]}"
+            )
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"GLMMasker: token ids must be within [0, {self.vocab_size}) (len(sentence_end)), "
-                             f"got min {lo} max {hi}")
+            raise ValueError(
+                f"GLMMasker: token ids must be within [0, {self.vocab_size}) (len(sentence_end)), "
+                f"got min {lo} max {hi}"
+            )
         return arr.astype(np.int64, copy=False)
 
     def _draw_lengths(self, goal: int, rng: np.random.Generator, single: bool) -> np.ndarray:
@@ -786,15 +871,19 @@ class GLMMasker:
 
     def _dblock(self, sample: MaskedSample, rng: np.random.Generator) -> None:
         """Replace Part-B inputs except [sop] by [dBLOCK] with ``block_mask_prob`` (targets unchanged)."""
-        part_b = sample.input_ids[sample.sep:]
+        part_b = sample.input_ids[sample.sep :]
         hit = (rng.random(part_b.shape[0]) < self.config.block_mask_prob) & (part_b != self.ids.sop)
         part_b[hit] = self.ids.dblock
 
     def _fallback(self, kind: str, detail: str) -> None:
         self.fallbacks[kind] += 1
         if self.fallbacks[kind] == 1:
-            log.warning("GLMMasker fallback %s: %s (counted in GLMMasker.fallbacks; further cases logged at "
-                        "debug level)", kind, detail)
+            log.warning(
+                "GLMMasker fallback %s: %s (counted in GLMMasker.fallbacks; further cases logged at "
+                "debug level)",
+                kind,
+                detail,
+            )
         else:
             log.debug("GLMMasker fallback %s: %s", kind, detail)
 
@@ -808,7 +897,9 @@ def _covered(spans: np.ndarray) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def collate_masked(samples: Sequence[MaskedSample], pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
+def collate_masked(
+    samples: Sequence[MaskedSample], pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right-pad a list of samples into the batch dict of docs/contracts.md.
 
     Padding: id 0, target 0, loss mask 0, positions/blocks 0 (spec §5.6). The length is the longest sample,
@@ -819,7 +910,9 @@ def collate_masked(samples: Sequence[MaskedSample], pad_to_multiple_of: int | No
     if not samples:
         raise ValueError("collate_masked: empty batch")
     if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
-        raise ValueError(f"collate_masked: pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}")
+        raise ValueError(
+            f"collate_masked: pad_to_multiple_of must be a positive int, got {pad_to_multiple_of!r}"
+        )
     width = max(len(s) for s in samples)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
