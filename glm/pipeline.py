@@ -1,0 +1,138 @@
+"""``run(cfg)``: validate -> seed -> datamodule (tokenizer) -> task module -> callbacks/loggers -> trainer ->
+stages -> ``metrics.json``. The only module that calls ``hydra.utils.instantiate``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from glm.utils.instantiate import instantiate_group
+from glm.utils.validation import ConfigError, check_tokenizer, validate
+from glm.utils.wrappers import task_wrapper
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+def _accepts(target: str, name: str) -> bool:
+    module, _, attr = target.rpartition(".")
+    cls = getattr(__import__(module, fromlist=[attr]), attr)
+    return name in inspect.signature(cls).parameters
+
+
+def _resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
+    """``last`` -> this run dir's ``checkpoints/last.ckpt`` when it exists (resume = same command +
+    ``hydra.run.dir=<old run dir> ckpt_path=last``), else None; any other value is passed through."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(str(ckpt_path)).is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    return str(ckpt_path)
+
+
+def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        out[key] = number if math.isfinite(number) else float("nan")
+    return out
+
+
+@rank_zero_only
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
+    tmp.replace(path)
+
+
+@rank_zero_only
+def _save_config(cfg: DictConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+
+
+@task_wrapper
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
+    checked = validate(cfg, is_multirun=_is_multirun())
+    output_dir = Path(cfg.paths.output_dir)
+    _save_config(cfg, output_dir / CONFIG_FILE)
+    L.seed_everything(int(cfg.seed), workers=True)
+
+    extra: dict[str, Any] = {}
+    if checked.objective is not None and _accepts(cfg.data._target_, "objective"):
+        extra["objective"] = checked.objective
+    log.info("instantiating data <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
+    check_tokenizer(getattr(datamodule, "tokenizer", None), checked.model)
+
+    log.info("instantiating task <%s>", cfg.task._target_)
+    module = hydra.utils.instantiate(cfg.task, _convert_="all")
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer_kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    if checked.accumulate_grad_batches is not None:
+        trainer_kwargs["accumulate_grad_batches"] = checked.accumulate_grad_batches
+    log.info("instantiating trainer (accumulate_grad_batches=%s)", checked.accumulate_grad_batches)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, _convert_="all", **trainer_kwargs)
+
+    for lg in loggers:  # the resolved config, once per run, as plain values
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    fitted = False
+    for stage in cfg.stages:
+        if stage == "fit":
+            trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.ckpt_path, output_dir))
+            fitted = True
+        elif stage in ("validate", "test"):
+            ckpt = None
+            if fitted:
+                best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+                ckpt = best or None
+            elif cfg.ckpt_path:
+                ckpt = _resolve_ckpt_path(cfg.ckpt_path, output_dir)
+            getattr(trainer, stage)(module, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(_plain_metrics(trainer.callback_metrics))
+
+    _write_json(output_dir / METRICS_FILE, metrics)
+    log.info("metrics: %s", metrics)
+    return metrics
+
+
+def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a sweeper optimises (``cfg.optimized_metric``), or None when it was not logged."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        log.warning("optimized_metric %r was not logged; logged: %s", name, sorted(metrics))
+        return None
+    return metrics[name]

@@ -1,0 +1,247 @@
+"""GLMTaskModule: the LightningModule every GLM task builds on.
+
+It holds plain-container hyperparameters only (so checkpoints load with ``torch.load(weights_only=True)``),
+builds the backbone in :meth:`configure_model` (idempotent; FSDP2 shards it there when the strategy gives a
+device mesh), optionally loads pretrained weights, and sets up AdamW with decay / no-decay groups and the
+original GLM learning-rate schedule (spec §5.8, ``learning_rates.py::AnnealingLR``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from glm.model import GLM, GLMConfig
+
+# Allowed keys of the optimizer / scheduler dicts, with their types (checked at start-up, before any work).
+OPTIMIZER_KEYS: dict[str, tuple[type, ...]] = {
+    "lr": (float, int),
+    "betas": (list, tuple),
+    "eps": (float, int),
+    "weight_decay": (float, int),
+    "fused": (bool, type(None)),
+}
+SCHEDULER_KEYS: dict[str, tuple[type, ...]] = {
+    "warmup_ratio": (float, int),
+    "decay_style": (str,),
+    "min_lr_ratio": (float, int),
+    "decay_ratio": (float, int),
+    "total_steps": (int, type(None)),
+}
+# Names of the original GLM arguments (--warmup, --lr-decay-style, --lr-decay-ratio) accepted as aliases.
+SCHEDULER_ALIASES = {"warmup": "warmup_ratio", "decay": "decay_style", "lr_decay_style": "decay_style",
+                     "lr_decay_ratio": "min_lr_ratio"}
+DECAY_STYLES = ("cosine", "linear", "constant")
+OPTIMIZER_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.1,
+                                      "fused": None}
+# Decision: a finetuning schedule decays to 0 unless told otherwise (min_lr_ratio 0); pretraining configs
+# set the spec's 5% / 10% explicitly.
+SCHEDULER_DEFAULTS: dict[str, Any] = {"warmup_ratio": 0.0, "decay_style": "linear", "min_lr_ratio": 0.0,
+                                      "decay_ratio": 1.0, "total_steps": None}
+
+
+def _is_number(value: Any, types: tuple[type, ...]) -> bool:
+    return not isinstance(value, bool) or bool in types
+
+
+def normalize_optimizer(optimizer: Mapping[str, Any] | None, where: str = "task.optimizer") -> dict[str, Any]:
+    """Defaults + ``optimizer``, with every key and type checked; errors name ``where.key``."""
+    out = dict(OPTIMIZER_DEFAULTS)
+    for key, value in dict(optimizer or {}).items():
+        if key not in OPTIMIZER_KEYS:
+            raise ValueError(f"{where}.{key}: unknown key; allowed: {sorted(OPTIMIZER_KEYS)}")
+        if not isinstance(value, OPTIMIZER_KEYS[key]) or not _is_number(value, OPTIMIZER_KEYS[key]):
+            raise ValueError(f"{where}.{key}: expected {'/'.join(t.__name__ for t in OPTIMIZER_KEYS[key])}, "
+                             f"got {value!r}")
+        out[key] = value
+    if len(out["betas"]) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in out["betas"]):
+        raise ValueError(f"{where}.betas: expected two numbers in [0, 1), got {out['betas']!r}")
+    out["betas"] = [float(b) for b in out["betas"]]
+    for key in ("lr", "eps", "weight_decay"):
+        if out[key] < 0:
+            raise ValueError(f"{where}.{key}: must be >= 0, got {out[key]!r}")
+    return out
+
+
+def normalize_scheduler(scheduler: Mapping[str, Any] | None, where: str = "task.scheduler") -> dict[str, Any]:
+    """Defaults + ``scheduler`` (aliases resolved), with every key and type checked."""
+    out = dict(SCHEDULER_DEFAULTS)
+    for key, value in dict(scheduler or {}).items():
+        name = SCHEDULER_ALIASES.get(key, key)
+        if name not in SCHEDULER_KEYS:
+            raise ValueError(f"{where}.{key}: unknown key; allowed: {sorted(SCHEDULER_KEYS)} "
+                             f"(aliases {sorted(SCHEDULER_ALIASES)})")
+        if not isinstance(value, SCHEDULER_KEYS[name]) or not _is_number(value, SCHEDULER_KEYS[name]):
+            raise ValueError(f"{where}.{key}: expected {'/'.join(t.__name__ for t in SCHEDULER_KEYS[name])}, "
+                             f"got {value!r}")
+        out[name] = value
+    if out["decay_style"] not in DECAY_STYLES:
+        raise ValueError(f"{where}.decay_style: must be one of {list(DECAY_STYLES)}, got {out['decay_style']!r}")
+    for key in ("warmup_ratio", "min_lr_ratio"):
+        if not 0.0 <= out[key] <= 1.0:
+            raise ValueError(f"{where}.{key}: must be in [0, 1], got {out[key]!r}")
+    if not 0.0 < out["decay_ratio"] <= 1.0:
+        raise ValueError(f"{where}.decay_ratio: must be in (0, 1], got {out['decay_ratio']!r}")
+    return out
+
+
+def annealing_lr_factor(step: int, warmup_steps: float, decay_steps: int, style: str, min_ratio: float) -> float:
+    """lr(step) / lr0 of the original ``AnnealingLR`` (spec §5.8); ``step`` counts finished optimizer steps.
+
+    Warmup ``lr0 * t / w`` for ``t <= w`` (so the first update runs at lr 0 when there is warmup, as the
+    original scheduler starts at iteration 0), then with ``r = min(1, (t - w) / (D - w))``:
+    cosine ``rho + (1 - rho) * (1 + cos(pi r)) / 2``, linear ``1 - (1 - rho) * r``, constant 1.
+    Decision: the linear form is clamped at ``r = 1`` like the cosine one, so steps past ``D`` stay at rho.
+    """
+    if warmup_steps > 0 and step <= warmup_steps:
+        return step / warmup_steps
+    if style == "constant":
+        return 1.0
+    span = decay_steps - warmup_steps
+    r = 1.0 if span <= 0 else min(1.0, (step - warmup_steps) / span)
+    if style == "cosine":
+        return min_ratio + (1.0 - min_ratio) * (1.0 + math.cos(math.pi * r)) / 2.0
+    if style == "linear":
+        return 1.0 - (1.0 - min_ratio) * r
+    raise ValueError(f"unknown decay style {style!r}; expected one of {list(DECAY_STYLES)}")
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: every bias and every LayerNorm weight without decay, the rest with it (spec §5.8).
+
+    Embedding tables keep weight decay (the original only exempts biases and LayerNorm parameters).
+    Tied or shared parameters appear once.
+    """
+    no_decay: set[int] = set()
+    for mod in module.modules():
+        if isinstance(mod, nn.LayerNorm):
+            no_decay.update(id(p) for p in mod.parameters(recurse=False))
+    decay_params, plain_params, seen = [], [], set()
+    for name, p in module.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in no_decay or name.endswith("bias"):
+            plain_params.append(p)
+        else:
+            decay_params.append(p)
+    groups = [{"params": decay_params, "weight_decay": float(weight_decay)},
+              {"params": plain_params, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> dict/list (hparams must be plain so weights_only loading works)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class GLMTaskModule(L.LightningModule):
+    """Base of the GLM task modules (pretraining, cloze, seq2seq, LM evaluation).
+
+    ``model`` is the model config group (``preset`` + GLMConfig overrides), ``optimizer`` and ``scheduler``
+    are dicts (keys in ``OPTIMIZER_KEYS`` / ``SCHEDULER_KEYS``), ``pretrained`` an export dir or state-dict
+    file loaded into the backbone after it is built. ``compile`` compiles each block in place and
+    ``activation_checkpointing`` recomputes each block in the backward pass; neither changes state-dict keys.
+    Subclasses add their own plain-valued keyword arguments; all are saved as hyperparameters.
+    """
+
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        pretrained: str | None = None,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = _plain(value)
+        self.glm_config = GLMConfig.from_dict(_plain(model))
+        self.optimizer_config = normalize_optimizer(_plain(optimizer))
+        self.scheduler_config = normalize_scheduler(_plain(scheduler))
+        self.pretrained = pretrained
+        self.compile_blocks = bool(compile)
+        self.activation_checkpointing = bool(activation_checkpointing)
+        self.model: GLM | None = None
+
+    # ---- model ----
+    def configure_model(self) -> None:
+        """Build the backbone once (Lightning may call this for every stage in one process)."""
+        if self.model is not None:
+            return
+        model = GLM(self.glm_config)
+        if self.pretrained:
+            from glm.checkpoint import load_pretrained_into
+
+            load_pretrained_into(model, self.pretrained)
+        if self.activation_checkpointing:
+            _checkpoint_blocks(model)
+        if self.compile_blocks:
+            for block in model.transformer.layers:
+                block.compile()  # in place: parameters keep their names (no `_orig_mod.` prefix)
+        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy
+        if mesh is not None:  # ModelParallelStrategy (FSDP2)
+            from glm.distributed import shard_model
+
+            shard_model(model, mesh)
+        self.model = model
+
+    # ---- optimisation ----
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: ``scheduler.total_steps`` or the trainer's estimate."""
+        if self.scheduler_config["total_steps"]:
+            return int(self.scheduler_config["total_steps"])
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optimizer_config
+        params = param_groups(self, opt["weight_decay"])
+        fused = opt["fused"]
+        if fused is None:  # the fused kernel only where it is known to exist and help
+            fused = all(p.is_cuda for g in params for p in g["params"])
+        optimizer = torch.optim.AdamW(params, lr=float(opt["lr"]), betas=tuple(opt["betas"]),
+                                      eps=float(opt["eps"]), fused=bool(fused) or None)
+        sch = self.scheduler_config
+        decay_steps = max(1, int(round(sch["decay_ratio"] * self.total_steps())))
+        warmup_steps = sch["warmup_ratio"] * decay_steps
+
+        def factor(step: int) -> float:
+            return annealing_lr_factor(step, warmup_steps, decay_steps, sch["decay_style"], sch["min_lr_ratio"])
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _checkpoint_blocks(model: GLM) -> None:
+    """Recompute each block in the backward pass; patched per instance, so module names stay the same."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.transformer.layers:
+        forward = block.forward
+
+        def wrapped(*args: Any, _forward=forward, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled() and not kwargs.get("use_cache", False):
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        block.forward = wrapped

@@ -1,0 +1,74 @@
+"""Blank-infilling pretraining (spec §5.8)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.aggregation import SumMetric
+
+from glm.tasks.base import GLMTaskModule
+
+
+def blank_infilling_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sum(ce * loss_mask), sum(loss_mask))``: per-token CE over all V logits, no ignore index, no label
+    smoothing (spec §5.8). Computed in fp32 whatever the logits' dtype."""
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    mask = loss_mask.reshape(-1).float()
+    return (ce * mask).sum(), mask.sum()
+
+
+class PretrainModule(GLMTaskModule):
+    """GLM pretraining: loss = ``sum(ce * loss_mask) / sum(loss_mask)`` over Part B.
+
+    Logs ``train/loss`` and ``train/lr`` per step, and ``val/loss`` (token-weighted over the whole validation
+    set, synchronised across ranks) with ``val/ppl = exp(val/loss)``; ``test/*`` likewise.
+    """
+
+    def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
+                 pretrained: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
+        self.eval_loss_sum = SumMetric()
+        self.eval_token_sum = SumMetric()
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss_sum, count = blank_infilling_loss(self(batch), batch["targets"], batch["loss_mask"])
+        loss = loss_sum / count.clamp_min(1.0)
+        bsz = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
+        if self.trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bsz)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Tensor]) -> None:
+        loss_sum, count = blank_infilling_loss(self(batch), batch["targets"], batch["loss_mask"])
+        self.eval_loss_sum.update(loss_sum.detach())
+        self.eval_token_sum.update(count)
+
+    def _eval_end(self, stage: str) -> None:
+        total, count = self.eval_loss_sum.compute(), self.eval_token_sum.compute()
+        self.eval_loss_sum.reset()
+        self.eval_token_sum.reset()
+        if float(count) <= 0:
+            return
+        loss = total / count
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=False)  # already synchronised by torchmetrics
+        self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=math.log(1e30))), sync_dist=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")

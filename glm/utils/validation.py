@@ -1,0 +1,263 @@
+"""Start-up checks: every problem is reported as one ``ConfigError`` naming the config key, before any data
+loading or model construction (pitfalls §8)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+STAGES = ("fit", "validate", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key."""
+
+
+@dataclass
+class Validated:
+    """The typed views of the config built while validating."""
+
+    model: Any  # GLMConfig
+    objective: Any  # MaskingConfig | None
+    accumulate_grad_batches: int | None
+    world_size: int
+
+
+def _container(node: Any) -> Any:
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def _locate(target: str, where: str) -> Any:
+    module, _, name = target.rpartition(".")
+    try:
+        obj = importlib.import_module(module)
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{where}._target_: cannot import {target!r} ({err})") from None
+
+
+def _init_params(cls: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """Parameters of ``cls.__init__`` merged along the MRO while ``**kwargs`` forwards them upwards."""
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    klasses = cls.__mro__ if inspect.isclass(cls) else [cls]
+    for klass in klasses:
+        fn = klass.__init__ if inspect.isclass(klass) else klass
+        if inspect.isclass(klass) and "__init__" not in vars(klass):
+            continue
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return params, hints, True
+        try:
+            hints.update({k: v for k, v in typing.get_type_hints(fn).items() if k not in hints})
+        except Exception:  # unresolvable annotations: check names only
+            pass
+        var_kw = False
+        for name, p in sig.parameters.items():
+            if p.kind == p.VAR_KEYWORD:
+                var_kw = True
+            elif name != "self" and p.kind != p.VAR_POSITIONAL:
+                params.setdefault(name, p)
+        if not var_kw:
+            return params, hints, False
+        if not inspect.isclass(klass) or klass.__module__.startswith(("lightning", "torch")):
+            return params, hints, True
+    return params, hints, True
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """A lenient isinstance for the annotation kinds used in configs (unknown kinds pass)."""
+    if hint is Any or value is None and hint is type(None):
+        return True
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is not None:
+        hint = origin
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple, typing.Sequence) or hint is getattr(typing, "Sequence", None):
+        return isinstance(value, (list, tuple))
+    if hint in (dict, Mapping):
+        return isinstance(value, Mapping)
+    try:
+        if isinstance(hint, type) and hint.__module__ == "builtins":
+            return isinstance(value, hint)
+    except TypeError:
+        pass
+    return True
+
+
+def check_against_signature(node: Mapping[str, Any], where: str, skip: tuple[str, ...] = ()) -> Any:
+    """Every key of an instantiable node must be an argument of its ``_target_`` with a fitting type."""
+    if "_target_" not in node:
+        raise ConfigError(f"{where}: missing _target_")
+    target = _locate(str(node["_target_"]), where)
+    params, hints, open_kwargs = _init_params(target)
+    for key, value in node.items():
+        if key.startswith("_") or key in skip:
+            continue
+        if key not in params:
+            if open_kwargs:
+                continue
+            raise ConfigError(f"{where}.{key}: unknown option for {node['_target_']}; "
+                              f"known: {', '.join(sorted(params))}")
+        hint = hints.get(key)
+        if hint is not None and value is not None and not isinstance(value, Mapping) and not _type_ok(value, hint):
+            raise ConfigError(f"{where}.{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return target
+
+
+def _devices(trainer: Mapping[str, Any]) -> int:
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        return max(1, devices) * int(trainer.get("num_nodes", 1) or 1)
+    if isinstance(devices, (list, tuple)):
+        return len(devices) * int(trainer.get("num_nodes", 1) or 1)
+    if devices == "auto":
+        accel = trainer.get("accelerator", "auto")
+        if accel in ("gpu", "cuda", "auto"):
+            import torch
+
+            return max(1, torch.cuda.device_count()) * int(trainer.get("num_nodes", 1) or 1)
+        return 1
+    raise ConfigError(f"trainer.devices: expected an int, a list or 'auto', got {devices!r}")
+
+
+def _strategy_name(trainer: Mapping[str, Any]) -> str:
+    strategy = trainer.get("strategy", "auto")
+    if isinstance(strategy, Mapping):
+        return str(strategy.get("_target_", "")).rpartition(".")[2]
+    return str(strategy)
+
+
+def check_multirun_strategy(trainer: Mapping[str, Any], is_multirun: bool) -> None:
+    """Refuse ``-m`` with a script-launched multi-process strategy (pitfalls §2)."""
+    if not is_multirun or _devices(trainer) <= 1:
+        return
+    name = _strategy_name(trainer)
+    if name in ("ddp_spawn", "ddp_notebook"):
+        return
+    external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID"))
+    if not external:
+        raise ConfigError(
+            f"trainer.strategy: a Hydra multirun (-m) cannot launch {name or 'a multi-process strategy'} on "
+            f"{_devices(trainer)} devices from this script (Lightning re-runs the whole sweep in every child "
+            "process). Use one of: (a) one device per job (trainer.devices=1, e.g. with the joblib or submitit "
+            "launcher), (b) launch each job with torchrun/SLURM so processes are created externally, or "
+            "(c) trainer.strategy=ddp_spawn for small CPU runs."
+        )
+
+
+def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
+    """Check the whole run config; raise :class:`ConfigError` naming the key on the first problem."""
+    from glm.model import GLMConfig
+
+    for key in ("model", "task", "data", "trainer", "paths", "stages", "seed"):
+        if key not in cfg:
+            raise ConfigError(f"{key}: missing from the config (is the primary config conf/run.yaml?)")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{missing[0]}: required value (???) not set" + (
+            f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # interpolation errors name the key themselves
+        raise ConfigError(f"config interpolation failed: {err}") from None
+
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ConfigError(f"seed: expected a non-negative int, got {cfg.seed!r}")
+    stages = list(cfg.stages) if isinstance(cfg.stages, ListConfig) else [cfg.stages]
+    for stage in stages:
+        if stage not in STAGES:
+            raise ConfigError(f"stages: unknown stage {stage!r}; allowed: {list(STAGES)}")
+
+    model_dict = _container(cfg.model)
+    try:
+        model = GLMConfig.from_dict(model_dict)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model: {err}") from None
+
+    objective = None
+    if cfg.get("objective") is not None:
+        from glm.data.masking import MaskingConfig
+
+        values = dict(_container(cfg.objective))
+        preset = values.pop("preset", None)
+        try:
+            objective = MaskingConfig.from_name(preset, **values) if preset else MaskingConfig(**values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"objective: {err}") from None
+
+    task = _container(cfg.task)
+    task_cls = check_against_signature(task, "task", skip=("model",))
+    from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
+
+    if inspect.isclass(task_cls) and issubclass(task_cls, GLMTaskModule):
+        try:
+            normalize_optimizer(task.get("optimizer"))
+            normalize_scheduler(task.get("scheduler"))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    data = _container(cfg.data)
+    check_against_signature(data, "data", skip=("objective",))
+
+    trainer = _container(cfg.trainer)
+    check_against_signature(trainer, "trainer", skip=("strategy", "callbacks", "logger"))
+    if _strategy_name(trainer) == "deepspeed_strategy":
+        from glm.distributed import StrategyUnavailable, check_deepspeed_available
+
+        try:
+            check_deepspeed_available()
+        except StrategyUnavailable as err:
+            raise ConfigError(f"hardware: {err}") from None
+    world = _devices(trainer)
+    check_multirun_strategy(trainer, is_multirun)
+
+    accumulate = None
+    if "global_batch_size" in data and "micro_batch_size" in data:
+        gbs, mbs = data["global_batch_size"], data["micro_batch_size"]
+        for key, value in (("global_batch_size", gbs), ("micro_batch_size", mbs)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"data.{key}: expected a positive int, got {value!r}")
+        if gbs % (mbs * world):
+            raise ConfigError(f"data.global_batch_size ({gbs}) must be divisible by data.micro_batch_size ({mbs}) "
+                              f"x world size ({world})")
+        accumulate = gbs // (mbs * world)
+        if trainer.get("accumulate_grad_batches") not in (None, 1, accumulate):
+            raise ConfigError(f"trainer.accumulate_grad_batches ({trainer['accumulate_grad_batches']}) conflicts "
+                              f"with data.global_batch_size / (micro_batch_size x world size) = {accumulate}; "
+                              "set only the batch sizes")
+    for group in ("callbacks", "logger"):
+        for name, node in (_container(cfg.get(group)) or {}).items():
+            if node is not None:
+                check_against_signature(node, f"{group}.{name}")
+    return Validated(model=model, objective=objective, accumulate_grad_batches=accumulate, world_size=world)
+
+
+def check_tokenizer(tokenizer: Any, model_config: Any) -> None:
+    """The tokenizer's padded V must fit the model's embedding table."""
+    if tokenizer is not None and int(tokenizer.vocab_size) > int(model_config.vocab_size):
+        raise ConfigError(f"model.vocab_size: {model_config.vocab_size} is smaller than the tokenizer's padded "
+                          f"vocabulary ({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size}")

@@ -1,0 +1,81 @@
+"""``task_wrapper``: failure bookkeeping and teardown around one Hydra job (pitfalls §3, §9)."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+FAILED_MARKER = "FAILED"
+
+
+def _output_dir(cfg: DictConfig) -> Path | None:
+    try:
+        return Path(cfg.paths.output_dir)
+    except Exception:  # no Hydra context (e.g. a hand-built config): nowhere to write markers
+        return None
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the active W&B run so the next job of a multirun gets its own, with the real exit code."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def teardown() -> None:
+    """Destroy the process group and clear rank variables and caches so the next job starts clean."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK"):
+        if os.environ.get("GLM_KEEP_RANK_ENV") is None:
+            os.environ.pop(key, None)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def task_wrapper(fn: F) -> F:
+    """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` with it, re-raise.
+    Always: ``wandb.finish(exit_code)`` and :func:`teardown`."""
+
+    @functools.wraps(fn)
+    def wrapped(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
+        exit_code = 0
+        try:
+            return fn(cfg, *args, **kwargs)
+        except BaseException as err:
+            exit_code = 1
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            log.error("run failed:\n%s", text)
+            out = _output_dir(cfg)
+            if out is not None:
+                try:
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / FAILED_MARKER).write_text(text)
+                except OSError:
+                    log.warning("could not write the FAILED marker in %s", out)
+            raise
+        finally:
+            try:
+                finish_wandb(exit_code)
+            finally:
+                teardown()
+
+    return wrapped  # type: ignore[return-value]

@@ -1,0 +1,25 @@
+"""Entry point: ``python run.py +experiment=NAME [overrides]`` (``-m`` for sweeps); see README.md."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="run")
+def main(cfg: DictConfig) -> float | None:
+    from glm.pipeline import optimized_metric, run
+    from glm.utils.validation import ConfigError
+
+    try:
+        metrics = run(cfg)
+    except ConfigError as err:  # a config mistake: one line naming the key, no traceback
+        print(f"Config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return optimized_metric(cfg, metrics)
+
+
+if __name__ == "__main__":
+    main()
