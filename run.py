@@ -7,6 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import glm.utils.resolvers  # noqa: F401  (registers ${glm.choice:...} before Hydra composes)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:

@@ -1,0 +1,130 @@
+"""run.py end to end in subprocesses: config errors name the key, deepspeed is refused on CPU, ci_tiny writes
+metrics.json, the resolved config and checkpoints that load with weights_only=True."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import need_data, run_cli
+
+
+def _fails_naming(result, *needles: str) -> None:
+    assert result.returncode != 0, f"expected a failure, got rc 0\n{result.stdout[-2000:]}"
+    for needle in needles:
+        assert needle in result.stderr, f"{needle!r} not in stderr:\n{result.stderr[-3000:]}"
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    r = run_cli(["+experiment=ci_tiny", "logger=none", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"], tmp_path)
+    _fails_naming(r, "max_stepz")
+
+
+def test_added_unknown_trainer_option_is_named(tmp_path: Path) -> None:
+    # `+key=` gets past Hydra's struct check; start-up validation still names it before any work
+    r = run_cli(["+experiment=ci_tiny", "logger=none", "+trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"],
+                tmp_path)
+    _fails_naming(r, "Config error", "trainer.max_stepz")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_wrong_type_is_named_by_the_cli(tmp_path: Path) -> None:
+    r = run_cli(["+experiment=ci_tiny", "logger=none", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}"], tmp_path)
+    _fails_naming(r, "Config error", "trainer.max_steps", "expected int")
+    assert "Traceback" not in r.stderr  # one message, not a deep traceback
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("trainer.max_steps=abc", ("trainer.max_steps", "expected int")),
+        ("data.seq_length=long", ("data.seq_length", "expected int")),
+        ("+data.seq_lenght=64", ("data.seq_lenght", "unknown option")),
+        ("task.optimizer.lr=fast", ("task.optimizer.lr",)),
+        ("+task.optimizer.momentum=0.9", ("task.optimizer.momentum", "unknown key")),
+        ("+model.num_layers=0", ("model", "num_layers")),
+        ("+model.num_layerz=2", ("model", "num_layerz")),
+        ("+objective.bert_prob=1.5", ("objective", "bert_prob")),
+        ("task.scheduler.decay_style=exp", ("task.scheduler.decay_style",)),
+        ("data.global_batch_size=6", ("data.global_batch_size", "micro_batch_size")),
+        ("stages=[fit,predict]", ("stages", "predict")),
+        ("+callbacks.checkpoint.save_topk=2", ("callbacks.checkpoint.save_topk",)),
+    ],
+)
+def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_cfg) -> None:
+    """In-process (fast): compose, apply the override (``+`` adds a key the way Hydra would), validate."""
+    import yaml
+    from omegaconf import OmegaConf, open_dict
+
+    from glm.utils.validation import ConfigError, validate
+
+    key, value = override.lstrip("+").split("=", 1)
+    cfg = compose_cfg("ci_tiny", ["logger=none"])
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+
+
+def test_unknown_group_option_is_named(tmp_path: Path) -> None:
+    r = run_cli(["+experiment=ci_tiny", "logger=none", "model=glm_huge", f"hydra.run.dir={tmp_path}"], tmp_path)
+    _fails_naming(r, "glm_huge", "model")
+
+
+def test_unknown_experiment_is_named(tmp_path: Path) -> None:
+    r = run_cli(["+experiment=no_such_thing", f"hydra.run.dir={tmp_path}"], tmp_path)
+    _fails_naming(r, "no_such_thing")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_deepspeed_refused_on_cpu(tmp_path: Path) -> None:
+    r = run_cli(["+experiment=ci_tiny", "logger=none", "hardware=[cpu,deepspeed_stage2]", f"hydra.run.dir={tmp_path}"],
+                tmp_path)
+    _fails_naming(r, "Config error", "deepspeed", "CUDA", "hardware=[cpu,ddp]")
+
+
+def test_multirun_with_subprocess_ddp_refused(tmp_path: Path) -> None:
+    r = run_cli(["-m", "+experiment=ci_tiny", "logger=none", "hardware=[cpu,ddp]", "trainer.devices=2", "seed=1,2",
+                 f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    _fails_naming(r, "Config error", "multirun", "ddp_spawn")
+
+
+def test_ci_tiny_end_to_end(tmp_path: Path) -> None:
+    need_data("gutenberg/11-0.txt")
+    run_dir = tmp_path / "run"
+    r = run_cli(["+experiment=ci_tiny", "logger=csv", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("train/loss", "val/loss", "val/ppl", "train/lr"):
+        assert key in metrics, sorted(metrics)
+    assert abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp().item()) < 1e-3 * metrics["val/ppl"]
+    # an untrained model over V=8064 starts near ln(8064) = 9.0; six steps cannot be far from it
+    assert 5.0 < metrics["val/loss"] < 9.6
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "run.log").is_file()
+    assert not (run_dir / "FAILED").exists()
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert any(p.name == "last.ckpt" for p in ckpts)
+    for path in ckpts:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        assert ckpt["global_step"] == 6
+        assert "model.word_embeddings.weight" in ckpt["state_dict"]
+        assert ckpt["hyper_parameters"]["model"]["preset"] == "glm-tiny"
+    # the CSV logger wrote per-step train loss and the val loss
+    csv = next((run_dir / "csv").rglob("metrics.csv")).read_text()
+    assert "train/loss" in csv and "val/loss" in csv
+
+
+def test_failure_writes_marker(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    r = run_cli(["+experiment=ci_tiny", "logger=none", "data.files=[/nonexistent/corpus_*.txt]",
+                 f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    assert r.returncode != 0
+    marker = (run_dir / "FAILED").read_text()
+    assert "FileNotFoundError" in marker and "corpus_*.txt" in marker
+    assert "corpus_*.txt" in (run_dir / "run.log").read_text()
