@@ -19,7 +19,8 @@ Decisions (documented here because the spec leaves them open):
   ``[CLS] doc [eos]`` segments, documents drawn with probability proportional to their length, until
   ``seq_length`` is reached. A document longer than the room left is cut at a random start moved forward
   to just after a sentence end (searching at most ``seq_length // 2`` tokens) and right-stripped at its
-  last sentence end; a cut segment gets no eos (its document did not end). The masked layout of sample
+  last sentence end (unless that would drop more than half of it); a cut segment gets no eos (its
+  document did not end). The masked layout of sample
   ``i`` in epoch ``e`` uses ``sample_rng(seed, e, i)`` (docs/contracts.md), so a batch depends only on
   (seed, epoch, indices), whatever the number of workers.
 - Epochs reach the dataset through the index: :class:`EpochIndexSampler` yields ``epoch * N + i`` and
@@ -244,7 +245,7 @@ def build_raw_sample(corpus: TokenizedCorpus, docs: np.ndarray, cum_lengths: np.
                 start = moved
         piece = doc[start:start + room]
         ends = np.flatnonzero(sentence_end[piece])
-        if ends.size and ends[-1] > 0:
+        if ends.size and ends[-1] + 1 >= piece.shape[0] // 2:  # never strip away more than half the piece
             piece = piece[: ends[-1] + 1]
         out.append(np.concatenate([[cls_id], piece]))
         used += piece.shape[0] + 1

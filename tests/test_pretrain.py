@@ -1,0 +1,276 @@
+"""Pretraining pieces against independent references: the spec §5.8 schedule at hand-picked steps, the
+decay/no-decay groups, the loss, data determinism across worker counts, the memmap cache, and a short real
+run whose validation loss must fall clearly."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import need_data
+from glm.data.pretrain import (
+    EpochIndexSampler,
+    PretrainDataModule,
+    build_raw_sample,
+    read_documents,
+    tokenize_corpus,
+)
+from glm.tasks.base import annealing_lr_factor, normalize_scheduler, param_groups
+from glm.tasks.pretrain import PretrainModule, blank_infilling_loss
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedule (spec §5.8): warmup over warmup * decay_iters, then cosine / linear to rho.
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("step", "style", "expected"),
+    [
+        # D = 100, w = 10, rho = 0.1, hand-computed
+        (0, "cosine", 0.0),
+        (5, "cosine", 0.5),
+        (10, "cosine", 1.0),
+        (55, "cosine", 0.1 + 0.9 * (1 + math.cos(math.pi * 0.5)) / 2),  # r = 45/90 -> 0.55
+        (100, "cosine", 0.1),
+        (150, "cosine", 0.1),  # r clamped at 1
+        (55, "linear", 1 - 0.9 * 45 / 90),  # 0.55
+        (100, "linear", 0.1),
+        (40, "constant", 1.0),
+    ],
+)
+def test_annealing_lr_at_hand_picked_steps(step: int, style: str, expected: float) -> None:
+    assert annealing_lr_factor(step, 10, 100, style, 0.1) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cosine_midpoint_value() -> None:
+    assert annealing_lr_factor(55, 10, 100, "cosine", 0.1) == pytest.approx(0.55, abs=1e-12)
+
+
+def test_scheduler_aliases_and_errors() -> None:
+    assert normalize_scheduler({"warmup": 0.1, "decay": "linear"})["warmup_ratio"] == 0.1
+    with pytest.raises(ValueError, match="task.scheduler.warmup_steps"):
+        normalize_scheduler({"warmup_steps": 10})
+    with pytest.raises(ValueError, match="decay_style"):
+        normalize_scheduler({"decay_style": "exponential"})
+
+
+def _tiny_module(**scheduler) -> PretrainModule:
+    module = PretrainModule(model={"preset": "glm-tiny", "vocab_size": 256, "num_layers": 1},
+                            optimizer={"lr": 1e-3, "weight_decay": 0.1},
+                            scheduler={"warmup_ratio": 0.1, "decay_style": "cosine", "min_lr_ratio": 0.1,
+                                       "total_steps": 100, **scheduler})
+    module.configure_model()
+    return module
+
+
+def test_lambda_lr_follows_the_formula_per_optimizer_step() -> None:
+    module = _tiny_module()
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(101):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ref = [1e-3 * annealing_lr_factor(t, 10, 100, "cosine", 0.1) for t in range(101)]
+    np.testing.assert_allclose(seen, ref, rtol=1e-12, atol=1e-15)
+    assert seen[10] == pytest.approx(1e-3) and seen[100] == pytest.approx(1e-4)
+
+
+def test_configure_model_is_idempotent() -> None:
+    module = _tiny_module()
+    first = module.model
+    module.configure_model()
+    assert module.model is first
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decay groups: biases and LayerNorm weights without decay (spec §5.8).
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_decay_groups_by_name_and_type() -> None:
+    module = _tiny_module()
+    groups = param_groups(module, 0.1)
+    names = {id(p): n for n, p in module.named_parameters()}
+    decay = {names[id(p)] for p in groups[0]["params"]}
+    plain = {names[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0
+    assert "model.word_embeddings.weight" in decay
+    assert "model.transformer.layers.0.attention.query_key_value.weight" in decay
+    assert "model.transformer.layers.0.attention.query_key_value.bias" in plain
+    assert "model.transformer.layers.0.input_layernorm.weight" in plain
+    assert "model.transformer.final_layernorm.weight" in plain
+    assert not decay & plain
+    assert decay | plain == set(names.values())  # every parameter exactly once
+    for name in decay:
+        assert not name.endswith("bias") and "layernorm" not in name
+
+
+def test_decay_groups_on_a_hand_built_module() -> None:
+    net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Embedding(5, 4))
+    groups = param_groups(net, 0.5)
+    assert [tuple(p.shape) for p in groups[0]["params"]] == [(4, 3), (5, 4)]
+    assert [tuple(p.shape) for p in groups[1]["params"]] == [(4,), (4,), (4,)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss: sum(ce * loss_mask) / sum(loss_mask) over all V logits, checked against a float64 recomputation.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_blank_infilling_loss_matches_float64_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    targets = torch.randint(0, 7, (2, 5), generator=g)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]], dtype=torch.float32)
+    total, count = blank_infilling_loss(logits, targets, mask)
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, targets[..., None])[..., 0]
+    ref = -(lp * mask.double()).sum() / mask.sum()
+    assert count.item() == 5
+    assert (total / count).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: documents, raw samples, sampler, determinism, cache.
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_read_documents_paragraphs_and_jsonl_errors(tmp_path: Path) -> None:
+    txt = tmp_path / "a.txt"
+    txt.write_text("First line\nwrapped here.\r\n\r\nSecond para.\n\n\n")
+    assert read_documents(txt) == ["First line wrapped here.", "Second para.", ""]
+    assert read_documents(txt, "file") == ["First line\nwrapped here.\n\nSecond para."]
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(ValueError, match=r"b.jsonl:2: missing field 'text'"):
+        read_documents(bad)
+    bad.write_text('{"text": "ok"}\n\n{oops\n')
+    with pytest.raises(ValueError, match=r"b.jsonl:3: not valid JSON"):
+        read_documents(bad)
+
+
+def test_raw_sample_layout() -> None:
+    """Hand-made corpus: doc 0 = [10, 11], doc 1 = 20..29 with a sentence end at 24 (spec §5.1 rules)."""
+    from glm.data.pretrain import TokenizedCorpus
+
+    tokens = np.array([10, 11] + list(range(20, 30)), dtype=np.uint16)
+    corpus = TokenizedCorpus(tokens, np.array([0, 2, 12]))
+    sentence_end = np.zeros(64, dtype=bool)
+    sentence_end[24] = True
+    cls, eos = 2, 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        s = build_raw_sample(corpus, np.array([0, 1]), np.cumsum([2, 10]), 9, rng, sentence_end, cls, eos)
+        assert len(s) <= 9 and s[0] == cls
+        # segments: [CLS] doc [eos], or a final cut piece [CLS] piece without eos
+        starts = np.flatnonzero(s == cls)
+        for a, b in zip(starts, [*starts[1:], len(s)]):
+            seg = s[a + 1:b]
+            if seg[-1] == eos:
+                assert seg[:-1].tolist() in ([10, 11], list(range(20, 30)))
+            else:  # cut: a contiguous run of doc 1 ending at the sentence end 24 when it contains it
+                run = seg.tolist()
+                assert run == list(range(run[0], run[0] + len(run)))
+                if 24 in run:
+                    assert run[-1] == 24
+
+
+def test_sampler_covers_each_epoch_and_shards() -> None:
+    full = list(EpochIndexSampler(10, seed=3))
+    assert sorted(full) == list(range(10))
+    s = EpochIndexSampler(10, seed=3)
+    s.set_epoch(2)
+    assert sorted(s) == list(range(20, 30)) and list(s) != [i + 20 for i in full]
+    shards = [list(EpochIndexSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert all(len(x) == 3 for x in shards)
+    assert len(set(sum(shards, []))) == 9 and set(sum(shards, [])) <= set(full)
+
+
+@pytest.fixture(scope="module")
+def corpus_cfg(tmp_path_factory) -> dict:
+    need_data("gutenberg/11-0.txt")
+    from glm.data.paths import data_root
+
+    cache = tmp_path_factory.mktemp("cache")
+    return dict(files=[str(data_root() / "gutenberg/11-0.txt")],
+                tokenizer={"train": {"vocab_size": 2000, "model_type": "bpe", "max_bytes": 2_000_000},
+                           "cache_dir": str(cache / "tok")},
+                seq_length=64, global_batch_size=4, micro_batch_size=4, cache_dir=str(cache / "corpus"),
+                seed=7, objective={"preset": "glm-doc"}, progress=False, max_val_samples=8)
+
+
+def _batches(dm: PretrainDataModule, epoch: int, n: int) -> list[dict]:
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def test_same_batches_with_0_and_2_workers(corpus_cfg) -> None:
+    dm0 = PretrainDataModule(**corpus_cfg, num_workers=0)
+    dm2 = PretrainDataModule(**corpus_cfg, num_workers=2)
+    dm0.setup("fit")
+    dm2.setup("fit")
+    for epoch in (0, 1):
+        a, b = _batches(dm0, epoch, 3), _batches(dm2, epoch, 3)
+        for x, y in zip(a, b):
+            assert x.keys() == y.keys()
+            for key in x:
+                assert torch.equal(x[key], y[key]), (epoch, key)
+    e0, e1 = _batches(dm0, 0, 1)[0], _batches(dm0, 1, 1)[0]
+    assert not torch.equal(e0["input_ids"], e1["input_ids"])  # the epoch reaches the dataset
+    # a masked sample of index i in epoch e depends only on (seed, e, i)
+    n = len(dm0.train_set)
+    assert _same(dm0.train_set[5], dm2.train_set[5]) and _same(dm0.train_set[n + 5], dm2.train_set[n + 5])
+    assert not _same(dm0.train_set[5], dm0.train_set[n + 5])
+    # batches are well formed: Part B holds the loss, positions stay below seq_length
+    batch = e0
+    assert batch["input_ids"].shape[0] == 4 and batch["position_ids"].shape[1] == 2
+    assert batch["position_ids"][:, 0].max() < 64
+    for row in range(4):
+        sep = int(batch["sep"][row])
+        assert batch["loss_mask"][row, :sep].sum() == 0 and batch["loss_mask"][row, sep:].sum() > 0
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x.input_ids, y.input_ids) and x.sep == y.sep for x, y in zip(a, b))
+
+
+def test_validation_set_is_fixed_and_disjoint(corpus_cfg) -> None:
+    dm = PretrainDataModule(**corpus_cfg)
+    dm.setup("fit")
+    assert not set(dm.train_set.docs.tolist()) & set(dm.val_set.docs.tolist())
+    v = dm.val_set
+    assert _same(v[0], v[len(v)])  # fixed epoch 0: same masks every epoch
+
+
+def test_memmap_cache_reused(tmp_path: Path, monkeypatch) -> None:
+    from glm.data import pretrain as mod
+    from glm.tokenizer import ensure_tokenizer
+
+    alice = need_data("gutenberg/11-0.txt")
+    tok = ensure_tokenizer(tmp_path / "tok", [alice], vocab_size=500, model_type="bpe", max_bytes=100_000)
+    src = tmp_path / "book.txt"
+    src.write_text("One. Two three.\n\nFour five six.\n\n" * 50)
+    calls = []
+    real = mod._tokenize_into
+    monkeypatch.setattr(mod, "_tokenize_into", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    first = tokenize_corpus([src], tok, tmp_path / "cache", progress=False)
+    second = tokenize_corpus([src], tok, tmp_path / "cache", progress=False)
+    assert len(calls) == 1 and first.path == second.path
+    assert isinstance(second.tokens, np.memmap) and second.tokens.dtype == np.uint16
+    assert first.num_documents == 100
+    assert second.document(1).tolist() == tok.encode("Four five six.")
+    src.write_text(src.read_text() + "Seven.\n")  # size/mtime change -> a new cache
+    third = tokenize_corpus([src], tok, tmp_path / "cache", progress=False)
+    assert len(calls) == 2 and third.path != first.path and third.num_documents == 101
