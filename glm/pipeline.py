@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,6 +98,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module = hydra.utils.instantiate(cfg.task, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # LearningRateMonitor refuses to run without a logger; train/lr is logged by the task anyway
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
     if checked.accumulate_grad_batches is not None:
         trainer_kwargs["accumulate_grad_batches"] = checked.accumulate_grad_batches

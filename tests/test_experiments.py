@@ -40,7 +40,9 @@ def test_pretrain_tiny_values(compose_cfg) -> None:
     cfg = compose_cfg("pretrain_tiny", ["logger=none"])
     checked = validate(cfg)
     assert checked.model.name == "glm-small" and checked.model.vocab_size == 8064
-    assert 10e6 < checked.model.num_parameters() < 30e6  # the CPU demo size of the brief
+    assert (checked.model.num_layers, checked.model.hidden_size) == (4, 256)
+    # 4 * (12 h^2 + 13 h) + V h + 2 (P + 1) h + 2 h with h 256, V 8064, P 512 (spec §11 formula)
+    assert checked.model.num_parameters() == 4 * (12 * 256**2 + 13 * 256) + 8064 * 256 + 2 * 513 * 256 + 2 * 256
     assert checked.objective.bert_prob == 0.5 and checked.objective.gpt_prob == 0.5  # glm-doc mix
     assert cfg.data.files[0].endswith("gutenberg/*.txt")
     assert cfg.trainer.accelerator == "cpu"
