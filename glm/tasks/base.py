@@ -189,6 +189,11 @@ class GLMTaskModule(L.LightningModule):
         """Build the backbone once (Lightning may call this for every stage in one process)."""
         if self.model is not None:
             return
+        # trainer.validate/test call this under inference mode: build ordinary tensors so a later fit works
+        with torch.inference_mode(False):
+            self._build_model()
+
+    def _build_model(self) -> None:
         model = GLM(self.glm_config)
         if self.pretrained:
             from glm.checkpoint import load_pretrained_into

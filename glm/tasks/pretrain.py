@@ -8,7 +8,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.aggregation import SumMetric
 
 from glm.tasks.base import GLMTaskModule
 
@@ -31,8 +30,7 @@ class PretrainModule(GLMTaskModule):
     def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
                  pretrained: str | None = None, **kwargs: Any) -> None:
         super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
-        self.eval_loss_sum = SumMetric()
-        self.eval_token_sum = SumMetric()
+        self._eval_sums: list[Tensor] = []  # per batch [sum(ce * mask), sum(mask)], summed at epoch end
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
@@ -48,18 +46,21 @@ class PretrainModule(GLMTaskModule):
 
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
         loss_sum, count = blank_infilling_loss(self(batch), batch["targets"], batch["loss_mask"])
-        self.eval_loss_sum.update(loss_sum.detach())
-        self.eval_token_sum.update(count)
+        self._eval_sums.append(torch.stack([loss_sum.detach(), count]).double())
 
     def _eval_end(self, stage: str) -> None:
-        total, count = self.eval_loss_sum.compute(), self.eval_token_sum.compute()
-        self.eval_loss_sum.reset()
-        self.eval_token_sum.reset()
-        if float(count) <= 0:
+        """Token-weighted mean over the whole set (all ranks), not a mean of batch means."""
+        if not self._eval_sums:
             return
-        loss = total / count
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=False)  # already synchronised by torchmetrics
-        self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=math.log(1e30))), sync_dist=False)
+        sums = torch.stack(self._eval_sums).sum(0)
+        self._eval_sums = []
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        if float(sums[1]) <= 0:
+            return
+        loss = (sums[0] / sums[1]).float()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=math.log(1e30))))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch)
