@@ -28,14 +28,16 @@ def ddp_strategy(**kwargs: Any) -> Any:
     return DDPStrategy(**kwargs)
 
 
-def fsdp_strategy(data_parallel_size: int | str = "auto", tensor_parallel_size: int | str = 1,
-                  **kwargs: Any) -> Any:
+def fsdp_strategy(
+    data_parallel_size: int | str = "auto", tensor_parallel_size: int | str = 1, **kwargs: Any
+) -> Any:
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     if not torch.cuda.is_available():
         kwargs.setdefault("process_group_backend", "gloo")
-    return ModelParallelStrategy(data_parallel_size=data_parallel_size,
-                                 tensor_parallel_size=tensor_parallel_size, **kwargs)
+    return ModelParallelStrategy(
+        data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size, **kwargs
+    )
 
 
 def check_deepspeed_available() -> None:

@@ -31,7 +31,7 @@ def _is_multirun() -> bool:
         from hydra.types import RunMode
 
         return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:
+    except Exception:  # noqa: BLE001  (no Hydra context at all: a plain run)
         return False
 
 
@@ -98,7 +98,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     module = hydra.utils.instantiate(cfg.task, _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    if not loggers:  # LearningRateMonitor refuses to run without a logger; train/lr is logged by the task anyway
+    if (
+        not loggers
+    ):  # LearningRateMonitor refuses to run without a logger; train/lr is logged by the task anyway
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer_kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
     if checked.accumulate_grad_batches is not None:
@@ -113,12 +115,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     fitted = False
     for stage in cfg.stages:
         if stage == "fit":
-            trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.ckpt_path, output_dir))
+            trainer.fit(
+                module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.ckpt_path, output_dir)
+            )
             fitted = True
         elif stage in ("validate", "test"):
             ckpt = None
             if fitted:
-                best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+                best = (
+                    getattr(trainer.checkpoint_callback, "best_model_path", "")
+                    if trainer.checkpoint_callback
+                    else ""
+                )
                 ckpt = best or None
             elif cfg.ckpt_path:
                 ckpt = _resolve_ckpt_path(cfg.ckpt_path, output_dir)

@@ -52,8 +52,9 @@ def compose_cfg(tmp_path: Path) -> Callable[..., object]:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    def _compose(experiment: str | None = None, overrides: list[str] | None = None,
-                 cache_dir: Path | None = None) -> object:
+    def _compose(
+        experiment: str | None = None, overrides: list[str] | None = None, cache_dir: Path | None = None
+    ) -> object:
         args = list(overrides or [])
         if experiment:
             args.insert(0, f"+experiment={experiment}")
@@ -75,10 +76,20 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 240, env: dict[str, 
     """``python run.py ARGS`` in a subprocess from the repo root; returns the CompletedProcess."""
     import subprocess
 
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK")
+    }
     full_env.setdefault("GLM_DATA_ROOT", str(data_root()))
     full_env["GLM_DATA_ROOT"] = str(Path(full_env["GLM_DATA_ROOT"]).absolute())
     full_env.update(env or {})
-    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+    )

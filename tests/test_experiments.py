@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from glm.model import GLMConfig
 from glm.utils.validation import ConfigError, validate
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
+)
 
 
 def test_experiment_dir_is_listed() -> None:
@@ -32,8 +34,10 @@ def test_experiment_composes_and_validates(name: str, compose_cfg) -> None:
     assert cfg.experiment_name, "experiments should name themselves (output dir, W&B group)"
     # batch arithmetic: accumulation * micro * world == global when the data group has both sizes
     if checked.accumulate_grad_batches is not None:
-        assert (checked.accumulate_grad_batches * cfg.data.micro_batch_size * checked.world_size
-                == cfg.data.global_batch_size)
+        assert (
+            checked.accumulate_grad_batches * cfg.data.micro_batch_size * checked.world_size
+            == cfg.data.global_batch_size
+        )
 
 
 def test_pretrain_tiny_values(compose_cfg) -> None:
@@ -42,7 +46,9 @@ def test_pretrain_tiny_values(compose_cfg) -> None:
     assert checked.model.name == "glm-small" and checked.model.vocab_size == 8064
     assert (checked.model.num_layers, checked.model.hidden_size) == (4, 256)
     # 4 * (12 h^2 + 13 h) + V h + 2 (P + 1) h + 2 h with h 256, V 8064, P 512 (spec §11 formula)
-    assert checked.model.num_parameters() == 4 * (12 * 256**2 + 13 * 256) + 8064 * 256 + 2 * 513 * 256 + 2 * 256
+    assert (
+        checked.model.num_parameters() == 4 * (12 * 256**2 + 13 * 256) + 8064 * 256 + 2 * 513 * 256 + 2 * 256
+    )
     assert checked.objective.bert_prob == 0.5 and checked.objective.gpt_prob == 0.5  # glm-doc mix
     assert cfg.data.files[0].endswith("gutenberg/*.txt")
     assert cfg.trainer.accelerator == "cpu"

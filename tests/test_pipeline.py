@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import need_data, run_cli
 
 
@@ -19,20 +18,25 @@ def _fails_naming(result, *needles: str) -> None:
 
 
 def test_unknown_key_is_named(tmp_path: Path) -> None:
-    r = run_cli(["+experiment=ci_tiny", "logger=none", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"], tmp_path)
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
     _fails_naming(r, "max_stepz")
 
 
 def test_added_unknown_trainer_option_is_named(tmp_path: Path) -> None:
     # `+key=` gets past Hydra's struct check; start-up validation still names it before any work
-    r = run_cli(["+experiment=ci_tiny", "logger=none", "+trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"],
-                tmp_path)
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", "+trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
     _fails_naming(r, "Config error", "trainer.max_stepz")
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_wrong_type_is_named_by_the_cli(tmp_path: Path) -> None:
-    r = run_cli(["+experiment=ci_tiny", "logger=none", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}"], tmp_path)
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
     _fails_naming(r, "Config error", "trainer.max_steps", "expected int")
     assert "Traceback" not in r.stderr  # one message, not a deep traceback
 
@@ -72,7 +76,9 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
 
 
 def test_unknown_group_option_is_named(tmp_path: Path) -> None:
-    r = run_cli(["+experiment=ci_tiny", "logger=none", "model=glm_huge", f"hydra.run.dir={tmp_path}"], tmp_path)
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", "model=glm_huge", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
     _fails_naming(r, "glm_huge", "model")
 
 
@@ -83,27 +89,53 @@ def test_unknown_experiment_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_deepspeed_refused_on_cpu(tmp_path: Path) -> None:
-    r = run_cli(["+experiment=ci_tiny", "logger=none", "hardware=[cpu,deepspeed_stage2]", f"hydra.run.dir={tmp_path}"],
-                tmp_path)
+    r = run_cli(
+        [
+            "+experiment=ci_tiny",
+            "logger=none",
+            "hardware=[cpu,deepspeed_stage2]",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        tmp_path,
+    )
     _fails_naming(r, "Config error", "deepspeed", "CUDA", "hardware=[cpu,ddp]")
 
 
 def test_multirun_with_subprocess_ddp_refused(tmp_path: Path) -> None:
-    r = run_cli(["-m", "+experiment=ci_tiny", "logger=none", "hardware=[cpu,ddp]", "trainer.devices=2", "seed=1,2",
-                 f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    r = run_cli(
+        [
+            "-m",
+            "+experiment=ci_tiny",
+            "logger=none",
+            "hardware=[cpu,ddp]",
+            "trainer.devices=2",
+            "seed=1,2",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        tmp_path,
+    )
     _fails_naming(r, "Config error", "multirun", "ddp_spawn")
 
 
 def test_ci_tiny_end_to_end(tmp_path: Path) -> None:
     need_data("gutenberg/11-0.txt")
     run_dir = tmp_path / "run"
-    r = run_cli(["+experiment=ci_tiny", "logger=csv", f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                tmp_path)
+    r = run_cli(
+        [
+            "+experiment=ci_tiny",
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("train/loss", "val/loss", "val/ppl", "train/lr"):
         assert key in metrics, sorted(metrics)
-    assert abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp().item()) < 1e-3 * metrics["val/ppl"]
+    assert (
+        abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp().item()) < 1e-3 * metrics["val/ppl"]
+    )
     # an untrained model over V=8064 starts near ln(8064) = 9.0; six steps cannot be far from it
     assert 5.0 < metrics["val/loss"] < 9.6
     assert (run_dir / "config.yaml").is_file() and (run_dir / "run.log").is_file()
@@ -122,8 +154,16 @@ def test_ci_tiny_end_to_end(tmp_path: Path) -> None:
 
 def test_failure_writes_marker(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    r = run_cli(["+experiment=ci_tiny", "logger=none", "data.files=[/nonexistent/corpus_*.txt]",
-                 f"hydra.run.dir={run_dir}", f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    r = run_cli(
+        [
+            "+experiment=ci_tiny",
+            "logger=none",
+            "data.files=[/nonexistent/corpus_*.txt]",
+            f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        tmp_path,
+    )
     assert r.returncode != 0
     marker = (run_dir / "FAILED").read_text()
     assert "FileNotFoundError" in marker and "corpus_*.txt" in marker

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import need_data
 from torch import nn
 
-from conftest import need_data
 from glm.data.pretrain import (
     EpochIndexSampler,
     PretrainDataModule,
@@ -60,10 +60,17 @@ def test_scheduler_aliases_and_errors() -> None:
 
 
 def _tiny_module(**scheduler) -> PretrainModule:
-    module = PretrainModule(model={"preset": "glm-tiny", "vocab_size": 256, "num_layers": 1},
-                            optimizer={"lr": 1e-3, "weight_decay": 0.1},
-                            scheduler={"warmup_ratio": 0.1, "decay_style": "cosine", "min_lr_ratio": 0.1,
-                                       "total_steps": 100, **scheduler})
+    module = PretrainModule(
+        model={"preset": "glm-tiny", "vocab_size": 256, "num_layers": 1},
+        optimizer={"lr": 1e-3, "weight_decay": 0.1},
+        scheduler={
+            "warmup_ratio": 0.1,
+            "decay_style": "cosine",
+            "min_lr_ratio": 0.1,
+            "total_steps": 100,
+            **scheduler,
+        },
+    )
     module.configure_model()
     return module
 
@@ -171,7 +178,7 @@ def test_raw_sample_layout() -> None:
         # segments: [CLS] doc [eos], or a final cut piece [CLS] piece without eos
         starts = np.flatnonzero(s == cls)
         for a, b in zip(starts, [*starts[1:], len(s)]):
-            seg = s[a + 1:b]
+            seg = s[a + 1 : b]
             if seg[-1] == eos:
                 assert seg[:-1].tolist() in ([10, 11], list(range(20, 30)))
             else:  # cut: a contiguous run of doc 1 ending at the sentence end 24 when it contains it
@@ -189,7 +196,8 @@ def test_sampler_covers_each_epoch_and_shards() -> None:
     assert sorted(s) == list(range(20, 30)) and list(s) != [i + 20 for i in full]
     shards = [list(EpochIndexSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
     assert all(len(x) == 3 for x in shards)
-    assert len(set(sum(shards, []))) == 9 and set(sum(shards, [])) <= set(full)
+    merged = [i for shard in shards for i in shard]
+    assert len(set(merged)) == 9 and set(merged) <= set(full)
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +206,21 @@ def corpus_cfg(tmp_path_factory) -> dict:
     from glm.data.paths import data_root
 
     cache = tmp_path_factory.mktemp("cache")
-    return dict(files=[str(data_root() / "gutenberg/11-0.txt")],
-                tokenizer={"train": {"vocab_size": 2000, "model_type": "bpe", "max_bytes": 2_000_000},
-                           "cache_dir": str(cache / "tok")},
-                seq_length=64, global_batch_size=4, micro_batch_size=4, cache_dir=str(cache / "corpus"),
-                seed=7, objective={"preset": "glm-doc"}, progress=False, max_val_samples=8)
+    return {
+        "files": [str(data_root() / "gutenberg/11-0.txt")],
+        "tokenizer": {
+            "train": {"vocab_size": 2000, "model_type": "bpe", "max_bytes": 2_000_000},
+            "cache_dir": str(cache / "tok"),
+        },
+        "seq_length": 64,
+        "global_batch_size": 4,
+        "micro_batch_size": 4,
+        "cache_dir": str(cache / "corpus"),
+        "seed": 7,
+        "objective": {"preset": "glm-doc"},
+        "progress": False,
+        "max_val_samples": 8,
+    }
 
 
 def _batches(dm: PretrainDataModule, epoch: int, n: int) -> list[dict]:
@@ -243,7 +261,9 @@ def test_same_batches_with_0_and_2_workers(corpus_cfg) -> None:
 
 
 def _same(a, b) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x.input_ids, y.input_ids) and x.sep == y.sep for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        np.array_equal(x.input_ids, y.input_ids) and x.sep == y.sep for x, y in zip(a, b)
+    )
 
 
 def test_validation_set_is_fixed_and_disjoint(corpus_cfg) -> None:
@@ -291,13 +311,25 @@ def test_short_pretraining_lowers_val_loss(corpus_cfg, tmp_path: Path) -> None:
 
     L.seed_everything(0)
     dm = PretrainDataModule(**{**corpus_cfg, "global_batch_size": 8, "micro_batch_size": 8})
-    module = PretrainModule(model={"preset": "glm-tiny", "vocab_size": 2048, "hidden_dropout": 0.0,
-                                   "attention_dropout": 0.0},
-                            optimizer={"lr": 3e-3}, scheduler={"warmup_ratio": 0.05, "decay_style": "cosine"})
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=60, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        use_distributed_sampler=False, limit_val_batches=2, val_check_interval=60,
-                        default_root_dir=tmp_path)
+    module = PretrainModule(
+        model={"preset": "glm-tiny", "vocab_size": 2048, "hidden_dropout": 0.0, "attention_dropout": 0.0},
+        optimizer={"lr": 3e-3},
+        scheduler={"warmup_ratio": 0.05, "decay_style": "cosine"},
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=60,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        limit_val_batches=2,
+        val_check_interval=60,
+        default_root_dir=tmp_path,
+    )
     before = _val_loss(trainer, module, dm)
     assert abs(before - math.log(2048)) < 0.5  # an untrained tied head is near uniform over V
     trainer.fit(module, datamodule=dm)
@@ -314,8 +346,18 @@ def test_pretrain_tiny_val_loss_falls(tmp_path: Path) -> None:
     from conftest import run_cli
 
     run_dir = tmp_path / "run"
-    r = run_cli(["+experiment=pretrain_tiny", "logger=csv", "trainer.max_steps=120", "trainer.val_check_interval=40",
-                 "callbacks.progress=null", f"hydra.run.dir={run_dir}"], tmp_path, timeout=900)
+    r = run_cli(
+        [
+            "+experiment=pretrain_tiny",
+            "logger=csv",
+            "trainer.max_steps=120",
+            "trainer.val_check_interval=40",
+            "callbacks.progress=null",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     rows = list(csv.DictReader(next((run_dir / "csv").rglob("metrics.csv")).open()))
     val = [float(row["val/loss"]) for row in rows if row.get("val/loss")]

@@ -7,16 +7,27 @@ import json
 from pathlib import Path
 
 import yaml
-
 from conftest import need_data, run_cli
 
 
 def test_two_by_two_sweep_with_offline_wandb(tmp_path: Path) -> None:
     need_data("gutenberg/11-0.txt")
     sweep = tmp_path / "sweep"
-    r = run_cli(["-m", "+experiment=ci_tiny", "task.optimizer.lr=1e-3,3e-4", "seed=1,2", "trainer.max_steps=2",
-                 "trainer.val_check_interval=2", f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}"],
-                tmp_path, timeout=400, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    r = run_cli(
+        [
+            "-m",
+            "+experiment=ci_tiny",
+            "task.optimizer.lr=1e-3,3e-4",
+            "seed=1,2",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            f"hydra.sweep.dir={sweep}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        tmp_path,
+        timeout=400,
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
     assert r.returncode == 0, r.stderr[-4000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]

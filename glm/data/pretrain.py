@@ -82,7 +82,9 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
-            raise FileNotFoundError(f"data.files: {pattern!r} matches no file (check GLM_DATA_ROOT / paths.data_dir)")
+            raise FileNotFoundError(
+                f"data.files: {pattern!r} matches no file (check GLM_DATA_ROOT / paths.data_dir)"
+            )
         out.extend(Path(m).absolute() for m in matches)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
@@ -104,7 +106,7 @@ def read_documents(path: Path, document_split: str = "paragraph", text_field: st
                 if not isinstance(row, dict) or text_field not in row:
                     raise ValueError(f"{path}:{line_no}: missing field {text_field!r} (data.text_field)")
                 if not isinstance(row[text_field], str):
-                    raise ValueError(f"{path}:{line_no}: field {text_field!r} is not a string")
+                    raise TypeError(f"{path}:{line_no}: field {text_field!r} is not a string")
                 docs.append(row[text_field])
         return docs
     if suffix not in (".txt", ".text", ""):
@@ -119,7 +121,9 @@ def read_documents(path: Path, document_split: str = "paragraph", text_field: st
 
 def tokenizer_fingerprint(tok: Any) -> str:
     """A hash of the tokenizer's class, sizes and piece table (changes whenever encodings can change)."""
-    h = hashlib.sha256(f"{type(tok).__name__}|{tok.vocab_size}|{getattr(tok, 'num_text_tokens', '')}".encode())
+    h = hashlib.sha256(
+        f"{type(tok).__name__}|{tok.vocab_size}|{getattr(tok, 'num_text_tokens', '')}".encode()
+    )
     n = int(getattr(tok, "num_text_tokens", tok.vocab_size))
     for i in range(n):
         h.update(tok.id_to_piece(i).encode("utf-8", "surrogatepass"))
@@ -127,14 +131,24 @@ def tokenizer_fingerprint(tok: Any) -> str:
     return h.hexdigest()
 
 
-def corpus_cache_key(files: Sequence[Path], tok_fingerprint: str, document_split: str, text_field: str) -> str:
+def corpus_cache_key(
+    files: Sequence[Path], tok_fingerprint: str, document_split: str, text_field: str
+) -> str:
     """Cache key of a tokenised corpus: file paths, sizes, mtimes, split options, tokenizer."""
     entries = []
     for p in files:
         st = p.stat()
         entries.append([str(p), st.st_size, st.st_mtime_ns])
-    blob = json.dumps({"v": CACHE_VERSION, "files": entries, "tok": tok_fingerprint, "split": document_split,
-                       "field": text_field}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "v": CACHE_VERSION,
+            "files": entries,
+            "tok": tok_fingerprint,
+            "split": document_split,
+            "field": text_field,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -154,11 +168,17 @@ class TokenizedCorpus:
         return np.diff(self.offsets)
 
     def document(self, d: int) -> np.ndarray:
-        return self.tokens[self.offsets[d]:self.offsets[d + 1]]
+        return self.tokens[self.offsets[d] : self.offsets[d + 1]]
 
 
-def tokenize_corpus(files: Sequence[Path], tok: Any, cache_dir: str | os.PathLike[str], document_split: str = "paragraph",
-                    text_field: str = "text", progress: bool = True) -> TokenizedCorpus:
+def tokenize_corpus(
+    files: Sequence[Path],
+    tok: Any,
+    cache_dir: str | os.PathLike[str],
+    document_split: str = "paragraph",
+    text_field: str = "text",
+    progress: bool = True,
+) -> TokenizedCorpus:
     """Tokenise ``files`` once into ``cache_dir/<key>/{tokens,offsets}.npy``; later calls memory-map it."""
     key = corpus_cache_key(files, tokenizer_fingerprint(tok), document_split, text_field)
     out = Path(cache_dir) / key
@@ -181,8 +201,9 @@ def tokenize_corpus(files: Sequence[Path], tok: Any, cache_dir: str | os.PathLik
     return TokenizedCorpus(tokens, offsets, out)
 
 
-def _tokenize_into(files: Sequence[Path], tok: Any, out: Path, document_split: str, text_field: str,
-                   progress: bool) -> None:
+def _tokenize_into(
+    files: Sequence[Path], tok: Any, out: Path, document_split: str, text_field: str, progress: bool
+) -> None:
     from tqdm.auto import tqdm
 
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
@@ -196,7 +217,7 @@ def _tokenize_into(files: Sequence[Path], tok: Any, out: Path, document_split: s
         kept = [d for d in docs if d.strip()]
         skipped += len(docs) - len(kept)
         for start in range(0, len(kept), 4096):
-            for ids in tok.encode_batch(kept[start:start + 4096]):
+            for ids in tok.encode_batch(kept[start : start + 4096]):
                 if not ids:
                     skipped += 1
                     continue
@@ -210,8 +231,16 @@ def _tokenize_into(files: Sequence[Path], tok: Any, out: Path, document_split: s
         raise ValueError(f"data.files: no non-empty document in {[str(p) for p in files]}")
     np.save(out / "tokens.npy", np.concatenate(chunks))
     np.save(out / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-    (out / "meta.json").write_text(json.dumps({"files": [str(p) for p in files], "documents": len(lengths),
-                                               "tokens": int(sum(lengths)), "skipped_empty": skipped}))
+    (out / "meta.json").write_text(
+        json.dumps(
+            {
+                "files": [str(p) for p in files],
+                "documents": len(lengths),
+                "tokens": int(sum(lengths)),
+                "skipped_empty": skipped,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,8 +248,16 @@ def _tokenize_into(files: Sequence[Path], tok: Any, out: Path, document_split: s
 # ---------------------------------------------------------------------------------------------------
 
 
-def build_raw_sample(corpus: TokenizedCorpus, docs: np.ndarray, cum_lengths: np.ndarray, seq_length: int,
-                     rng: np.random.Generator, sentence_end: np.ndarray, cls_id: int, eos_id: int) -> np.ndarray:
+def build_raw_sample(
+    corpus: TokenizedCorpus,
+    docs: np.ndarray,
+    cum_lengths: np.ndarray,
+    seq_length: int,
+    rng: np.random.Generator,
+    sentence_end: np.ndarray,
+    cls_id: int,
+    eos_id: int,
+) -> np.ndarray:
     """One raw sample (spec §5.1) from the documents ``docs`` (ids into ``corpus``) with cumulative lengths.
 
     Returns int64 tokens of length ``<= seq_length``: ``[CLS] doc [eos]`` segments; see the module docstring.
@@ -238,12 +275,12 @@ def build_raw_sample(corpus: TokenizedCorpus, docs: np.ndarray, cum_lengths: np.
             continue
         room += 1  # a cut segment has no eos
         start = int(rng.integers(0, doc.shape[0] - room + 1))
-        window = sentence_end[doc[start:start + seq_length // 2]]
+        window = sentence_end[doc[start : start + seq_length // 2]]
         if window.any():  # start just after the first sentence end, if one is near
             moved = start + int(np.argmax(window)) + 1
             if moved < doc.shape[0]:
                 start = moved
-        piece = doc[start:start + room]
+        piece = doc[start : start + room]
         ends = np.flatnonzero(sentence_end[piece])
         if ends.size and ends[-1] + 1 >= piece.shape[0] // 2:  # never strip away more than half the piece
             piece = piece[: ends[-1] + 1]
@@ -260,8 +297,17 @@ class PretrainDataset(Dataset):
     The memory map is reopened lazily in each worker instead of being pickled.
     """
 
-    def __init__(self, corpus: TokenizedCorpus, docs: np.ndarray, num_samples: int, seq_length: int, seed: int,
-                 split: str, masker: GLMMasker, fixed_epoch: int | None = None) -> None:
+    def __init__(
+        self,
+        corpus: TokenizedCorpus,
+        docs: np.ndarray,
+        num_samples: int,
+        seq_length: int,
+        seed: int,
+        split: str,
+        masker: GLMMasker,
+        fixed_epoch: int | None = None,
+    ) -> None:
         if len(docs) == 0:
             raise ValueError(f"{split} split has no documents")
         self.corpus, self.docs = corpus, np.asarray(docs, dtype=np.int64)
@@ -286,8 +332,16 @@ class PretrainDataset(Dataset):
     def raw_sample(self, i: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 2, SPLITS[self.split], int(i)])
         ids = self.masker.ids
-        return build_raw_sample(self.corpus, self.docs, self.cum_lengths, self.seq_length, rng,
-                                self.masker.sentence_end, ids.cls, ids.eos)
+        return build_raw_sample(
+            self.corpus,
+            self.docs,
+            self.cum_lengths,
+            self.seq_length,
+            rng,
+            self.masker.sentence_end,
+            ids.cls,
+            ids.eos,
+        )
 
     def __getitem__(self, k: int) -> list[MaskedSample]:
         epoch, i = divmod(int(k), self.num_samples)
@@ -314,7 +368,9 @@ class EpochIndexSampler(Sampler[int]):
     run the same number of batches. Lightning calls :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"EpochIndexSampler: rank {rank} outside world size {world_size}")
         self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), bool(shuffle)
@@ -328,9 +384,12 @@ class EpochIndexSampler(Sampler[int]):
         return self.num_samples // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        order = (np.random.default_rng([self.seed, 3, self.epoch]).permutation(self.num_samples)
-                 if self.shuffle else np.arange(self.num_samples))
-        order = order[: len(self) * self.world_size][self.rank::self.world_size]
+        order = (
+            np.random.default_rng([self.seed, 3, self.epoch]).permutation(self.num_samples)
+            if self.shuffle
+            else np.arange(self.num_samples)
+        )
+        order = order[: len(self) * self.world_size][self.rank :: self.world_size]
         base = self.epoch * self.num_samples
         return iter((base + int(i)) for i in order)
 
@@ -367,26 +426,50 @@ class PretrainDataModule(L.LightningDataModule):
     pipeline derives gradient accumulation from ``global_batch_size``.
     """
 
-    def __init__(self, files: Sequence[str] | str, tokenizer: dict[str, Any] | None = None, seq_length: int = 512,
-                 global_batch_size: int = 32, micro_batch_size: int = 8, eval_batch_size: int | None = None,
-                 num_workers: int = 0, val_fraction: float = 0.02, max_val_samples: int | None = 256,
-                 samples_per_epoch: int | None = None, cache_dir: str = "outputs/cache/corpus",
-                 text_field: str = "text", document_split: str = "paragraph", seed: int = 1234,
-                 objective: MaskingConfig | dict[str, Any] | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        files: Sequence[str] | str,
+        tokenizer: dict[str, Any] | None = None,
+        seq_length: int = 512,
+        global_batch_size: int = 32,
+        micro_batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.02,
+        max_val_samples: int | None = 256,
+        samples_per_epoch: int | None = None,
+        cache_dir: str = "outputs/cache/corpus",
+        text_field: str = "text",
+        document_split: str = "paragraph",
+        seed: int = 1234,
+        objective: MaskingConfig | dict[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
         super().__init__()
         if seq_length < 8:
             raise ValueError(f"data.seq_length: must be >= 8, got {seq_length}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction: must be in (0, 1), got {val_fraction}")
         if micro_batch_size < 1 or global_batch_size % micro_batch_size:
-            raise ValueError(f"data.global_batch_size ({global_batch_size}) must be a positive multiple of "
-                             f"data.micro_batch_size ({micro_batch_size})")
+            raise ValueError(
+                f"data.global_batch_size ({global_batch_size}) must be a positive multiple of "
+                f"data.micro_batch_size ({micro_batch_size})"
+            )
         self.files_spec, self.tokenizer_spec = files, tokenizer
-        self.seq_length, self.global_batch_size, self.micro_batch_size = seq_length, global_batch_size, micro_batch_size
+        self.seq_length, self.global_batch_size, self.micro_batch_size = (
+            seq_length,
+            global_batch_size,
+            micro_batch_size,
+        )
         self.eval_batch_size = eval_batch_size or micro_batch_size
         self.num_workers, self.val_fraction, self.max_val_samples = num_workers, val_fraction, max_val_samples
         self.samples_per_epoch, self.cache_dir = samples_per_epoch, cache_dir
-        self.text_field, self.document_split, self.seed, self.progress = text_field, document_split, seed, progress
+        self.text_field, self.document_split, self.seed, self.progress = (
+            text_field,
+            document_split,
+            seed,
+            progress,
+        )
         self.objective = _masking_config(objective)
         self._tokenizer: Any = None
         self._files: list[Path] | None = None
@@ -408,30 +491,48 @@ class PretrainDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Rank 0 only: train the tokenizer and tokenise the corpus into the cache; setup() then memory-maps it.
-        tokenize_corpus(self.files, self.tokenizer, self.cache_dir, self.document_split, self.text_field, self.progress)
+        tokenize_corpus(
+            self.files, self.tokenizer, self.cache_dir, self.document_split, self.text_field, self.progress
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         tok = self.tokenizer
-        corpus = tokenize_corpus(self.files, tok, self.cache_dir, self.document_split, self.text_field, self.progress)
+        corpus = tokenize_corpus(
+            self.files, tok, self.cache_dir, self.document_split, self.text_field, self.progress
+        )
         masker = GLMMasker(self.objective, SpecialIds.from_tokenizer(tok), sentence_end_from_tokenizer(tok))
         perm = np.random.default_rng([self.seed, 1]).permutation(corpus.num_documents)
-        n_val = max(1, int(round(self.val_fraction * corpus.num_documents)))
+        n_val = max(1, round(self.val_fraction * corpus.num_documents))
         if n_val >= corpus.num_documents:
-            raise ValueError(f"data: {corpus.num_documents} document(s) cannot be split into train and val "
-                             f"(val_fraction={self.val_fraction})")
+            raise ValueError(
+                f"data: {corpus.num_documents} document(s) cannot be split into train and val "
+                f"(val_fraction={self.val_fraction})"
+            )
         val_docs, train_docs = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         lengths = corpus.lengths()
-        n_train = self.samples_per_epoch or max(1, math.ceil(int(lengths[train_docs].sum()) / self.seq_length))
+        n_train = self.samples_per_epoch or max(
+            1, math.ceil(int(lengths[train_docs].sum()) / self.seq_length)
+        )
         n_val_samples = max(1, math.ceil(int(lengths[val_docs].sum()) / self.seq_length))
         if self.max_val_samples:
             n_val_samples = min(n_val_samples, int(self.max_val_samples))
-        self.train_set = PretrainDataset(corpus, train_docs, n_train, self.seq_length, self.seed, "train", masker)
-        self.val_set = PretrainDataset(corpus, val_docs, n_val_samples, self.seq_length, self.seed, "val", masker,
-                                       fixed_epoch=0)
-        log.info("pretraining data: %d documents (%d val), %d tokens, %d train / %d val samples of <= %d tokens",
-                 corpus.num_documents, n_val, int(lengths.sum()), n_train, n_val_samples, self.seq_length)
+        self.train_set = PretrainDataset(
+            corpus, train_docs, n_train, self.seq_length, self.seed, "train", masker
+        )
+        self.val_set = PretrainDataset(
+            corpus, val_docs, n_val_samples, self.seq_length, self.seed, "val", masker, fixed_epoch=0
+        )
+        log.info(
+            "pretraining data: %d documents (%d val), %d tokens, %d train / %d val samples of <= %d tokens",
+            corpus.num_documents,
+            n_val,
+            int(lengths.sum()),
+            n_train,
+            n_val_samples,
+            self.seq_length,
+        )
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -442,8 +543,15 @@ class PretrainDataModule(L.LightningDataModule):
     def _loader(self, dataset: PretrainDataset, batch_size: int, shuffle: bool) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochIndexSampler(len(dataset), self.seed, shuffle=shuffle, rank=rank, world_size=world)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pretrain,
-                          num_workers=self.num_workers, persistent_workers=False, drop_last=shuffle)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate_pretrain,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            drop_last=shuffle,
+        )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"

@@ -34,15 +34,29 @@ SCHEDULER_KEYS: dict[str, tuple[type, ...]] = {
     "total_steps": (int, type(None)),
 }
 # Names of the original GLM arguments (--warmup, --lr-decay-style, --lr-decay-ratio) accepted as aliases.
-SCHEDULER_ALIASES = {"warmup": "warmup_ratio", "decay": "decay_style", "lr_decay_style": "decay_style",
-                     "lr_decay_ratio": "min_lr_ratio"}
+SCHEDULER_ALIASES = {
+    "warmup": "warmup_ratio",
+    "decay": "decay_style",
+    "lr_decay_style": "decay_style",
+    "lr_decay_ratio": "min_lr_ratio",
+}
 DECAY_STYLES = ("cosine", "linear", "constant")
-OPTIMIZER_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.1,
-                                      "fused": None}
+OPTIMIZER_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-4,
+    "betas": (0.9, 0.98),
+    "eps": 1e-6,
+    "weight_decay": 0.1,
+    "fused": None,
+}
 # Decision: a finetuning schedule decays to 0 unless told otherwise (min_lr_ratio 0); pretraining configs
 # set the spec's 5% / 10% explicitly.
-SCHEDULER_DEFAULTS: dict[str, Any] = {"warmup_ratio": 0.0, "decay_style": "linear", "min_lr_ratio": 0.0,
-                                      "decay_ratio": 1.0, "total_steps": None}
+SCHEDULER_DEFAULTS: dict[str, Any] = {
+    "warmup_ratio": 0.0,
+    "decay_style": "linear",
+    "min_lr_ratio": 0.0,
+    "decay_ratio": 1.0,
+    "total_steps": None,
+}
 
 
 def _is_number(value: Any, types: tuple[type, ...]) -> bool:
@@ -56,8 +70,9 @@ def normalize_optimizer(optimizer: Mapping[str, Any] | None, where: str = "task.
         if key not in OPTIMIZER_KEYS:
             raise ValueError(f"{where}.{key}: unknown key; allowed: {sorted(OPTIMIZER_KEYS)}")
         if not isinstance(value, OPTIMIZER_KEYS[key]) or not _is_number(value, OPTIMIZER_KEYS[key]):
-            raise ValueError(f"{where}.{key}: expected {'/'.join(t.__name__ for t in OPTIMIZER_KEYS[key])}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{where}.{key}: expected {'/'.join(t.__name__ for t in OPTIMIZER_KEYS[key])}, got {value!r}"
+            )
         out[key] = value
     if len(out["betas"]) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in out["betas"]):
         raise ValueError(f"{where}.betas: expected two numbers in [0, 1), got {out['betas']!r}")
@@ -74,14 +89,19 @@ def normalize_scheduler(scheduler: Mapping[str, Any] | None, where: str = "task.
     for key, value in dict(scheduler or {}).items():
         name = SCHEDULER_ALIASES.get(key, key)
         if name not in SCHEDULER_KEYS:
-            raise ValueError(f"{where}.{key}: unknown key; allowed: {sorted(SCHEDULER_KEYS)} "
-                             f"(aliases {sorted(SCHEDULER_ALIASES)})")
+            raise ValueError(
+                f"{where}.{key}: unknown key; allowed: {sorted(SCHEDULER_KEYS)} "
+                f"(aliases {sorted(SCHEDULER_ALIASES)})"
+            )
         if not isinstance(value, SCHEDULER_KEYS[name]) or not _is_number(value, SCHEDULER_KEYS[name]):
-            raise ValueError(f"{where}.{key}: expected {'/'.join(t.__name__ for t in SCHEDULER_KEYS[name])}, "
-                             f"got {value!r}")
+            raise ValueError(
+                f"{where}.{key}: expected {'/'.join(t.__name__ for t in SCHEDULER_KEYS[name])}, got {value!r}"
+            )
         out[name] = value
     if out["decay_style"] not in DECAY_STYLES:
-        raise ValueError(f"{where}.decay_style: must be one of {list(DECAY_STYLES)}, got {out['decay_style']!r}")
+        raise ValueError(
+            f"{where}.decay_style: must be one of {list(DECAY_STYLES)}, got {out['decay_style']!r}"
+        )
     for key in ("warmup_ratio", "min_lr_ratio"):
         if not 0.0 <= out[key] <= 1.0:
             raise ValueError(f"{where}.{key}: must be in [0, 1], got {out[key]!r}")
@@ -90,7 +110,9 @@ def normalize_scheduler(scheduler: Mapping[str, Any] | None, where: str = "task.
     return out
 
 
-def annealing_lr_factor(step: int, warmup_steps: float, decay_steps: int, style: str, min_ratio: float) -> float:
+def annealing_lr_factor(
+    step: int, warmup_steps: float, decay_steps: int, style: str, min_ratio: float
+) -> float:
     """lr(step) / lr0 of the original ``AnnealingLR`` (spec §5.8); ``step`` counts finished optimizer steps.
 
     Warmup ``lr0 * t / w`` for ``t <= w`` (so the first update runs at lr 0 when there is warmup, as the
@@ -130,8 +152,10 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]
             plain_params.append(p)
         else:
             decay_params.append(p)
-    groups = [{"params": decay_params, "weight_decay": float(weight_decay)},
-              {"params": plain_params, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay_params, "weight_decay": float(weight_decay)},
+        {"params": plain_params, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -224,14 +248,21 @@ class GLMTaskModule(L.LightningModule):
         fused = opt["fused"]
         if fused is None:  # the fused kernel only where it is known to exist and help
             fused = all(p.is_cuda for g in params for p in g["params"])
-        optimizer = torch.optim.AdamW(params, lr=float(opt["lr"]), betas=tuple(opt["betas"]),
-                                      eps=float(opt["eps"]), fused=bool(fused) or None)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=float(opt["lr"]),
+            betas=tuple(opt["betas"]),
+            eps=float(opt["eps"]),
+            fused=bool(fused) or None,
+        )
         sch = self.scheduler_config
-        decay_steps = max(1, int(round(sch["decay_ratio"] * self.total_steps())))
+        decay_steps = max(1, round(sch["decay_ratio"] * self.total_steps()))
         warmup_steps = sch["warmup_ratio"] * decay_steps
 
         def factor(step: int) -> float:
-            return annealing_lr_factor(step, warmup_steps, decay_steps, sch["decay_style"], sch["min_lr_ratio"])
+            return annealing_lr_factor(
+                step, warmup_steps, decay_steps, sch["decay_style"], sch["min_lr_ratio"]
+            )
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

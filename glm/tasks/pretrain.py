@@ -27,9 +27,17 @@ class PretrainModule(GLMTaskModule):
     set, synchronised across ranks) with ``val/ppl = exp(val/loss)``; ``test/*`` likewise.
     """
 
-    def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
-                 pretrained: str | None = None, **kwargs: Any) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        pretrained: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs
+        )
         self._eval_sums: list[Tensor] = []  # per batch [sum(ce * mask), sum(mask)], summed at epoch end
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 def instantiate_group(nodes: DictConfig | None) -> list[Any]:
     """One object per non-null entry with a ``_target_`` (``callbacks.progress=null`` disables one)."""
     out: list[Any] = []
-    for _, node in (nodes or {}).items():
+    for node in (nodes or {}).values():
         if node is not None and "_target_" in node:
             out.append(hydra.utils.instantiate(node, _convert_="all"))
     return out

@@ -62,7 +62,7 @@ def _init_params(cls: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]
             return params, hints, True
         try:
             hints.update({k: v for k, v in typing.get_type_hints(fn).items() if k not in hints})
-        except Exception:  # unresolvable annotations: check names only
+        except Exception:  # noqa: BLE001, S110  (unresolvable annotations: check names only)
             pass
         var_kw = False
         for name, p in sig.parameters.items():
@@ -120,10 +120,16 @@ def check_against_signature(node: Mapping[str, Any], where: str, skip: tuple[str
         if key not in params:
             if open_kwargs:
                 continue
-            raise ConfigError(f"{where}.{key}: unknown option for {node['_target_']}; "
-                              f"known: {', '.join(sorted(params))}")
+            raise ConfigError(
+                f"{where}.{key}: unknown option for {node['_target_']}; known: {', '.join(sorted(params))}"
+            )
         hint = hints.get(key)
-        if hint is not None and value is not None and not isinstance(value, Mapping) and not _type_ok(value, hint):
+        if (
+            hint is not None
+            and value is not None
+            and not isinstance(value, Mapping)
+            and not _type_ok(value, hint)
+        ):
             raise ConfigError(f"{where}.{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
     return target
 
@@ -178,11 +184,13 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             raise ConfigError(f"{key}: missing from the config (is the primary config conf/run.yaml?)")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(f"{missing[0]}: required value (???) not set" + (
-            f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""))
+        raise ConfigError(
+            f"{missing[0]}: required value (???) not set"
+            + (f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else "")
+        )
     try:
         OmegaConf.to_container(cfg, resolve=True)
-    except Exception as err:  # interpolation errors name the key themselves
+    except Exception as err:  # noqa: BLE001  (interpolation errors name the key themselves)
         raise ConfigError(f"config interpolation failed: {err}") from None
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
@@ -242,13 +250,17 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"data.{key}: expected a positive int, got {value!r}")
         if gbs % (mbs * world):
-            raise ConfigError(f"data.global_batch_size ({gbs}) must be divisible by data.micro_batch_size ({mbs}) "
-                              f"x world size ({world})")
+            raise ConfigError(
+                f"data.global_batch_size ({gbs}) must be divisible by data.micro_batch_size ({mbs}) "
+                f"x world size ({world})"
+            )
         accumulate = gbs // (mbs * world)
         if trainer.get("accumulate_grad_batches") not in (None, 1, accumulate):
-            raise ConfigError(f"trainer.accumulate_grad_batches ({trainer['accumulate_grad_batches']}) conflicts "
-                              f"with data.global_batch_size / (micro_batch_size x world size) = {accumulate}; "
-                              "set only the batch sizes")
+            raise ConfigError(
+                f"trainer.accumulate_grad_batches ({trainer['accumulate_grad_batches']}) conflicts "
+                f"with data.global_batch_size / (micro_batch_size x world size) = {accumulate}; "
+                "set only the batch sizes"
+            )
     for group in ("callbacks", "logger"):
         for name, node in (_container(cfg.get(group)) or {}).items():
             if node is not None:
@@ -259,5 +271,7 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
 def check_tokenizer(tokenizer: Any, model_config: Any) -> None:
     """The tokenizer's padded V must fit the model's embedding table."""
     if tokenizer is not None and int(tokenizer.vocab_size) > int(model_config.vocab_size):
-        raise ConfigError(f"model.vocab_size: {model_config.vocab_size} is smaller than the tokenizer's padded "
-                          f"vocabulary ({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size}")
+        raise ConfigError(
+            f"model.vocab_size: {model_config.vocab_size} is smaller than the tokenizer's padded "
+            f"vocabulary ({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size}"
+        )

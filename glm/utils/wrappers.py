@@ -22,7 +22,7 @@ FAILED_MARKER = "FAILED"
 def _output_dir(cfg: DictConfig) -> Path | None:
     try:
         return Path(cfg.paths.output_dir)
-    except Exception:  # no Hydra context (e.g. a hand-built config): nowhere to write markers
+    except Exception:  # noqa: BLE001  (no Hydra context (e.g. a hand-built config): nowhere to write markers)
         return None
 
 
