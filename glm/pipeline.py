@@ -14,8 +14,9 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from glm.model import GLMConfig
 from glm.utils.instantiate import instantiate_group
 from glm.utils.validation import ConfigError, check_tokenizer, validate
 from glm.utils.wrappers import task_wrapper
@@ -79,6 +80,37 @@ def _save_config(cfg: DictConfig, path: Path) -> None:
     OmegaConf.save(cfg, path, resolve=True)
 
 
+def _vocab_follows_tokenizer(cfg: DictConfig, tokenizer: Any) -> None:
+    """The model's vocabulary follows the tokenizer's padded size unless ``model.vocab_size`` is set.
+
+    A preset's V is what its released tokenizer needs (glm-large + BERT: 30592), so with the matching
+    tokenizer nothing changes; a small preset with another tokenizer (glm-tiny + BERT) grows its table.
+    An explicit ``model.vocab_size`` is never changed (``check_tokenizer`` refuses one that is too small).
+    """
+    if tokenizer is None or "vocab_size" in cfg.model:
+        return
+    preset_v = GLMConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)).vocab_size
+    if int(tokenizer.vocab_size) != preset_v:
+        log.info("model.vocab_size: %d (the tokenizer's padded size; preset has %d)", tokenizer.vocab_size, preset_v)
+        with open_dict(cfg):
+            cfg.model.vocab_size = int(tokenizer.vocab_size)
+
+
+def _export(module: L.LightningModule, tokenizer: Any, cfg: DictConfig, out_dir: Path) -> None:
+    """Write the final backbone as an export dir (weights, model_config.yaml, tokenizer/, run config), so
+    ``task.pretrained=<run dir>/export`` starts another experiment from it. Gathers FSDP shards first."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from glm.checkpoint.io import export_model
+
+    state = get_model_state_dict(
+        module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if module.trainer.is_global_zero:
+        export_model(state, module.glm_config, out_dir, tokenizer=tokenizer, run_config=cfg)
+        log.info("exported the backbone to %s", out_dir)
+
+
 @task_wrapper
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
@@ -92,7 +124,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         extra["objective"] = checked.objective
     log.info("instantiating data <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **extra)
-    check_tokenizer(getattr(datamodule, "tokenizer", None), checked.model)
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    _vocab_follows_tokenizer(cfg, tokenizer)
+    check_tokenizer(tokenizer, GLMConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)))
 
     log.info("instantiating task <%s>", cfg.task._target_)
     module = hydra.utils.instantiate(cfg.task, _convert_="all")
@@ -119,7 +153,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                 module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.ckpt_path, output_dir)
             )
             fitted = True
-        elif stage in ("validate", "test"):
+            if cfg.get("export_dir") and getattr(module, "model", None) is not None:
+                _export(module, tokenizer, cfg, Path(cfg.export_dir))
+        elif stage in ("validate", "test", "predict"):
             ckpt = None
             if fitted:
                 best = (
@@ -133,6 +169,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             getattr(trainer, stage)(module, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(_plain_metrics(trainer.callback_metrics))
 
+    metrics["seed"] = int(cfg.seed)
     _write_json(output_dir / METRICS_FILE, metrics)
     log.info("metrics: %s", metrics)
     return metrics

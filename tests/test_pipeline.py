@@ -136,8 +136,10 @@ def test_ci_tiny_end_to_end(tmp_path: Path) -> None:
     assert (
         abs(metrics["val/ppl"] - torch.tensor(metrics["val/loss"]).exp().item()) < 1e-3 * metrics["val/ppl"]
     )
-    # an untrained model over V=8064 starts near ln(8064) = 9.0; six steps cannot be far from it
-    assert 5.0 < metrics["val/loss"] < 9.6
+    # the model's vocabulary followed the 2000-piece tokenizer (padded to 2048): an untrained model starts
+    # near ln(2048) = 7.6 and six steps cannot be far from it
+    assert 5.0 < metrics["val/loss"] < 8.2
+    assert metrics["seed"] == 1234
     assert (run_dir / "config.yaml").is_file() and (run_dir / "run.log").is_file()
     assert not (run_dir / "FAILED").exists()
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
@@ -147,6 +149,16 @@ def test_ci_tiny_end_to_end(tmp_path: Path) -> None:
         assert ckpt["global_step"] == 6
         assert "model.word_embeddings.weight" in ckpt["state_dict"]
         assert ckpt["hyper_parameters"]["model"]["preset"] == "glm-tiny"
+        assert ckpt["hyper_parameters"]["model"]["vocab_size"] == 2048
+    # the export dir holds the final backbone + tokenizer: identical to the last checkpoint's weights
+    from glm.checkpoint.io import load_export
+
+    config, state, tok = load_export(run_dir / "export")
+    assert config.vocab_size == 2048 and tok is not None and tok.vocab_size == 2048
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert set(state) == {k.removeprefix("model.") for k in last["state_dict"]}
+    for key, value in state.items():
+        assert torch.equal(value, last["state_dict"]["model." + key]), key
     # the CSV logger wrote per-step train loss and the val loss
     csv = next((run_dir / "csv").rglob("metrics.csv")).read_text()
     assert "train/loss" in csv and "val/loss" in csv

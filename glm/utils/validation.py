@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-STAGES = ("fit", "validate", "test")
+STAGES = ("fit", "validate", "test", "predict")
 
 
 class ConfigError(ValueError):
