@@ -138,3 +138,30 @@ def test_score_samples_against_hand_values():
                                                 dtype=torch.float64))
     assert count.tolist() == [2, 2]
     assert correct.tolist() == [True, False]  # row 1 slot 1: argmax 0 != target 2
+
+
+def test_lm_eval_module_has_no_optimizer_and_refuses_fit():
+    import inspect
+
+    from glm.tasks.lm_eval import LMEvalModule
+
+    params = inspect.signature(LMEvalModule).parameters
+    assert "optimizer" not in params and "scheduler" not in params
+    module = LMEvalModule(model={"preset": "glm-tiny"})
+    with pytest.raises(RuntimeError, match=r"only evaluates.*stages=\[test\]"):
+        module.setup("fit")
+    module.setup("test")  # evaluation stages are fine
+
+
+def test_seq2seq_configs_use_canonical_scheduler_keys():
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+    from glm.tasks.base import SCHEDULER_KEYS, normalize_scheduler
+
+    for name in ("xsum", "cnn_dm", "gigaword"):
+        sch = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").task.scheduler
+        assert set(sch) <= set(SCHEDULER_KEYS), name  # no alias (warmup/decay) spellings
+        assert normalize_scheduler(dict(sch)) == normalize_scheduler({"warmup_ratio": 0.06, "decay_style": "linear"})
+    assert set(OmegaConf.load(CONF / "task" / "seq2seq.yaml").scheduler) <= set(SCHEDULER_KEYS)
+    assert "optimizer" not in OmegaConf.load(CONF / "task" / "lm_eval.yaml")

@@ -3,13 +3,12 @@
 Both read "scored samples" from `glm.data.lm_eval.LMEvalDataModule`: one forward pass per batch, then
 per sample the summed cross-entropy over the scored slots and whether the argmax equals the target at
 every scored slot. LAMBADA logs `{stage}/acc`; perplexity logs `{stage}/loss` (average per scored token),
-`{stage}/ppl` and `{stage}/adjusted_ppl` (per original word, spec §10.2). A `metrics.json` goes to the run dir.
+`{stage}/ppl` and `{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.pipeline.run` writes them to
+`metrics.json`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,14 +31,23 @@ def score_samples(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[T
 
 
 class LMEvalModule(GLMTaskModule):
-    """Evaluation-only module (`run.py ... stages=[test]`); the datamodule's `kind` picks the metric."""
+    """Evaluation-only module (`run.py ... stages=[test]` or `[validate]`); the datamodule's `kind` picks
+    the metric. It takes no optimizer or scheduler (there is nothing to train): a `fit` stage is refused
+    with a clear error in `setup`. Counts are summed on this process only (single-device evaluation)."""
 
-    def __init__(self, model: dict, optimizer: dict | None = None, scheduler: dict | None = None,
-                 pretrained: str | None = None, output_dir: str | None = None, **kwargs: Any) -> None:
-        super().__init__(model=model, optimizer=optimizer or {}, scheduler=scheduler or {}, pretrained=pretrained,
-                         **kwargs)
-        self.output_dir = output_dir
+    def __init__(self, model: dict, pretrained: str | None = None, compile: bool = False) -> None:  # noqa: A002
+        super().__init__(model=model, optimizer=None, scheduler=None, pretrained=pretrained, compile=compile)
         self._reset()
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            raise RuntimeError(
+                "LMEvalModule only evaluates (zero-shot LAMBADA / perplexity): use stages=[test] or "
+                f"stages=[validate], not {stage!r}"
+            )
+
+    def configure_optimizers(self) -> Any:  # never reached (setup refuses fit); keeps the base's AdamW out
+        raise RuntimeError("LMEvalModule has no optimizer: it only evaluates")
 
     def _reset(self) -> None:
         self._loss, self._count, self._correct, self._samples = 0.0, 0, 0, 0
@@ -59,11 +67,15 @@ class LMEvalModule(GLMTaskModule):
         self._step(batch)
 
     def compute(self) -> dict[str, float]:
+        """The metrics of what was scored so far (see the module docstring)."""
         dm = self.trainer.datamodule
         if dm.kind == "lambada":
             return {"acc": self._correct / max(self._samples, 1), "num_samples": float(self._samples)}
         # every token but the first of the document is scored once: count == num_tokens - 1 (spec §10.2)
         num_tokens = self._count + 1
+        if dm.num_tokens and num_tokens != dm.num_tokens:
+            raise RuntimeError(f"perplexity: scored {num_tokens - 1} tokens of a {dm.num_tokens}-token document "
+                               "(each token but the first must be scored exactly once; limit_test_batches?)")
         words = dm.num_original_words or num_tokens
         r = perplexity(self._loss, num_tokens, words)
         return {"loss": r.avg_loss, "ppl": r.ppl, "adjusted_ppl": r.adjusted_ppl, "num_tokens": float(num_tokens)}
@@ -74,13 +86,8 @@ class LMEvalModule(GLMTaskModule):
             return
         values = self.compute()
         self._reset()
-        for k, v in values.items():
+        for k, v in values.items():  # the pipeline writes these to metrics.json
             self.log(f"{stage}/{k}", v, sync_dist=False)
-        if self.trainer.is_global_zero:
-            out = Path(self.output_dir or self.trainer.default_root_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            payload = {"kind": self.trainer.datamodule.kind, **{f"{stage}/{k}": v for k, v in values.items()}}
-            (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n")
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")
