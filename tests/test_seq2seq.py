@@ -173,3 +173,16 @@ def test_rouge_sentences_postprocess_and_scores():
     # hand count: pred "the cat ran" vs ref "the cat sat down": unigram P = 2/3, R = 2/4 -> F = 4/7
     part = rouge(["the cat ran"], ["the cat sat down"])
     assert part["rouge1"] == pytest.approx(4 / 7) and part["rouge2"] == pytest.approx(2 * (1 / 2 * 1 / 3) / (1 / 2 + 1 / 3))
+
+
+def test_datamodule_null_split_means_no_loop_and_unknown_stage_is_named(tmp_path):
+    from glm.data.seq2seq import Seq2SeqDataModule
+
+    write(tmp_path / "tr.source", "doc one\n")
+    write(tmp_path / "tr.target", "sum one\n")
+    dm = Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr", "val": None, "test": "tr"},
+                           src_seq_length=8, tgt_seq_length=4)
+    assert dm.val_dataloader() == []  # Lightning skips validation for an empty list
+    assert next(iter(dm.test_dataloader()))["index"].tolist() == [0]
+    with pytest.raises(ValueError, match=r"data.splits: unknown stage\(s\) \['dev'\]"):
+        Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr", "dev": "tr"})

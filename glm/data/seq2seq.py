@@ -278,7 +278,12 @@ class Seq2SeqDataModule(_Base):
         bad_rows: str = "raise", global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.data_dir, self.splits, self.format = Path(data_dir), dict(splits), format
+        unknown = sorted(set(splits) - {"train", "val", "test"})
+        if unknown:
+            raise ValueError(f"data.splits: unknown stage(s) {unknown}; allowed: train, val, test")
+        # a null split (e.g. `val: null`) means the stage has no data: no validation loop, no test
+        self.data_dir, self.format = Path(data_dir), format
+        self.splits = {stage: name for stage, name in splits.items() if name}
         self.fields = (source_field, target_field)
         self.src_seq_length, self.tgt_seq_length = src_seq_length, tgt_seq_length
         self.task_mask, self.detokenize, self.bad_rows = task_mask, detokenize, bad_rows
@@ -332,6 +337,8 @@ class Seq2SeqDataModule(_Base):
         return self._loader(self._load("train", True), self.micro_batch_size, True, False)
 
     def val_dataloader(self):
+        if "val" not in self.splits:  # Lightning skips the validation loop for an empty list
+            return []
         return self._loader(self._load("val", False), self.eval_batch_size, False, True)
 
     def test_dataloader(self):
