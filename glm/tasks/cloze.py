@@ -11,8 +11,10 @@ vocabulary: the raw-logit score itself is unbounded below, so `-score` would not
 (the multi-token score already is a log-probability, so there it equals `-score[label]`).
 
 Outputs in `output_dir` (the run dir): `val_predictions.jsonl` (one line per validation example with
-its scores), `metrics.json` (`{"task", "optimized_metric", <metric>: value, ...}`) after each
-validation epoch, and `test/<Task>.jsonl` in SuperGLUE submission format after `predict`.
+its scores) and `val_metrics.json` (`{"task", "pattern_id", "epoch", "main_metric", "optimized_metric",
+"val/<metric>": value, ...}`) after each validation epoch, and `test/<Task>.jsonl` in SuperGLUE
+submission format after `predict`. `metrics.json` belongs to `glm.pipeline.run` (the final values of
+every stage); the module never writes it.
 """
 
 from __future__ import annotations
@@ -239,7 +241,7 @@ class ClozeModule(GLMTaskModule):
             pred = task.predict(ex, r["best"])
             lines.append({"idx": ex.submit_idx, "guid": ex.guid, "prediction": pred, "scores": r["scores"],
                           "label": None if ex.label is None else task.labels[ex.label] if task.labels else None,
-                          "answers": ex.answers})
+                          "answers": ex.answers, "candidates": ex.candidates})
             if task.name == "record":
                 metrics.update(pred_texts=[pred], gold_texts=[ex.answers])
                 continue
@@ -259,7 +261,7 @@ class ClozeModule(GLMTaskModule):
             payload = {"task": task.name, "pattern_id": dm.pattern_id, "epoch": self.current_epoch,
                        "optimized_metric": values[main.split("/", 1)[1]], "main_metric": main,
                        **{f"val/{k}": v for k, v in values.items()}}
-            _atomic_write(out / "metrics.json", json.dumps(payload, indent=2) + "\n")
+            _atomic_write(out / "val_metrics.json", json.dumps(payload, indent=2) + "\n")
 
     def on_predict_epoch_end(self) -> None:
         records, self._test_records = self._test_records, []

@@ -5,7 +5,10 @@
 Columns follow the GLM paper: ReCoRD F1/Acc, COPA, WSC, RTE, BoolQ, WiC, CB F1/Acc, MultiRC F1a/EM, Avg.
 Each cell is mean ± sample std over seeds, in percent. A task's score is the mean of its metrics (the
 SuperGLUE convention for the two-metric tasks); Avg is the mean of the task scores that are present.
-The seed of a job is `metrics.json["seed"]`, else `seed` in the job's `.hydra/config.yaml`, else the job dir.
+A job is a folder with a `metrics.json` (written by `glm.pipeline.run`). Its task is `metrics.json["task"]`,
+else `data.task` of the job's resolved `config.yaml` (or `.hydra/config.yaml`); its seed is
+`metrics.json["seed"]`, else `seed` of that config, else the job dir. A `metrics.json` whose job is no
+cloze run (no task anywhere) is an error naming the file.
 """
 
 from __future__ import annotations
@@ -30,15 +33,28 @@ COLUMNS = [
 ]
 
 
-def _seed(path: Path, payload: dict) -> str:
+def _job_config(job_dir: Path) -> dict:
+    """The job's resolved run config (``config.yaml`` from the pipeline, else Hydra's copy), or {}."""
+    import yaml  # comes with omegaconf / hydra
+
+    for cfg in (job_dir / "config.yaml", job_dir / ".hydra" / "config.yaml"):
+        if cfg.is_file():
+            loaded = yaml.safe_load(cfg.read_text())
+            return loaded if isinstance(loaded, dict) else {}
+    return {}
+
+
+def _task_and_seed(path: Path, payload: dict) -> tuple[str | None, str]:
+    cfg = None
+    task = payload.get("task")
+    if task is None:
+        cfg = _job_config(path.parent)
+        data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        task = data.get("task") if str(data.get("_target_", "")).endswith("ClozeDataModule") else None
     if "seed" in payload:
-        return str(payload["seed"])
-    cfg = path.parent / ".hydra" / "config.yaml"
-    if cfg.is_file():
-        for line in cfg.read_text().splitlines():
-            if line.startswith("seed:"):
-                return line.split(":", 1)[1].strip()
-    return str(path.parent)
+        return task, str(int(payload["seed"]))
+    cfg = _job_config(path.parent) if cfg is None else cfg
+    return task, str(cfg["seed"]) if "seed" in cfg else str(path.parent)
 
 
 def collect(root: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -47,10 +63,13 @@ def collect(root: Path) -> dict[str, dict[str, dict[str, float]]]:
     for path in sorted(root.rglob("metrics.json")):
         try:
             payload = json.loads(path.read_text())
-            task = payload["task"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{path}: not a cloze metrics file ({e})") from None
-        runs[task][_seed(path, payload)] = {k: float(v) for k, v in payload.items() if k.startswith("val/")}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a cloze metrics file (bad JSON: {e})") from None
+        task, seed = _task_and_seed(path, payload)
+        if task is None:
+            raise ValueError(f"{path}: not a cloze metrics file (no 'task' in it and no data.task of a "
+                             f"ClozeDataModule in the job's config.yaml)")
+        runs[str(task).lower()][seed] = {k: float(v) for k, v in payload.items() if k.startswith("val/")}
     return runs
 
 
