@@ -47,7 +47,7 @@ ORDERS = ("first_fit_decreasing", "sequential")
 def _field(sample: Any, name: str) -> Any:
     """``sample[name]`` for dicts (cloze sequences), ``sample.name`` for objects (``MaskedSample``)."""
     if isinstance(sample, Mapping):
-        return sample[name] if name in sample else None
+        return sample.get(name)
     return getattr(sample, name, None)
 
 
@@ -215,7 +215,7 @@ class PackingStats:
 
     @property
     def slots(self) -> int:
-        return int(round(self.rows * self.row_length))
+        return round(self.rows * self.row_length)
 
     @property
     def padding_fraction(self) -> float:
