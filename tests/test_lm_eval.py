@@ -165,3 +165,62 @@ def test_seq2seq_configs_use_canonical_scheduler_keys():
         assert normalize_scheduler(dict(sch)) == normalize_scheduler({"warmup_ratio": 0.06, "decay_style": "linear"})
     assert set(OmegaConf.load(CONF / "task" / "seq2seq.yaml").scheduler) <= set(SCHEDULER_KEYS)
     assert "optimizer" not in OmegaConf.load(CONF / "task" / "lm_eval.yaml")
+
+
+# --------------------------------------------------------------------------------------------------
+# The experiments on slices of the real files, in-process through glm.pipeline.run (random glm-tiny)
+# --------------------------------------------------------------------------------------------------
+def _run_experiment(compose_cfg, tmp_path, name: str, overrides: list[str]) -> dict:
+    import json
+
+    from glm.pipeline import run
+
+    cfg = compose_cfg(name, ["model=glm_tiny", "logger=none", "callbacks.progress=null", *overrides])
+    returned = run(cfg)
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk == pytest.approx(returned)
+    return on_disk
+
+
+@pytest.mark.parametrize("experiment", ["lambada_zeroshot", "lambada_uni"])
+def test_lambada_experiment_on_the_real_file(experiment, compose_cfg, tmp_path):
+    from glm.data.paths import need_shared_data
+
+    need_shared_data("lambada/lambada_test.jsonl", "LAMBADA test")
+    need_shared_data("tokenizers/bert-base-uncased/vocab.txt", "BERT vocabulary")
+    m = _run_experiment(compose_cfg, tmp_path, experiment, ["data.max_samples=12", "data.micro_batch_size=6"])
+    assert m["test/num_samples"] == 12
+    assert 0.0 <= m["test/acc"] <= 1.0
+    # a random glm-tiny (init std 0.02) has near-uniform predictions: CE per answer token ~ ln V, V = 30592
+    assert m["test/loss"] == pytest.approx(math.log(30592), abs=0.1)
+
+
+def test_wikitext_perplexity_experiment_on_the_real_file(compose_cfg, tmp_path):
+    from glm.data.paths import need_shared_data
+
+    path = need_shared_data("wikitext-2/wiki.test.tokens", "WikiText-2 test")
+    need_shared_data("tokenizers/bert-base-uncased/vocab.txt", "BERT vocabulary")
+    m = _run_experiment(compose_cfg, tmp_path, "wikitext_ppl",
+                        ["data.max_lines=12", "data.seq_length=128", "data.overlap=32"])
+    # the token count of the slice, recomputed from the file; every token but the first is scored once
+    from glm.tokenizer import load_tokenizer
+
+    raw = "\n".join(path.read_text(encoding="utf-8").split("\n")[:12])
+    tok = load_tokenizer({"kind": "bert", "path": str(path.parents[1] / "tokenizers" / "bert-base-uncased")})
+    n = len(tok.encode(wikitext_detokenize(raw)))
+    words = len(raw.split())
+    assert m["test/num_tokens"] == n and n > 300  # several windows of W = 127
+    assert m["test/loss"] == pytest.approx(math.log(30592), abs=0.1)
+    assert m["test/ppl"] == pytest.approx(math.exp(m["test/loss"]), rel=1e-9)
+    assert m["test/adjusted_ppl"] == pytest.approx(math.exp(m["test/loss"] * (n - 1) / (words - 1)), rel=1e-9)
+
+
+def test_position_ids_beyond_the_model_are_refused_naming_the_key(compose_cfg, tmp_path):
+    from glm.data.paths import need_shared_data
+    from glm.pipeline import run
+
+    need_shared_data("wikitext-2/wiki.test.tokens", "WikiText-2 test")
+    cfg = compose_cfg("wikitext_ppl", ["model=glm_tiny", "logger=none", "callbacks.progress=null", "data.max_lines=30"])
+    # seq_length 1024 (spec §10.2, zero_wikitext.sh) does not fit glm-tiny's 512 positions
+    with pytest.raises(ValueError, match=r"data.seq_length: .*position ids up to 1022.*max_sequence_length=512"):
+        run(cfg)

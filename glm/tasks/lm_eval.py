@@ -2,7 +2,7 @@
 
 Both read "scored samples" from `glm.data.lm_eval.LMEvalDataModule`: one forward pass per batch, then
 per sample the summed cross-entropy over the scored slots and whether the argmax equals the target at
-every scored slot. LAMBADA logs `{stage}/acc`; perplexity logs `{stage}/loss` (average per scored token),
+every scored slot. LAMBADA logs `{stage}/acc` (and `{stage}/loss`, mean CE per answer token); perplexity logs `{stage}/loss` (average per scored token),
 `{stage}/ppl` and `{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.pipeline.run` writes them to
 `metrics.json`.
 """
@@ -30,6 +30,17 @@ def score_samples(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[T
     return ce.sum(1), sel.sum(1), ~wrong.any(1)
 
 
+def check_positions(config: Any, largest: int, key: str) -> None:
+    """A learned position table has `max_sequence_length + 1` rows (spec §1.1): refuse larger position ids
+    before the forward pass (which would fail deep inside `F.embedding`), naming the config key to change."""
+    limit = int(config.max_sequence_length)
+    if getattr(config, "position_encoding", "learned") == "learned" and largest > limit:
+        raise ValueError(
+            f"{key}: the samples need position ids up to {largest}, but the model's position table stops at "
+            f"model.max_sequence_length={limit}; lower {key} (or use a model with longer positions)"
+        )
+
+
 class LMEvalModule(GLMTaskModule):
     """Evaluation-only module (`run.py ... stages=[test]` or `[validate]`); the datamodule's `kind` picks
     the metric. It takes no optimizer or scheduler (there is nothing to train): a `fit` stage is refused
@@ -45,6 +56,9 @@ class LMEvalModule(GLMTaskModule):
                 "LMEvalModule only evaluates (zero-shot LAMBADA / perplexity): use stages=[test] or "
                 f"stages=[validate], not {stage!r}"
             )
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and getattr(dm, "samples", None):
+            check_positions(self.glm_config, max(int(s.position_ids.max()) for s in dm.samples), "data.seq_length")
 
     def configure_optimizers(self) -> Any:  # never reached (setup refuses fit); keeps the base's AdamW out
         raise RuntimeError("LMEvalModule has no optimizer: it only evaluates")
@@ -70,7 +84,9 @@ class LMEvalModule(GLMTaskModule):
         """The metrics of what was scored so far (see the module docstring)."""
         dm = self.trainer.datamodule
         if dm.kind == "lambada":
-            return {"acc": self._correct / max(self._samples, 1), "num_samples": float(self._samples)}
+            # loss: mean CE per answer token (a sanity number next to the accuracy; ln V for a random model)
+            return {"acc": self._correct / max(self._samples, 1), "loss": self._loss / max(self._count, 1),
+                    "num_samples": float(self._samples)}
         # every token but the first of the document is scored once: count == num_tokens - 1 (spec §10.2)
         num_tokens = self._count + 1
         if dm.num_tokens and num_tokens != dm.num_tokens:
@@ -86,8 +102,8 @@ class LMEvalModule(GLMTaskModule):
             return
         values = self.compute()
         self._reset()
-        for k, v in values.items():  # the pipeline writes these to metrics.json
-            self.log(f"{stage}/{k}", v, sync_dist=False)
+        for k, v in values.items():  # the pipeline writes these to metrics.json; float64 keeps every digit
+            self.log(f"{stage}/{k}", torch.tensor(v, dtype=torch.float64), sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")

@@ -104,6 +104,15 @@ class Seq2SeqModule(GLMTaskModule):
         self.output_dir = output_dir
         self._decoded: list[tuple[int, str]] = []
 
+    def setup(self, stage: str) -> None:
+        from glm.tasks.lm_eval import check_positions
+
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "src_seq_length"):
+            # Part A positions 0..S-1; Part B block positions 1..T (training) / 1..max_new_tokens (decoding)
+            largest = max(dm.src_seq_length - 1, dm.tgt_seq_length, int(self.generation.get("max_new_tokens") or 0))
+            check_positions(self.glm_config, largest, "data.src_seq_length / data.tgt_seq_length")
+
     # ---- training ----
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
