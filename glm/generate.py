@@ -1,7 +1,7 @@
 """Interactive blank filling, like the original `generate_samples.py` (spec §3(d)).
 
     python -m glm.generate ckpt=EXPORT_DIR                       # prompt on the terminal, empty line quits
-    python -m glm.generate ckpt=EXPORT_DIR input=FILE            # one text per line, filled text printed
+    python -m glm.generate ckpt=EXPORT_DIR input=FILE            # one text per line, one filled line each
     python -m glm.generate ckpt=DIR num_beams=4 max_new_tokens=64 task_mask=false tokenizer=TOK_DIR
     python -m glm.generate ckpt=DIR do_sample=true top_p=0.9 temperature=0.8 seed=1
 
@@ -72,17 +72,40 @@ def load(ckpt: str, tokenizer: str | None = None, device: str = "cpu") -> tuple[
     return model.to(device).eval(), tok
 
 
+def read_input(source: str) -> list[str]:
+    """The lines of an input file; a missing file or non-UTF-8 bytes end the program naming file and line."""
+    from glm.data.seq2seq import DataFormatError, _read_utf8_lines
+
+    path = Path(source)
+    if not path.is_file():
+        raise SystemExit(f"glm.generate: input={source}: no such file")
+    try:
+        return _read_utf8_lines(path)
+    except DataFormatError as err:
+        raise SystemExit(f"glm.generate: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Fill the blanks of `input=FILE` (one output line per input line) or of prompts typed on the terminal."""
+    from glm.checkpoint.io import CheckpointError
+
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    model, tok = load(args.pop("ckpt"), args.pop("tokenizer", None), args.pop("device", "cpu"))
-    task_mask = bool(args.pop("task_mask", tok.gmask_id is not None))
     source = args.pop("input", None)
-    config = GenerationConfig.for_tokenizer(tok, **args)
-    if source is not None:
-        lines = Path(source).read_text(encoding="utf-8").splitlines()
-        for i, text in enumerate(lines, start=1):
-            if text.strip():
-                print(fill_blanks(model, tok, text, config, task_mask).text, flush=True)
+    lines = read_input(source) if source is not None else None  # bad input fails before the model loads
+    ckpt = args.pop("ckpt")
+    try:
+        model, tok = load(ckpt, args.pop("tokenizer", None), args.pop("device", "cpu"))
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"glm.generate: ckpt={ckpt}: {err}") from None
+    task_mask = bool(args.pop("task_mask", tok.gmask_id is not None))
+    try:
+        config = GenerationConfig.for_tokenizer(tok, **args)
+    except ValueError as err:
+        raise SystemExit(f"glm.generate: {err}") from None
+    if lines is not None:
+        with torch.no_grad():
+            for text in lines:  # an empty input line gives an empty output line, so the lines stay paired
+                print(fill_blanks(model, tok, text, config, task_mask).text if text.strip() else "", flush=True)
         return 0
     while True:  # interactive: an empty line or EOF ends the session
         try:
