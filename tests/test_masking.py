@@ -692,6 +692,10 @@ def test_from_name_errors_and_special_ids():
         )
 
     assert SpecialIds.from_tokenizer(Tok()) == IDS
+    Tok.gmask_id = None  # a vocabulary without task masks names the missing token, no int(None) crash
+    with pytest.raises(ValueError, match="no gmask_id"):
+        SpecialIds.from_tokenizer(Tok())
+    Tok.gmask_id = 6
     del Tok.dblock_id
     with pytest.raises(ValueError, match="dblock_id"):
         SpecialIds.from_tokenizer(Tok())

@@ -264,7 +264,13 @@ class SpecialIds:
             attr = f"{name}_id"
             if not hasattr(tok, attr):
                 raise ValueError(f"SpecialIds.from_tokenizer: {type(tok).__name__} has no attribute {attr!r}")
-            ids[name] = int(getattr(tok, attr))
+            value = getattr(tok, attr)
+            if value is None:  # e.g. BERT/GPT-2 vocabularies of models trained without task masks
+                raise ValueError(
+                    f"SpecialIds.from_tokenizer: {type(tok).__name__} has no {attr} (None); the GLM masking "
+                    f"needs every special token: use a tokenizer family that defines [sMASK]/[gMASK]/[dBLOCK]"
+                )
+            ids[name] = int(value)
         return cls(**ids)
 
 
