@@ -224,3 +224,44 @@ def test_position_ids_beyond_the_model_are_refused_naming_the_key(compose_cfg, t
     # seq_length 1024 (spec §10.2, zero_wikitext.sh) does not fit glm-tiny's 512 positions
     with pytest.raises(ValueError, match=r"data.seq_length: .*position ids up to 1022.*max_sequence_length=512"):
         run(cfg)
+
+
+class WordIds(Ids):
+    """`Ids` plus a whitespace tokenizer (words -> 100, 101, ... by first use) for datamodule tests."""
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab.setdefault(w, 100 + len(self.vocab)) for w in text.split()]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+
+def test_lm_eval_bad_input_named_and_truncation_counted(tmp_path):
+    from collections import Counter
+
+    from glm.data.lm_eval import LMEvalDataModule
+    from glm.data.seq2seq import DataFormatError
+
+    p = tmp_path / "l.jsonl"
+    p.write_text('{"text": "one two three"}\n\n')
+    with pytest.raises(DataFormatError, match=r"l.jsonl:2: empty line"):
+        read_lambada(p)
+    p.write_bytes(b'{"text": "one two"}\n{"text": "caf\xe9 au lait"}\n')
+    with pytest.raises(DataFormatError, match=r"l.jsonl:2: not valid UTF-8"):
+        read_lambada(p)
+    # contexts longer than seq_length - 3 - k lose tokens on the left, and each one is counted
+    p.write_text('{"text": "a b c d e f g"}\n{"text": "a b"}\n{"text": "a b c d e f g h i"}\n')
+    dm = LMEvalDataModule(str(p), WordIds(), kind="lambada", seq_length=7)
+    dm.setup("test")
+    assert dm.stats == Counter({"truncated": 2}) and max(len(s) for s in dm.samples) == 7
+    # perplexity: non-UTF-8 bytes and a document too short to score, both naming the file
+    t = tmp_path / "doc.txt"
+    t.write_bytes(b"fine line\nbad \xff\n")
+    with pytest.raises(DataFormatError, match=r"doc.txt:2: not valid UTF-8"):
+        LMEvalDataModule(str(t), WordIds(), kind="perplexity", seq_length=8, overlap=2).setup("test")
+    t.write_text("word\n")
+    with pytest.raises(DataFormatError, match=r"doc.txt: perplexity needs a document of at least 2 tokens, got 1"):
+        LMEvalDataModule(str(t), WordIds(), kind="perplexity", seq_length=8, overlap=2).setup("test")

@@ -186,3 +186,51 @@ def test_datamodule_null_split_means_no_loop_and_unknown_stage_is_named(tmp_path
     assert next(iter(dm.test_dataloader()))["index"].tolist() == [0]
     with pytest.raises(ValueError, match=r"data.splits: unknown stage\(s\) \['dev'\]"):
         Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr", "dev": "tr"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input (issue 4): named file + line + field, or a counted and logged skip; truncation counted
+# --------------------------------------------------------------------------------------------------
+def test_empty_source_line_is_named_or_skipped_with_a_logged_count(tmp_path, caplog):
+    write(tmp_path / "v.source", "doc one\n\ndoc three\n")
+    write(tmp_path / "v.target", "sum one\nsum two\nsum three\n")
+    with pytest.raises(DataFormatError, match=r"v.source:2: empty source line \(set bad_rows=skip"):
+        read_examples(tmp_path / "v")
+    stats = Counter()
+    with caplog.at_level("WARNING", logger="glm.data.seq2seq"):
+        ex = read_examples(tmp_path / "v", bad_rows="skip", stats=stats)
+    assert [e.where for e in ex] == [f"{tmp_path / 'v.source'}:1", f"{tmp_path / 'v.source'}:3"]
+    assert stats["skipped"] == 1 and "skipped 1 bad rows" in caplog.text
+
+
+def test_jsonl_non_utf8_null_field_empty_line_and_bom(tmp_path):
+    p = write(tmp_path / "a.jsonl", b'{"document": "d", "summary": "s"}\n{"document": "caf\xe9", "summary": "s"}\n')
+    with pytest.raises(DataFormatError, match=r"a.jsonl:2: not valid UTF-8"):
+        read_examples(p)
+    # null must not become the text "None"
+    p = write(tmp_path / "b.jsonl", '{"document": "d", "summary": null}\n')
+    with pytest.raises(DataFormatError, match=r"b.jsonl:1: field 'summary' is NoneType, not text"):
+        read_examples(p)
+    p = write(tmp_path / "c.jsonl", '{"document": "d", "summary": "s"}\n\n{"document": "e", "summary": "t"}\n')
+    with pytest.raises(DataFormatError, match=r"c.jsonl:2: \(empty line\)"):
+        read_examples(p)
+    stats = Counter()
+    assert [e.source for e in read_examples(p, bad_rows="skip", stats=stats)] == ["d", "e"]
+    assert stats["skipped"] == 1
+    # a UTF-8 byte-order mark and CRLF line ends are read as plain text
+    p = write(tmp_path / "d.jsonl", b'\xef\xbb\xbf{"document": "d", "summary": "s"}\r\n')
+    assert [(e.source, e.target) for e in read_examples(p)] == [("d", "s")]
+
+
+def test_dataset_truncates_over_long_inputs_and_counts_them(caplog):
+    from glm.data.seq2seq import Seq2SeqDataset, Seq2SeqExample
+
+    examples = [Seq2SeqExample("a b c d e f", "x", "f:1"), Seq2SeqExample("a", "x y z w", "f:2"),
+                Seq2SeqExample("a b c d e f g", "x y z w", "f:3"), Seq2SeqExample("a b", "x", "f:4")]
+    with caplog.at_level("INFO", logger="glm.data.seq2seq"):
+        ds = Seq2SeqDataset(examples, WordTok(), src_seq_length=6, tgt_seq_length=3)
+    # Part A: [CLS] [MASK] Content: + 3 article words; target: summary + eop must fit 3 slots
+    assert ds.stats == Counter({"truncated_source": 2, "truncated_target": 2})
+    assert "'truncated_source': 2" in caplog.text and "'truncated_target': 2" in caplog.text
+    assert all(len(s.input_ids) == 6 + 3 for s in ds.samples)  # every sample has the fixed S + T length
+    assert ds.references == ["x", "x y z w", "x y z w", "x"]  # ROUGE is scored against the full summary

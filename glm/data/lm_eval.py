@@ -106,6 +106,8 @@ def read_lambada(path: str | Path, max_samples: int | None = None, field: str = 
     out = []
     for i, line in enumerate(_read_utf8_lines(path), start=1):
         where = f"{path}:{i}"
+        if not line.strip():
+            raise DataFormatError(f"{where}: empty line (expected a JSON object with {field!r})")
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
@@ -253,6 +255,9 @@ class LMEvalDataModule(_Base):
             self.num_original_words = len(raw.split())
             text = wikitext_detokenize(raw) if self.wikitext else raw
             tokens = tok.encode(text)
+            if len(tokens) < 2:
+                raise DataFormatError(f"{self.path}: perplexity needs a document of at least 2 tokens, "
+                                      f"got {len(tokens)} (max_lines={self.max_lines})")
             self.num_tokens = len(tokens)
             self.samples = perplexity_windows(tokens, tok, self.seq_length, self.overlap, self.task_mask,
                                               self.unidirectional)

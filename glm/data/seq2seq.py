@@ -57,6 +57,8 @@ def _read_utf8_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {err.start}: {err.reason})") from None
+    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the first line's text
+        text = text[1:]
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline
@@ -90,7 +92,8 @@ def read_examples(
         if len(src) != len(tgt):
             raise DataFormatError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
         for i, (s, t) in enumerate(zip(src, tgt), start=1):
-            rows.append((s, t, f"{src_path}:{i}" if not s.strip() else f"{tgt_path}:{i}", ""))
+            # "where" names the source file, or the target file when only the target line is bad
+            rows.append((s, t, f"{tgt_path}:{i}" if s.strip() and not t.strip() else f"{src_path}:{i}", ""))
     elif fmt == "jsonl":
         if not path.is_file():
             raise FileNotFoundError(f"seq2seq data: {path} does not exist")
@@ -108,7 +111,11 @@ def read_examples(
             if missing:
                 rows.append((None, None, where, f"field {missing[0]!r} missing"))
                 continue
-            rows.append((str(rec[source_field]), str(rec[target_field]), where, ""))
+            wrong = [f for f in (source_field, target_field) if not isinstance(rec[f], str)]
+            if wrong:  # e.g. null: str(None) would silently become the text "None"
+                rows.append((None, None, where, f"field {wrong[0]!r} is {type(rec[wrong[0]]).__name__}, not text"))
+                continue
+            rows.append((rec[source_field], rec[target_field], where, ""))
     else:
         raise ValueError(f"seq2seq data format must be 'lines', 'jsonl' or 'auto', got {fmt!r}")
     out: list[Seq2SeqExample] = []
