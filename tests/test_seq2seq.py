@@ -234,3 +234,24 @@ def test_dataset_truncates_over_long_inputs_and_counts_them(caplog):
     assert "'truncated_source': 2" in caplog.text and "'truncated_target': 2" in caplog.text
     assert all(len(s.input_ids) == 6 + 3 for s in ds.samples)  # every sample has the fixed S + T length
     assert ds.references == ["x", "x y z w", "x y z w", "x"]  # ROUGE is scored against the full summary
+
+
+def test_training_set_is_split_between_ranks(tmp_path):
+    from types import SimpleNamespace
+
+    from glm.data.seq2seq import Seq2SeqDataModule
+
+    write(tmp_path / "tr.source", "".join(f"doc {i}\n" for i in range(10)))
+    write(tmp_path / "tr.target", "".join(f"sum {i}\n" for i in range(10)))
+    seen = []
+    for rank in (0, 1):
+        tok = WordTok()
+        dm = Seq2SeqDataModule(str(tmp_path), tok, splits={"train": "tr"}, src_seq_length=6, tgt_seq_length=4,
+                               micro_batch_size=2)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        dm.setup("fit")
+        inv = {v: k for k, v in tok.vocab.items()}
+        rows = [b for batch in dm.train_dataloader() for b in batch["input_ids"].tolist()]
+        seen.append(sorted(inv[r[4]] for r in rows))  # the article's number token: [CLS] [MASK] Content: doc N
+    assert len(seen[0]) == len(seen[1]) == 5
+    assert sorted(seen[0] + seen[1]) == sorted(str(i) for i in range(10))  # disjoint halves cover the set

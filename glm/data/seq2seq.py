@@ -273,9 +273,10 @@ except ImportError:  # pragma: no cover - lightning is a core dependency
 
 class Seq2SeqDataModule(_Base):
     """Summarisation data: `splits` maps stage (train/val/test) to a file stem (lines) or jsonl file name
-    under `data_dir`; `max_samples` optionally slices each stage. Validation/test batches carry Part A only
-    plus `index` into `references(stage)`; the loss on validation uses the full teacher-forced layout
-    (`val_loss_batch`)."""
+    under `data_dir` (a null split has no loop); `max_samples` optionally slices each stage. Validation/test
+    batches carry Part A only plus `index` into `references(stage)` (they are decoded and scored with ROUGE,
+    no teacher-forced loss). With several processes the training set is split between ranks (the run config
+    sets `use_distributed_sampler: false`); every rank decodes the whole evaluation split."""
 
     def __init__(
         self, data_dir: str, tokenizer: Any, splits: dict[str, str], format: str = "auto",  # noqa: A002
@@ -341,7 +342,17 @@ class Seq2SeqDataModule(_Base):
                                            collate_fn=functools.partial(collate_seq2seq, pad_id=pad))
 
     def train_dataloader(self):
-        return self._loader(self._load("train", True), self.micro_batch_size, True, False)
+        ds = self._load("train", True)
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        if world == 1:
+            return self._loader(ds, self.micro_batch_size, True, False)
+        # Lightning calls set_epoch on this sampler every epoch, so each epoch is a new shuffle
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=int(trainer.global_rank),
+                                                      shuffle=True, seed=0)
+        return torch.utils.data.DataLoader(ds, batch_size=self.micro_batch_size, sampler=sampler,
+                                           num_workers=self.num_workers,
+                                           collate_fn=functools.partial(collate_seq2seq, pad_id=self.tokenizer.pad_id))
 
     def val_dataloader(self):
         if "val" not in self.splits:  # Lightning skips the validation loop for an empty list
