@@ -3,16 +3,45 @@
 - ``ddp_strategy``: Lightning DDP, gloo on CPU and nccl on CUDA.
 - ``fsdp_strategy``: Lightning ``ModelParallelStrategy`` (FSDP2): :func:`shard_model` applies
   ``fully_shard`` to every GLM block and then to the root inside ``GLMTaskModule.configure_model``. It works
-  on CPU with gloo (stack notes R1), unlike Lightning's ``strategy='fsdp'``.
+  on CPU with gloo (stack notes R1), unlike Lightning's ``strategy='fsdp'``. The mixed-precision policy
+  passed to ``fully_shard`` follows the ``hardware=bf16``/``fp16`` option (:func:`mixed_precision_policy`);
+  checkpoints are sharded directories, turned into one export by ``python -m glm.checkpoint consolidate``.
 - ``deepspeed_strategy``: ZeRO stage 2/3, refused at start-up without CUDA (Lightning would only fail at
   ``fit``).
+
+Activation checkpointing and per-block ``torch.compile`` (``task.activation_checkpointing``,
+``task.compile``) are applied to the blocks before sharding, in place, so they work under every strategy
+and never change state-dict keys.
+
+Multi-node DDP/FSDP: the processes are created outside Lightning (it then spawns nothing) and Lightning
+reads the standard environment. Checkpoints must go to a filesystem every node shares (``paths.output_dir``).
+With torchrun, on every node (``NODE_RANK`` = 0..N-1, ``MASTER_ADDR`` = node 0's address)::
+
+    torchrun --nnodes=2 --nproc-per-node=8 --node-rank=$NODE_RANK \
+        --master-addr=$MASTER_ADDR --master-port=29500 \
+        run.py +experiment=pretrain_tiny hardware=[gpu,ddp,bf16] trainer.devices=8 trainer.num_nodes=2 \
+        hydra.run.dir=/shared/runs/glm-pretrain
+
+With SLURM (Lightning detects ``SLURM_*``; one task per GPU)::
+
+    #SBATCH --nodes=2 --ntasks-per-node=8 --gpus-per-node=8
+    srun python run.py +experiment=pretrain_tiny hardware=[gpu,ddp,bf16] trainer.devices=8 \
+        trainer.num_nodes=2 hydra.run.dir=/shared/runs/glm-pretrain
+
+Give ``hydra.run.dir`` explicitly so every process writes into the same run dir (a ``${now:...}`` dir
+would differ between nodes). To resume after a crash or a requeue, repeat the command with
+``ckpt_path=last``. A Hydra multirun (``-m``) may only combine with these external launchers or with one
+device per job (see ``glm.utils.validation.check_multirun_strategy``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 SUBPROCESS_STRATEGIES = ("ddp_strategy", "fsdp_strategy", "deepspeed_strategy")
 
@@ -28,14 +57,27 @@ def ddp_strategy(**kwargs: Any) -> Any:
     return DDPStrategy(**kwargs)
 
 
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` whose ``data_parallel_size="auto"`` means "every process" (pure FSDP).
+
+    Lightning's own "auto" is the number of nodes (it pairs with tensor parallelism inside a node), which
+    with ``tensor_parallel_size=1`` does not multiply to the world size.
+    """
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":
+            tp = 1 if self._tensor_parallel_size == "auto" else int(self._tensor_parallel_size)
+            self._tensor_parallel_size = tp
+            self._data_parallel_size = max(1, self.num_nodes * self.num_processes // tp)
+        super().setup_environment()
+
+
 def fsdp_strategy(
     data_parallel_size: int | str = "auto", tensor_parallel_size: int | str = 1, **kwargs: Any
 ) -> Any:
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
     if not torch.cuda.is_available():
         kwargs.setdefault("process_group_backend", "gloo")
-    return ModelParallelStrategy(
+    return FSDP2Strategy(
         data_parallel_size=data_parallel_size, tensor_parallel_size=tensor_parallel_size, **kwargs
     )
 
@@ -63,11 +105,46 @@ def deepspeed_strategy(stage: int = 2, **kwargs: Any) -> Any:
     return DeepSpeedStrategy(stage=stage, **kwargs)
 
 
-def shard_model(model: torch.nn.Module, mesh: Any) -> None:
-    """FSDP2: ``fully_shard`` each transformer block, then the root (in place)."""
+def mixed_precision_policy(precision: str) -> Any:
+    """The FSDP2 ``MixedPrecisionPolicy`` for a Lightning precision string, or None (parameters as stored).
+
+    ``bf16-mixed`` / ``16-mixed``: parameters are cast to bf16 / fp16 for forward and backward
+    (``param_dtype``), gradients are reduced in fp32 (``reduce_dtype``) and the sharded fp32 master
+    weights are what the optimizer updates. ``*-true`` and ``32`` need no policy: the parameters already
+    have the compute dtype.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+    if dtype is None:
+        return None
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
+def shard_model(model: torch.nn.Module, mesh: Any, mp_policy: Any = None) -> None:
+    """FSDP2: ``fully_shard`` each transformer block, then the root (in place), with ``mp_policy``."""
     from torch.distributed.fsdp import fully_shard
 
     dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+    kwargs = {"mesh": dp_mesh}
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
     for block in model.transformer.layers:
-        fully_shard(block, mesh=dp_mesh)
-    fully_shard(model, mesh=dp_mesh)
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+@contextmanager
+def zero3_full_parameters(model: torch.nn.Module) -> Iterator[bool]:
+    """Yield True with every parameter gathered when DeepSpeed ZeRO-3 has partitioned ``model`` (its
+    ``zero.Init`` partitions each submodule as soon as it is built, so an init or a weight load written
+    for whole tensors would touch empty placeholders); rank 0's values are broadcast on exit. Otherwise
+    yield False and do nothing. Gathers the whole model at once: fine up to what one device can hold."""
+    params = list(model.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield False
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        yield True

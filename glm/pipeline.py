@@ -24,6 +24,7 @@ from glm.utils.wrappers import task_wrapper
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+WANDB_ID_FILE = "wandb_run_id"
 
 
 def _is_multirun() -> bool:
@@ -43,16 +44,108 @@ def _accepts(target: str, name: str) -> bool:
 
 
 def _resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
-    """``last`` -> this run dir's ``checkpoints/last.ckpt`` when it exists (resume = same command +
-    ``hydra.run.dir=<old run dir> ckpt_path=last``), else None; any other value is passed through."""
+    """``last``/``auto`` -> this run dir's ``checkpoints/last.ckpt`` when it exists (resume = same command +
+    ``hydra.run.dir=<old run dir> ckpt_path=last``), else None (a fresh start); any other value must be an
+    existing checkpoint. The checkpoint is opened once here, so a truncated or corrupt file fails before any
+    work with a ``ConfigError`` naming it (rather than deep inside Lightning)."""
     if ckpt_path in (None, ""):
         return None
-    if ckpt_path == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(str(ckpt_path)).is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
-    return str(ckpt_path)
+    if ckpt_path in ("last", "auto"):
+        path = output_dir / "checkpoints" / "last.ckpt"
+        if not path.exists():
+            log.info("ckpt_path=%s: no %s yet, starting from scratch", ckpt_path, path)
+            return None
+    else:
+        path = Path(str(ckpt_path))
+        if not path.exists():
+            raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
+    check_checkpoint(path)
+    return str(path)
+
+
+def check_checkpoint(path: Path) -> None:
+    """A loadable training checkpoint (Lightning file or sharded FSDP dir), else ``ConfigError`` naming it."""
+    from glm.checkpoint.consolidate import DCP_METADATA_FILE, FSDP_META_FILE, checkpoint_kind
+    from glm.checkpoint.io import CheckpointError, safe_load
+
+    try:
+        kind = checkpoint_kind(path)
+        if kind == "lightning":
+            ckpt = safe_load(path)  # weights_only + mmap: cheap, and refuses anything but plain containers
+            if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+                raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict/loops)")
+        elif kind == "fsdp":
+            import torch.distributed.checkpoint as dcp
+
+            safe_load(path / FSDP_META_FILE)
+            try:
+                dcp.FileSystemReader(str(path)).read_metadata()
+            except Exception as err:  # noqa: BLE001
+                raise CheckpointError(f"{path / DCP_METADATA_FILE}: unreadable ({err})") from None
+    except CheckpointError as err:
+        raise ConfigError(f"ckpt_path: {err}") from None
+
+
+RESUME_CHECKED = ("model", "objective", "data")  # what must not change when a run continues
+
+
+def _first_difference(old: Any, new: Any, where: str) -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if key not in old:
+                return f"{where}.{key}: not in the stored config, now {new[key]!r}"
+            if key not in new:
+                return f"{where}.{key}: stored {old[key]!r}, now absent"
+            found = _first_difference(old[key], new[key], f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            found = _first_difference(a, b, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    return None if old == new else f"{where}: stored {old!r}, now {new!r}"
+
+
+def check_resume_config(cfg: DictConfig, stored_file: Path) -> None:
+    """Refuse to resume when the resolved model/objective/data config differs from the run dir's stored one
+    (trainer, logging, hardware and callbacks may change), naming the first differing key."""
+    if not stored_file.is_file():
+        return
+    stored = OmegaConf.to_container(OmegaConf.load(stored_file), resolve=False)
+    now = OmegaConf.to_container(cfg, resolve=True)
+    for key in RESUME_CHECKED:
+        diff = _first_difference(stored.get(key), now.get(key), key)
+        if diff:
+            raise ConfigError(
+                f"{diff} -- differs from the config of the run being resumed ({stored_file}); a resumed run "
+                f"must keep {', '.join(RESUME_CHECKED)}. Start a new run dir, or use task.pretrained=<export "
+                "dir> to start a different setup from these weights"
+            )
+
+
+def _wandb_resume_kwargs(cfg: DictConfig, output_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{logger entry: {id, resume}}`` for W&B loggers: the run id is stored in the run dir on first use, so a
+    resumed run (same ``hydra.run.dir``) logs into the same W&B run."""
+    extra: dict[str, dict[str, Any]] = {}
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or not str(node.get("_target_", "")).endswith("WandbLogger"):
+            continue
+        id_file = output_dir / WANDB_ID_FILE
+        if id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:
+            import secrets
+
+            run_id = str(node.get("id") or secrets.token_hex(6))  # W&B accepts any [a-z0-9] id
+            if rank_zero_only.rank == 0:
+                from glm.checkpoint.io import atomic_write_text
+
+                atomic_write_text(run_id + "\n", id_file)
+        extra[str(name)] = {"id": run_id, "resume": "allow"}
+    return extra
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -91,7 +184,11 @@ def _vocab_follows_tokenizer(cfg: DictConfig, tokenizer: Any) -> None:
         return
     preset_v = GLMConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True)).vocab_size
     if int(tokenizer.vocab_size) != preset_v:
-        log.info("model.vocab_size: %d (the tokenizer's padded size; preset has %d)", tokenizer.vocab_size, preset_v)
+        log.info(
+            "model.vocab_size: %d (the tokenizer's padded size; preset has %d)",
+            tokenizer.vocab_size,
+            preset_v,
+        )
         with open_dict(cfg):
             cfg.model.vocab_size = int(tokenizer.vocab_size)
 
@@ -116,6 +213,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
     checked = validate(cfg, is_multirun=_is_multirun())
     output_dir = Path(cfg.paths.output_dir)
+    resume_from = _resolve_ckpt_path(cfg.ckpt_path, output_dir) if "fit" in cfg.stages else None
+    if resume_from is not None:
+        check_resume_config(cfg, output_dir / CONFIG_FILE)
+        log.info("resuming from %s", resume_from)
     _save_config(cfg, output_dir / CONFIG_FILE)
     L.seed_everything(int(cfg.seed), workers=True)
 
@@ -130,8 +231,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     log.info("instantiating task <%s>", cfg.task._target_)
     module = hydra.utils.instantiate(cfg.task, _convert_="all")
+    if resume_from is not None and getattr(module, "pretrained", None):
+        # ckpt_path=last/auto with task.pretrained: the checkpoint holds the whole state, pretrained only
+        # applies to the first start (explicit ckpt paths with task.pretrained are refused in validate)
+        log.info(
+            "resuming: task.pretrained=%s is not loaded (the checkpoint has the weights)", module.pretrained
+        )
+        module.pretrained = None
     callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"), extra=_wandb_resume_kwargs(cfg, output_dir))
     if (
         not loggers
     ):  # LearningRateMonitor refuses to run without a logger; train/lr is logged by the task anyway
@@ -149,21 +257,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     fitted = False
     for stage in cfg.stages:
         if stage == "fit":
-            trainer.fit(
-                module, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.ckpt_path, output_dir)
-            )
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
             fitted = True
             if cfg.get("export_dir") and getattr(module, "model", None) is not None:
                 _export(module, tokenizer, cfg, Path(cfg.export_dir))
         elif stage in ("validate", "test", "predict"):
             ckpt = None
             if fitted:
-                best = (
-                    getattr(trainer.checkpoint_callback, "best_model_path", "")
-                    if trainer.checkpoint_callback
-                    else ""
-                )
-                ckpt = best or None
+                best = [
+                    c.best_model_path
+                    for c in trainer.checkpoint_callbacks
+                    if getattr(c, "monitor", None) and getattr(c, "best_model_path", "")
+                ]
+                ckpt = best[0] if best else None
             elif cfg.ckpt_path:
                 ckpt = _resolve_ckpt_path(cfg.ckpt_path, output_dir)
             getattr(trainer, stage)(module, datamodule=datamodule, ckpt_path=ckpt)

@@ -8,10 +8,13 @@ import hydra
 from omegaconf import DictConfig
 
 
-def instantiate_group(nodes: DictConfig | None) -> list[Any]:
-    """One object per non-null entry with a ``_target_`` (``callbacks.progress=null`` disables one)."""
+def instantiate_group(nodes: DictConfig | None, extra: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """One object per non-null entry with a ``_target_`` (``callbacks.progress=null`` disables one).
+
+    ``extra[name]`` adds keyword arguments to entry ``name`` without changing the config (e.g. the stored
+    W&B run id when resuming)."""
     out: list[Any] = []
-    for node in (nodes or {}).values():
+    for name, node in (nodes or {}).items():
         if node is not None and "_target_" in node:
-            out.append(hydra.utils.instantiate(node, _convert_="all"))
+            out.append(hydra.utils.instantiate(node, _convert_="all", **(extra or {}).get(str(name), {})))
     return out

@@ -175,6 +175,20 @@ def check_multirun_strategy(trainer: Mapping[str, Any], is_multirun: bool) -> No
         )
 
 
+def check_resume_vs_pretrained(ckpt_path: Any, pretrained: Any) -> None:
+    """Resume (``ckpt_path``: the full training state) and init-from-weights (``task.pretrained``) are
+    different things; an explicit checkpoint together with ``task.pretrained`` is refused. ``ckpt_path=last``
+    or ``auto`` may go with ``task.pretrained``: the run starts from the pretrained weights and, once it
+    has a ``last.ckpt``, a restart resumes from that instead (requeue-safe finetuning)."""
+    if ckpt_path in (None, "", "last", "auto") or not pretrained:
+        return
+    raise ConfigError(
+        f"task.pretrained ({pretrained}) and ckpt_path ({ckpt_path}) cannot be combined: ckpt_path resumes a "
+        "run with its full state (weights, optimizer, schedule, data position), task.pretrained starts a new "
+        "run from weights only. Drop one of them (ckpt_path=last resumes this run dir if it has a checkpoint)."
+    )
+
+
 def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     """Check the whole run config; raise :class:`ConfigError` naming the key on the first problem."""
     from glm.model import GLMConfig
@@ -219,6 +233,7 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
 
     task = _container(cfg.task)
     task_cls = check_against_signature(task, "task", skip=("model",))
+    check_resume_vs_pretrained(cfg.get("ckpt_path"), task.get("pretrained"))
     from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
 
     if inspect.isclass(task_cls) and issubclass(task_cls, GLMTaskModule):

@@ -1,0 +1,251 @@
+"""Runs that survive crashes: SIGKILL mid-epoch + resume is bit-identical to an uninterrupted run (weights,
+optimizer state, logged losses, W&B run id); resume safety checks; non-finite losses."""
+
+from __future__ import annotations
+
+import csv
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import need_data, run_cli
+
+STEPS, EVERY, KILL_AT = 8, 3, 5  # checkpoints at 3 and 6; killed after step 5, i.e. between them
+COMMON = [
+    "+experiment=ci_tiny",
+    "logger=[csv,wandb]",
+    f"trainer.max_steps={STEPS}",
+    f"trainer.val_check_interval={STEPS}",
+    "trainer.log_every_n_steps=1",
+    f"callbacks.checkpoint.every_n_train_steps={EVERY}",
+]
+
+
+def _losses(run_dir: Path) -> dict[int, str]:
+    """step -> train/loss as written (exact text) from every metrics.csv of the run dir."""
+    out: dict[int, str] = {}
+    for path in sorted(run_dir.glob("csv/*/metrics.csv")):
+        for row in csv.DictReader(path.open()):
+            if row.get("train/loss"):
+                step = int(row["step"])
+                assert out.get(step, row["train/loss"]) == row["train/loss"], (path, step)
+                out[step] = row["train/loss"]
+    return out
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    need_data("gutenberg/11-0.txt")
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+
+    r = run_cli([*COMMON, cache, f"hydra.run.dir={full}"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    kill = ["+callbacks.crash._target_=tests.scripts.crash.KillAtStep", f"+callbacks.crash.step={KILL_AT}"]
+    r = run_cli([*COMMON, cache, f"hydra.run.dir={crashed}", *kill], tmp_path, env=env)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    last = crashed / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == EVERY  # the newest periodic checkpoint, 2 steps before the kill
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches_done"] == EVERY
+
+    r = run_cli([*COMMON, cache, f"hydra.run.dir={crashed}", "ckpt_path=last"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    log = (crashed / "run.log").read_text()
+    assert "resuming from" in log and f"continues epoch 0 after {EVERY} batches" in log
+
+    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(last, map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == STEPS
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on CPU
+    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == STEPS
+
+    # losses logged after the resume point are the uninterrupted run's, to the last printed digit
+    ref, got = _losses(full), _losses(crashed)
+    assert sorted(ref) == list(range(STEPS))
+    assert all(s in got for s in range(EVERY, STEPS)), sorted(got)
+    for step in got:
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+    # W&B: one id per run dir, reused by the resumed process (two offline run dirs, same id)
+    run_id = (crashed / "wandb_run_id").read_text().strip()
+    assert run_id and run_id != (full / "wandb_run_id").read_text().strip()
+    offline = sorted(p.name for p in (crashed / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), offline
+
+
+def _refusal(cfg, tmp_path: Path) -> str:
+    from glm.pipeline import run
+    from glm.utils.validation import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    return str(err.value)
+
+
+def _fake_run_dir(cfg, run_dir: Path, checkpoint: bytes | None = None) -> Path:
+    """A run dir as a previous run leaves it: its resolved config.yaml and checkpoints/last.ckpt."""
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        torch.save({"state_dict": {}, "loops": {}, "global_step": 3}, last)
+    else:
+        last.write_bytes(checkpoint)
+    return last
+
+
+def test_resume_refuses_a_changed_model_objective_or_data(compose_cfg, tmp_path: Path) -> None:
+    from glm.pipeline import check_resume_config
+
+    old = compose_cfg("ci_tiny", ["logger=none"])
+    _fake_run_dir(old, tmp_path / "run")
+    for override, expected in [
+        ("+model.hidden_size=128", "model.hidden_size: not in the stored config, now 128"),
+        ("objective.preset=glm-base", "objective.preset: stored 'glm-doc', now 'glm-base'"),
+        ("data.seq_length=128", "data.seq_length: stored 64, now 128"),
+    ]:
+        cfg = compose_cfg("ci_tiny", ["logger=none", "ckpt_path=last", override])
+        msg = _refusal(cfg, tmp_path)
+        assert msg.startswith(expected) and "run being resumed" in msg, msg
+    # trainer / logging / callbacks may change when resuming
+    cfg = compose_cfg(
+        "ci_tiny", ["logger=csv", "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=7"]
+    )
+    check_resume_config(cfg, tmp_path / "run" / "config.yaml")
+
+
+def test_pretrained_and_explicit_ckpt_path_are_exclusive(compose_cfg, tmp_path: Path) -> None:
+    from glm.utils.validation import ConfigError, validate
+
+    ckpt = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}, "loops": {}}, ckpt)
+    cfg = compose_cfg("ci_tiny", ["logger=none", f"task.pretrained={tmp_path}", f"ckpt_path={ckpt}"])
+    with pytest.raises(ConfigError, match=r"task.pretrained .* and ckpt_path .* cannot be combined"):
+        validate(cfg)
+    # ckpt_path=last goes with pretrained: first start from the weights, a restart resumes the run
+    validate(compose_cfg("ci_tiny", ["logger=none", f"task.pretrained={tmp_path}", "ckpt_path=last"]))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_checkpoint_is_named(compose_cfg, tmp_path: Path, damage: str) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "loops": {}}, buf)
+    data = {
+        "truncated": buf.getvalue()[: len(buf.getvalue()) // 2],
+        "garbage": b"not a checkpoint" * 10,
+        "empty": b"",
+    }
+    cfg = compose_cfg("ci_tiny", ["logger=none", "ckpt_path=last"])
+    last = _fake_run_dir(cfg, tmp_path / "run", checkpoint=data[damage])
+    msg = _refusal(cfg, tmp_path)
+    assert msg.startswith(f"ckpt_path: {last}:"), msg
+    kinds = {
+        "truncated": ("truncated or corrupt zip checkpoint",),
+        "garbage": (
+            "not a torch checkpoint",
+            "corrupt checkpoint",
+            "refused by torch.load(weights_only=True)",
+        ),
+        "empty": ("empty file (0 bytes)",),
+    }[damage]
+    assert any(kind in msg for kind in kinds), msg
+
+
+# ---- non-finite losses --------------------------------------------------------------------------------
+class _Blowup(L.Callback):
+    """Makes the loss of one batch infinite (the weights stay finite), as an fp16 overflow would."""
+
+    def __init__(self, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pl_module.blow_up = batch_idx == self.batch_idx
+
+
+def _module_and_data():
+    from dist_train import MODEL, make_sample
+    from torch.utils.data import DataLoader
+
+    from glm.tasks.pretrain import PretrainModule
+
+    class Module(PretrainModule):
+        blow_up = False
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            return loss * float("inf") if self.blow_up else loss
+
+    data = DataLoader([make_sample(i) for i in range(16)], batch_size=2)
+    return Module(model=MODEL, optimizer={"lr": 1e-3}), data
+
+
+def _trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def test_nan_loss_stops_naming_step_and_batch() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from glm.tasks.base import NonFiniteLossError
+
+    L.seed_everything(0, verbose=False)
+    module, data = _module_and_data()
+    trainer = _trainer(callbacks=[_Blowup(batch_idx=3)])
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite training loss \(inf\) at global step 3, batch index 3"
+    ):
+        trainer.fit(module, data)
+    # stopped before the optimizer could apply a non-finite update
+    assert trainer.global_step == 3
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_fp16_scaler_skips_are_counted_not_fatal() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    L.seed_everything(0, verbose=False)
+    module, data = _module_and_data()
+    logged: list[float] = []
+
+    class Grab(L.Callback):  # callbacks run before the module's own on_train_batch_end: read one batch later
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx > 0:
+                logged.append(float(trainer.callback_metrics["train/skipped_steps"]))
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            logged.append(float(trainer.callback_metrics["train/skipped_steps"]))
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    trainer = _trainer(
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)], callbacks=[_Blowup(2), Grab()]
+    )
+    trainer.fit(module, data)
+    assert module.skipped_steps == 1
+    assert logged == [0.0, 0.0, 1.0, 1.0, 1.0], logged  # batch 2 overflowed; the run went on
+    assert scaler.get_scale() < 2.0**8  # the overflow halved the scale
+    assert all(torch.isfinite(p).all() for p in module.parameters())
