@@ -6,6 +6,8 @@ Examples:
     python -m glm.checkpoint convert --from ours export/glm-large --to original --mp 2 \
         --out ckpts/glm-large-mp2
     python -m glm.checkpoint convert --from hf hf/glm-large --out export/glm-large-hf
+    python -m glm.checkpoint consolidate outputs/.../checkpoints/last.ckpt --out export/run1
+        (a Lightning .ckpt file, a sharded FSDP checkpoint dir or a DeepSpeed checkpoint dir)
 """
 
 from __future__ import annotations
@@ -132,12 +134,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow arbitrary pickled objects in original files (only for sources you trust)",
     )
+    k = sub.add_parser(
+        "consolidate",
+        help="training checkpoint (Lightning .ckpt, sharded FSDP dir, DeepSpeed dir) -> one export dir",
+    )
+    k.add_argument("path", help="checkpoint file or sharded checkpoint directory")
+    k.add_argument("--out", required=True, help="export directory to write")
+    k.add_argument(
+        "--tokenizer", help="tokenizer file/dir to store (default: the run dir's export/tokenizer)"
+    )
+    k.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep)")
     return parser
+
+
+def consolidate_cmd(args: argparse.Namespace) -> int:
+    from glm.checkpoint.consolidate import consolidate
+
+    out = consolidate(args.path, args.out, tokenizer=args.tokenizer, dtype=DTYPES.get(args.dtype or ""))
+    print(f"wrote export dir {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command == "consolidate":
+        try:
+            return consolidate_cmd(args)
+        except CheckpointError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if args.src != "original" and (args.model or args.heads):
         print(
             "error: --model/--heads only apply with --from original (HF and export dirs carry their config)",
