@@ -262,3 +262,44 @@ def test_p_tuning_prompt_encoder_trains(freeze: bool) -> None:
         assert backbone_changed == []
     else:
         assert "word_embeddings.weight" in backbone_changed and len(backbone_changed) > len(backbone0) // 2
+
+
+def test_demo_copa_finetunes_from_a_pretraining_export(compose_cfg, tmp_path: Path, capsys) -> None:
+    """`make demo` part 2 on a quick pretraining (ci_tiny: glm-tiny shape, its own 2000-piece tokenizer):
+    demo_copa's model group is the narrowed glm-small, so the run only works because the architecture and
+    the tokenizer come from the export; the validation accuracy is printed and lands in metrics.json."""
+    import shutil
+
+    import torch
+
+    need_data("gutenberg/11-0.txt")
+    need_data("superglue/COPA/train.jsonl")
+    run(compose_cfg("ci_tiny", ["logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2"]))
+    export = tmp_path / "pretrain_export"
+    shutil.move(tmp_path / "run" / "export", export)
+    shutil.rmtree(tmp_path / "run")
+
+    cfg = compose_cfg("demo_copa", [f"task.pretrained={export}", f"data.tokenizer={export}/tokenizer",
+                                    "logger=none", "trainer.max_steps=3", "data.max_train_examples=16",
+                                    "data.max_eval_examples=16", "data.micro_batch_size=8",
+                                    "data.global_batch_size=8", "trainer.enable_model_summary=false"])
+    assert cfg.model.num_layers == 4 and cfg.model.hidden_size == 256  # what the config alone would build
+    metrics = run(cfg)
+    out = tmp_path / "run"
+    assert 0.0 <= metrics["val/acc"] <= 1.0
+    assert json.loads((out / "metrics.json").read_text())["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert "val/acc" in capsys.readouterr().out  # Lightning's validation table
+
+    exported = yaml_load(export / "model_config.yaml")
+    ckpt = torch.load(next((out / "checkpoints").glob("step*.ckpt")), map_location="cpu", weights_only=True)
+    model_hp = ckpt["hyper_parameters"]["model"]
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size"):
+        assert model_hp[key] == exported[key], key  # the checkpoint rebuilds the exported shape
+    assert model_hp["hidden_dropout"] == 0.1  # a training-time field stays the run's
+    assert ckpt["state_dict"]["model.word_embeddings.weight"].shape[0] == exported["vocab_size"]
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
