@@ -1,0 +1,278 @@
+"""Data-side CPU benchmark: masking pipeline vs model speed, and sequence packing (padding, effective tokens/s).
+
+    GLM_DATA_ROOT=../shared/data python bench/bench_data.py [--books 3] [--json OUT.json]
+
+1. Masking: samples/s of the real pretraining pipeline in one process — `PretrainDataset.__getitem__`
+   (spec §5.1 raw sample from the corpus + `GLMMasker`) and `collate_pretrain` — on Gutenberg books tokenised
+   with the BERT tokenizer (glm-base/large's), objective presets glm-base and glm-large, seq 512; against the
+   training samples/s of the full 12-layer glm-base model (fp32, batch 1 x 512, measured in the same run).
+2. Packing: padding fraction of SuperGLUE RTE train (pattern 0, seq 256, BERT tokenizer, the glm-large
+   finetuning layout) and of corpus samples (glm-base objective at 512; glm-10b objective, whose
+   short_seq_prob splits some samples into short pieces), each (a) padded to seq_length as the original code
+   does, (b) padded to the batch's longest (our default collate), (c) packed with `glm.data.packing`.
+   Effective tokens/s (non-padding tokens per second of training steps) packed vs padded-to-longest on the
+   same samples (RTE: a random draw; corpus: the first samples in dataset order), with a 2-layer
+   glm-base-shaped model, interleaved rounds, medians.
+
+All rates are per CPU second of this process (`time.process_time`) with one intra-op thread
+(`--threads 1`), as in bench_train.py: the shared 2-core machine's wall clock swings too much under other
+users' load. Masking and the model are both single-threaded here, so their ratio is like for like. Masked corpus samples are longer than the raw 512
+   tokens (one [sop] per span), so corpus rows hold the longest masked sample, rounded up to 64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from glm.data.cloze import ClozeDataModule
+from glm.data.masking import GLMMasker, MaskingConfig, SpecialIds, sentence_end_from_tokenizer
+from glm.data.packing import pack_samples, packing_stats
+from glm.data.paths import require_data
+from glm.data.pretrain import PretrainDataset, TokenizedCorpus, collate_pretrain, read_documents
+from glm.model import GLM, GLMConfig
+from glm.tokenizer import load_tokenizer
+
+BOOKS = ["1342-0.txt", "84-0.txt", "11-0.txt", "1400-0.txt", "2701-0.txt"]
+
+
+def corpus(tok, books: int) -> TokenizedCorpus:
+    chunks, lengths = [], []
+    for name in BOOKS[:books]:
+        docs = [d for d in read_documents(require_data(f"gutenberg/{name}")) if d.strip()]
+        for ids in tok.encode_batch(docs):
+            if ids:
+                chunks.append(np.asarray(ids, dtype=np.int64))
+                lengths.append(len(ids))
+    return TokenizedCorpus(np.concatenate(chunks), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def dataset(tok, corp: TokenizedCorpus, preset: str, seq: int, n: int) -> PretrainDataset:
+    masker = GLMMasker(
+        MaskingConfig.from_name(preset), SpecialIds.from_tokenizer(tok), sentence_end_from_tokenizer(tok)
+    )
+    return PretrainDataset(corp, np.arange(corp.num_documents), n, seq, 1234, "train", masker)
+
+
+def masking_rate(ds: PretrainDataset, n: int, batch: int = 8) -> float:
+    start = time.process_time()
+    for i in range(0, n, batch):
+        collate_pretrain([ds[k] for k in range(i, i + batch)])
+    return n / (time.process_time() - start)
+
+
+def train_step_fn(model: GLM):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(batch: dict, segment_ids=None) -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = model(
+            batch["input_ids"], batch["position_ids"], sep=batch["sep"], segment_ids=segment_ids
+        ).logits
+        nll = F.cross_entropy(logits.transpose(1, 2), batch["targets"], reduction="none")
+        loss = (nll * batch["loss_mask"]).sum() / batch["loss_mask"].sum().clamp_min(1)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def model_samples_per_s(tok, seq: int, steps: int = 2) -> float:
+    """Full glm-base (12 layers) training samples/s at batch 1 x seq (fp32)."""
+    torch.manual_seed(0)
+    cfg = GLMConfig.from_name(
+        "glm-base", vocab_size=tok.vocab_size, hidden_dropout=0.0, attention_dropout=0.0
+    )
+    step = train_step_fn(GLM(cfg))
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(0, cfg.vocab_size, (1, seq), generator=g),
+        "targets": torch.randint(0, cfg.vocab_size, (1, seq), generator=g),
+        "loss_mask": torch.ones(1, seq),
+        "position_ids": torch.zeros(1, 2, seq, dtype=torch.long),
+        "sep": torch.tensor([int(0.85 * seq)]),
+    }
+    step(batch)  # warm-up
+    times = []
+    for _ in range(steps):
+        t0 = time.process_time()
+        step(batch)
+        times.append(time.process_time() - t0)
+    return 1.0 / statistics.median(times)
+
+
+def padded_batches(samples: list[dict], batch: int, pad_id: int) -> list[dict]:
+    out = []
+    for i in range(0, len(samples), batch):
+        chunk = samples[i : i + batch]
+        width = max(len(s["input_ids"]) for s in chunk)
+        b = {
+            "input_ids": torch.full((len(chunk), width), pad_id),
+            "targets": torch.zeros(len(chunk), width, dtype=torch.long),
+            "loss_mask": torch.zeros(len(chunk), width),
+            "position_ids": torch.zeros(len(chunk), 2, width, dtype=torch.long),
+            "sep": torch.tensor([int(s["sep"]) for s in chunk]),
+        }
+        for r, s in enumerate(chunk):
+            n = len(s["input_ids"])
+            b["input_ids"][r, :n] = torch.as_tensor(s["input_ids"])
+            b["targets"][r, :n] = torch.as_tensor(s["targets"])
+            b["loss_mask"][r, :n] = torch.as_tensor(s["loss_mask"]).float()
+            b["position_ids"][r, :, :n] = torch.as_tensor(s["position_ids"])
+        out.append(b)
+    return out
+
+
+def effective_tokens_per_s(
+    samples: list[dict], seq: int, batch: int, pad_id: int, vocab: int, rounds: int
+) -> dict:
+    """Non-padding tokens/s of training steps over the same samples, padded-to-longest vs packed."""
+    torch.manual_seed(0)
+    cfg = GLMConfig.from_name(
+        "glm-base", num_layers=2, vocab_size=vocab, hidden_dropout=0.0, attention_dropout=0.0
+    )
+    step = train_step_fn(GLM(cfg))
+    real = sum(len(s["input_ids"]) for s in samples)
+    unpacked = padded_batches(samples, batch, pad_id)
+    packed = pack_samples(samples, seq, pad_id=pad_id)
+    rows = packed["input_ids"].shape[0]
+    packed_batches = [({k: v[i : i + batch] for k, v in packed.items()}) for i in range(0, rows, batch)]
+
+    def run_unpacked() -> None:
+        for b in unpacked:
+            step(b)
+
+    def run_packed() -> None:
+        for b in packed_batches:
+            step(b, segment_ids=b["segment_ids"])
+
+    times: dict[str, list[float]] = {"padded_to_longest": [], "packed": []}
+    step(unpacked[0])  # warm-up (one step each)
+    step(packed_batches[0], segment_ids=packed_batches[0]["segment_ids"])
+    for _ in range(rounds):
+        for name, fn in (("padded_to_longest", run_unpacked), ("packed", run_packed)):
+            t0 = time.process_time()
+            fn()
+            times[name].append(time.process_time() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "samples": len(samples),
+        "real_tokens": real,
+        "unpacked_steps": len(unpacked),
+        "packed_steps": len(packed_batches),
+        "seconds": med,
+        "effective_tokens_per_s": {k: real / v for k, v in med.items()},
+        "packed_speedup": med["padded_to_longest"] / med["packed"],
+    }
+
+
+def stats_dict(lengths, seq: int, batch: int) -> dict:
+    return {
+        k: {"rows": v.rows, "padding_fraction": v.padding_fraction}
+        for k, v in packing_stats(lengths, seq, batch).items()
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--books", type=int, default=3, help="Gutenberg books to tokenise (of 5)")
+    p.add_argument("--mask-samples", type=int, default=200)
+    p.add_argument(
+        "--rte-samples", type=int, default=16, help="RTE samples in the effective-tokens/s measurement"
+    )
+    p.add_argument("--corpus-samples", type=int, default=8, help="corpus samples in that measurement")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tok = load_tokenizer({"kind": "bert", "path": str(require_data("tokenizers/bert-base-uncased"))})
+    t0 = time.perf_counter()
+    corp = corpus(tok, args.books)
+    print(
+        f"corpus: {args.books} Gutenberg books, {corp.num_documents} paragraphs, {len(corp.tokens)} BERT tokens "
+        f"(tokenised in {time.perf_counter() - t0:.1f}s); torch {torch.__version__}, {torch.get_num_threads()} "
+        "threads",
+        flush=True,
+    )
+    res: dict = {"masking_samples_per_s": {}}
+    for preset in ("glm-base", "glm-large"):
+        ds = dataset(tok, corp, preset, 512, args.mask_samples)
+        masking_rate(ds, 16)  # warm-up
+        res["masking_samples_per_s"][preset] = masking_rate(ds, args.mask_samples)
+        print(
+            f"masking pipeline ({preset} objective, seq 512): {res['masking_samples_per_s'][preset]:.0f} samples/s",
+            flush=True,
+        )
+    res["model_train_samples_per_s"] = model_samples_per_s(tok, 512)
+    res["masking_vs_model"] = {
+        k: v / res["model_train_samples_per_s"] for k, v in res["masking_samples_per_s"].items()
+    }
+    print(
+        f"glm-base (12 layers) training: {res['model_train_samples_per_s']:.3f} samples/s -> masking is "
+        + ", ".join(f"{v:.0f}x ({k})" for k, v in res["masking_vs_model"].items())
+        + " faster (target >= 20x)",
+        flush=True,
+    )
+
+    # ---- packing: padding fractions ----
+    dm = ClozeDataModule("rte", tok, require_data("superglue").parent, seq_length=256)
+    rte = [f.sequences[0] for f in dm.load_split("train")]
+    corpus_sets = {}
+    for preset in ("glm-base", "glm-10b"):
+        ds = dataset(tok, corp, preset, 512, 400)
+        corpus_sets[preset] = [vars(s) for i in range(len(ds)) for s in ds[i]]
+    # masked corpus samples are longer than the raw 512 (Part B adds one [sop] per span): rows hold the longest
+    row = {k: -(-max(len(s["input_ids"]) for s in v) // 64) * 64 for k, v in corpus_sets.items()}
+    res["padding"] = {
+        "rte_train_seq256_batch16": stats_dict([len(s["input_ids"]) for s in rte], 256, 16),
+        **{
+            f"corpus_{k}_row{row[k]}_batch8": stats_dict([len(s["input_ids"]) for s in v], row[k], 8)
+            for k, v in corpus_sets.items()
+        },
+    }
+    for name, st in res["padding"].items():
+        print(
+            f"padding {name:28s}: "
+            + ", ".join(f"{k} {100 * v['padding_fraction']:.1f}% ({v['rows']} rows)" for k, v in st.items()),
+            flush=True,
+        )
+    # ---- packing: effective tokens/s ----
+    rng = np.random.default_rng(0)
+    rte_pick = [rte[i] for i in rng.choice(len(rte), args.rte_samples, replace=False)]
+    natural = corpus_sets["glm-10b"][
+        : args.corpus_samples
+    ]  # in dataset order: the mixture's natural share of short pieces
+    res["effective_tokens_per_s"] = {
+        "rte_train_seq256": effective_tokens_per_s(
+            rte_pick, 256, 16, tok.pad_id, tok.vocab_size, args.rounds
+        ),
+        f"corpus_glm10b_row{row['glm-10b']}": effective_tokens_per_s(
+            natural, row["glm-10b"], 8, tok.pad_id, tok.vocab_size, args.rounds
+        ),
+    }
+    for name, r in res["effective_tokens_per_s"].items():
+        e = r["effective_tokens_per_s"]
+        print(
+            f"effective tokens/s {name}: padded-to-longest {e['padded_to_longest']:.0f}, packed {e['packed']:.0f} "
+            f"({r['packed_speedup']:.2f}x; {r['unpacked_steps']} vs {r['packed_steps']} steps)",
+            flush=True,
+        )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()
