@@ -284,6 +284,52 @@ def test_bad_input_names_file_line_field(bert, tmp_path, lines, match):
         ClozeDataModule("rte", bert, tmp_path).load_split("val")
 
 
+_MRC_Q = {"question": "Who?", "answers": [{"text": "Bo", "label": 1}, {"text": "Al"}]}
+_WSC = {"text": "Bo saw Al because he was there .", "label": True,
+        "target": {"span1_text": "Bo", "span2_text": "he", "span2_index": 40}}
+
+
+@pytest.mark.parametrize(("task", "task_dir", "lines", "match"), [
+    # a nested record: the message points into the structure
+    ("multirc", "MultiRC", [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [_MRC_Q]}})],
+     r"val\.jsonl:1 \(passage\.questions\[0\]\.answers\[1\]\): missing field 'label'"),
+    ("multirc", "MultiRC", [json.dumps({"idx": 0, "passage": {"questions": []}})],
+     r"val\.jsonl:1: missing field 'passage\.text'"),
+    ("copa", "COPA", ['{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0}'],
+     r"val\.jsonl:1: field 'question' = 'why' must be 'cause' or 'effect'"),
+    ("copa", "COPA", ['{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}'],
+     r"val\.jsonl:1: field 'label' = 2 is not in the label set"),
+    ("boolq", "BoolQ", ['{"passage": "p", "question": "q", "label": "yes"}'],
+     r"val\.jsonl:1: field 'label' = 'yes' is not in the label set"),
+    ("wsc", "WSC", [json.dumps(_WSC)], r"val\.jsonl:1: field 'target\.span2_index' = 40 is outside"),
+    ("record", "ReCoRD", [json.dumps({"passage": {"text": "Bo met Al.", "entities": [{"start": 0, "end": 1}]},
+                                      "qas": [{"query": "no placeholder", "answers": [{"text": "Bo"}]}]})],
+     r"dev32\.jsonl:1 \(qas\[0\]\): field 'query' has no '@placeholder'"),
+])
+def test_bad_input_other_tasks(bert, tmp_path, task, task_dir, lines, match):
+    _write(tmp_path, task_dir, "dev32.jsonl" if task == "record" else "val.jsonl", lines)
+    with pytest.raises(DataError, match=match):
+        ClozeDataModule(task, bert, tmp_path).load_split("val")
+
+
+def test_labels_required_outside_test_split_only(bert, tmp_path):
+    line = '{"idx": 7, "premise": "a", "hypothesis": "b"}'
+    _write(tmp_path, "RTE", "val.jsonl", [line])
+    with pytest.raises(DataError, match=r"val\.jsonl:1: missing field 'label'"):
+        ClozeDataModule("rte", bert, tmp_path).load_split("val")
+    _write(tmp_path, "RTE", "test.jsonl", [line])
+    dm = ClozeDataModule("rte", bert, tmp_path)
+    assert dm.load_split("test").features[0].target == -100 and dm.examples("test")[0].submit_idx == 7
+
+
+def test_example_that_cannot_fit_names_its_line(bert, tmp_path):
+    # nothing shortenable can make a COPA pattern (choices are fixed parts) fit 8 tokens
+    _write(tmp_path, "COPA", "val.jsonl",
+           ['{"premise": "p", "choice1": "a long first choice", "choice2": "b", "question": "cause", "label": 0}'])
+    with pytest.raises(DataError, match=r"val\.jsonl:1: cannot fit the copa pattern 0"):
+        ClozeDataModule("copa", bert, tmp_path, seq_length=8).load_split("val")
+
+
 def test_empty_candidates_error(bert, tmp_path):
     rec = {"passage": {"text": "Hello world", "entities": []}, "qas": [{"query": "x @placeholder", "answers": []}]}
     _write(tmp_path, "ReCoRD", "dev32.jsonl", [json.dumps(rec)])
