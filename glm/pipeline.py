@@ -1,5 +1,12 @@
 """``run(cfg)``: validate -> seed -> datamodule (tokenizer) -> task module -> callbacks/loggers -> trainer ->
-stages -> ``metrics.json``. The only module that calls ``hydra.utils.instantiate``."""
+stages -> ``metrics.json``. The only module that calls ``hydra.utils.instantiate``.
+
+Resume after a crash: repeat the command with ``hydra.run.dir=<old run dir> ckpt_path=last`` (or ``auto``).
+Before anything is built, the checkpoint is opened (a corrupt one is named), and the resolved model /
+objective / data config is compared with the run dir's ``config.yaml`` (a difference is refused, naming
+the key). The W&B run id is kept in ``<run dir>/wandb_run_id`` and reused. The loop, optimizer, scheduler,
+RNG and train-loader position come from the checkpoint, so the continued run is the uninterrupted one.
+"""
 
 from __future__ import annotations
 
