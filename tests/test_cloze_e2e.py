@@ -17,25 +17,51 @@ import string
 from pathlib import Path
 
 import pytest
+from conftest import data_root, need_data
 
 from glm.data.superglue import get_task
 from glm.pipeline import run
 
-from conftest import data_root, need_data
-
 N_EVAL = 8
 # small limits: a couple of optimizer steps, a few examples; ReCoRD/WSC carry many candidates per example
-SMALL = ["model=glm_tiny", "logger=none", "callbacks.progress=null", "trainer.enable_model_summary=false",
-         "trainer.max_steps=2", "data.micro_batch_size=4", "data.global_batch_size=4", "data.eval_batch_size=4",
-         "data.max_train_examples=8", f"data.max_eval_examples={N_EVAL}", "data.seq_length=128"]
+SMALL = [
+    "model=glm_tiny",
+    "logger=none",
+    "callbacks.progress=null",
+    "trainer.enable_model_summary=false",
+    "trainer.max_steps=2",
+    "data.micro_batch_size=4",
+    "data.global_batch_size=4",
+    "data.eval_batch_size=4",
+    "data.max_train_examples=8",
+    f"data.max_eval_examples={N_EVAL}",
+    "data.seq_length=128",
+]
 PER_TASK = {
-    "record": ["data.max_train_examples=2", "data.micro_batch_size=2", "data.global_batch_size=2",
-               "data.max_eval_examples=3", "data.seq_length=96"],
+    "record": [
+        "data.max_train_examples=2",
+        "data.micro_batch_size=2",
+        "data.global_batch_size=2",
+        "data.max_eval_examples=3",
+        "data.seq_length=96",
+    ],
     "wsc": ["data.seq_length=64", "data.max_eval_examples=4"],
 }
-MAIN = {"boolq": "val/acc", "cb": "val/f1", "copa": "val/acc", "multirc": "val/f1a", "record": "val/f1",
-        "rte": "val/acc", "wic": "val/acc", "wsc": "val/acc"}
-METRICS = {"cb": ["val/acc", "val/f1"], "multirc": ["val/acc", "val/f1a", "val/em"], "record": ["val/f1", "val/em"]}
+MAIN = {
+    "boolq": "val/acc",
+    "cb": "val/f1",
+    "copa": "val/acc",
+    "multirc": "val/f1a",
+    "record": "val/f1",
+    "rte": "val/acc",
+    "wic": "val/acc",
+    "wsc": "val/acc",
+}
+METRICS = {
+    "cb": ["val/acc", "val/f1"],
+    "multirc": ["val/acc", "val/f1a", "val/em"],
+    "record": ["val/f1", "val/em"],
+}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -90,7 +116,9 @@ def _test_items(task: str, n: int) -> list:
     """The submission ids of the first n test examples, in file order (MultiRC: (paragraph, question, answer))."""
     t = get_task(task)
     items: list = []
-    for line in (data_root() / "superglue" / t.dirname / "test.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (
+        (data_root() / "superglue" / t.dirname / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    ):
         rec = json.loads(line)
         if task == "multirc":
             for q in rec["passage"]["questions"]:
@@ -147,7 +175,12 @@ def test_superglue_experiment_end_to_end(task: str, compose_cfg, tmp_path: Path)
     rows = _read_jsonl(submission)
     expected = _test_items(task, n_val)
     if task == "multirc":
-        got = [(p["idx"], q["idx"], a["idx"]) for p in rows for q in p["passage"]["questions"] for a in q["answers"]]
+        got = [
+            (p["idx"], q["idx"], a["idx"])
+            for p in rows
+            for q in p["passage"]["questions"]
+            for a in q["answers"]
+        ]
         labels = [a["label"] for p in rows for q in p["passage"]["questions"] for a in q["answers"]]
         assert got == expected and set(labels) <= {0, 1}
         return
@@ -171,9 +204,19 @@ def _bert():
 def _tiny_module(task: str, tok, lr: float = 1e-3, **kwargs):
     from glm.tasks.cloze import ClozeModule
 
-    model = {"preset": "glm-tiny", "vocab_size": tok.vocab_size, "hidden_dropout": 0.0, "attention_dropout": 0.0}
-    return ClozeModule(model=model, optimizer={"lr": lr, "weight_decay": 0.0},
-                       scheduler={"warmup_ratio": 0.05, "decay_style": "constant"}, task=task, **kwargs)
+    model = {
+        "preset": "glm-tiny",
+        "vocab_size": tok.vocab_size,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    return ClozeModule(
+        model=model,
+        optimizer={"lr": lr, "weight_decay": 0.0},
+        scheduler={"warmup_ratio": 0.05, "decay_style": "constant"},
+        task=task,
+        **kwargs,
+    )
 
 
 def _train(module, datamodule, steps: int) -> list[float]:
@@ -186,9 +229,18 @@ def _train(module, datamodule, steps: int) -> list[float]:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
-                        gradient_clip_val=1.0, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+        gradient_clip_val=1.0,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(module, datamodule=datamodule)
     assert len(losses) == steps
     return losses
@@ -202,8 +254,9 @@ def _loss_falls(task: str, n_train: int, steps: int, window: int, seq_length: in
     need_data(f"superglue/{get_task(task).dirname}/train.jsonl")
     tok = _bert()
     L.seed_everything(0)
-    dm = ClozeDataModule(task, tok, data_root(), max_train_examples=n_train, micro_batch_size=4,
-                         seq_length=seq_length)
+    dm = ClozeDataModule(
+        task, tok, data_root(), max_train_examples=n_train, micro_batch_size=4, seq_length=seq_length
+    )
     losses = _train(_tiny_module(task, tok), dm, steps)
     first, last = sum(losses[:window]) / window, sum(losses[-window:]) / window
     # a train slice this small is memorised: the loss ends far below both its start and chance (ln 2)
@@ -235,10 +288,22 @@ def test_p_tuning_prompt_encoder_trains(freeze: bool) -> None:
     tok = _bert()
     L.seed_everything(0)
     n_prompt = 3
-    dm = ClozeDataModule("rte", tok, data_root(), max_train_examples=8, micro_batch_size=4, seq_length=64,
-                         num_prompt_tokens=n_prompt)
-    module = _tiny_module("rte", tok, lr=1e-2, num_prompt_tokens=n_prompt,
-                          p_tuning={"enabled": True, "encoder": "lstm", "freeze_backbone": freeze})
+    dm = ClozeDataModule(
+        "rte",
+        tok,
+        data_root(),
+        max_train_examples=8,
+        micro_batch_size=4,
+        seq_length=64,
+        num_prompt_tokens=n_prompt,
+    )
+    module = _tiny_module(
+        "rte",
+        tok,
+        lr=1e-2,
+        num_prompt_tokens=n_prompt,
+        p_tuning={"enabled": True, "encoder": "lstm", "freeze_backbone": freeze},
+    )
     module.configure_model()
     batch = next(iter(dm.train_dataloader()))
     assert batch["prompt_mask"].sum(-1).eq(n_prompt).all()  # three continuous slots in every sequence
@@ -255,7 +320,9 @@ def test_p_tuning_prompt_encoder_trains(freeze: bool) -> None:
     backbone0 = {k: v.clone() for k, v in module.model.state_dict().items()}
     prompt0 = {k: v.clone() for k, v in module.prompt_encoder.state_dict().items()}
     _train(module, dm, steps=3)
-    prompt_changed = [k for k, v in module.prompt_encoder.state_dict().items() if not torch.equal(v, prompt0[k])]
+    prompt_changed = [
+        k for k, v in module.prompt_encoder.state_dict().items() if not torch.equal(v, prompt0[k])
+    ]
     backbone_changed = [k for k, v in module.model.state_dict().items() if not torch.equal(v, backbone0[k])]
     assert len(prompt_changed) == len(prompt0)  # every prompt-encoder tensor was updated
     if freeze:
@@ -279,10 +346,20 @@ def test_demo_copa_finetunes_from_a_pretraining_export(compose_cfg, tmp_path: Pa
     shutil.move(tmp_path / "run" / "export", export)
     shutil.rmtree(tmp_path / "run")
 
-    cfg = compose_cfg("demo_copa", [f"task.pretrained={export}", f"data.tokenizer={export}/tokenizer",
-                                    "logger=none", "trainer.max_steps=3", "data.max_train_examples=16",
-                                    "data.max_eval_examples=16", "data.micro_batch_size=8",
-                                    "data.global_batch_size=8", "trainer.enable_model_summary=false"])
+    cfg = compose_cfg(
+        "demo_copa",
+        [
+            f"task.pretrained={export}",
+            f"data.tokenizer={export}/tokenizer",
+            "logger=none",
+            "trainer.max_steps=3",
+            "data.max_train_examples=16",
+            "data.max_eval_examples=16",
+            "data.micro_batch_size=8",
+            "data.global_batch_size=8",
+            "trainer.enable_model_summary=false",
+        ],
+    )
     assert cfg.model.num_layers == 4 and cfg.model.hidden_size == 256  # what the config alone would build
     metrics = run(cfg)
     out = tmp_path / "run"
@@ -303,3 +380,53 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_validation_prediction_table_reaches_table_loggers(tmp_path: Path) -> None:
+    """A logger with `log_table` (W&B's, here a CSVLogger that records the call) gets the first rows of
+    val_predictions.jsonl each validation epoch."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from glm.data.cloze import ClozeDataModule
+    from glm.tasks.cloze import PREDICTION_TABLE_ROWS
+
+    class TableLogger(CSVLogger):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.tables: list[tuple[str, list[str], list[list[str]]]] = []
+
+        def log_table(self, key: str, columns: list[str], data: list[list[str]]) -> None:
+            self.tables.append((key, columns, data))
+
+    need_data("superglue/CB/train.jsonl")
+    tok = _bert()
+    dm = ClozeDataModule(
+        "cb",
+        tok,
+        data_root(),
+        max_train_examples=4,
+        max_eval_examples=24,
+        micro_batch_size=4,
+        eval_batch_size=12,
+        seq_length=64,
+    )
+    module = _tiny_module("cb", tok, output_dir=str(tmp_path))
+    logger = TableLogger(tmp_path)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(module, datamodule=dm)
+    lines = _read_jsonl(tmp_path / "val_predictions.jsonl")
+    assert len(lines) == 24 and len(logger.tables) == 1
+    key, columns, rows = logger.tables[0]
+    assert key == "val/predictions" and columns == ["idx", "label", "prediction", "scores"]
+    assert len(rows) == PREDICTION_TABLE_ROWS == 20
+    assert [r[:3] for r in rows] == [[str(x["idx"]), x["label"], x["prediction"]] for x in lines[:20]]

@@ -38,10 +38,19 @@ log = logging.getLogger(__name__)
 __all__ = ["ClozeModule", "PromptEncoder", "cloze_loss", "multi_token_scores", "single_token_scores"]
 
 PAD_SCORE = -10000.0
+PREDICTION_TABLE_ROWS = 20  # validation predictions shown as a W&B table per validation epoch
 # GLMConfig fields that are training-time choices, not architecture: kept from the run when the
 # architecture comes from an export dir (see ClozeModule._architecture_from_export)
-RUN_FIELDS = frozenset({"hidden_dropout", "attention_dropout", "attention", "softmax_in_fp32", "initializer_range",
-                        "embedding_grad_scale"})
+RUN_FIELDS = frozenset(
+    {
+        "hidden_dropout",
+        "attention_dropout",
+        "attention",
+        "softmax_in_fp32",
+        "initializer_range",
+        "embedding_grad_scale",
+    }
+)
 LOSSES = ("cross_entropy", "generative", "mix")
 
 
@@ -55,7 +64,9 @@ def single_token_scores(logits: Tensor, sep: Tensor, verbalizer_ids: Tensor) -> 
     return at_sop.gather(1, verbalizer_ids)
 
 
-def multi_token_scores(logits: Tensor, targets: Tensor, loss_mask: Tensor, length_penalty: float = 0.0) -> Tensor:
+def multi_token_scores(
+    logits: Tensor, targets: Tensor, loss_mask: Tensor, length_penalty: float = 0.0
+) -> Tensor:
     """Sum of target log-probabilities over the loss-mask slots of each row, length-normalised.
 
     logits `[N, L, V]`, targets/loss_mask `[N, L]` -> `[N]` (float32 or wider). Only the masked slots
@@ -68,13 +79,17 @@ def multi_token_scores(logits: Tensor, targets: Tensor, loss_mask: Tensor, lengt
         picked = picked.float()
     picked = picked.log_softmax(-1)  # [T, V]
     token_lp = picked.gather(1, targets[sel].unsqueeze(1)).squeeze(1)
-    scores = torch.zeros(logits.size(0), dtype=picked.dtype, device=logits.device).index_add_(0, rows, token_lp)
+    scores = torch.zeros(logits.size(0), dtype=picked.dtype, device=logits.device).index_add_(
+        0, rows, token_lp
+    )
     if length_penalty > 0:
         scores = scores / loss_mask.sum(-1).to(scores.dtype).clamp(min=1) ** length_penalty
     return scores
 
 
-def cloze_loss(scores: Tensor, label: Tensor, kind: str = "cross_entropy", gen_logprob: Tensor | None = None) -> Tensor:
+def cloze_loss(
+    scores: Tensor, label: Tensor, kind: str = "cross_entropy", gen_logprob: Tensor | None = None
+) -> Tensor:
     """Loss over `[B, C]` scores (padded choices already at -10000) and `label [B]` (-100 = no loss).
 
     `gen_logprob [B, C]`: log-probability of each choice for the generative term (defaults to the
@@ -104,8 +119,12 @@ class PromptEncoder(nn.Module):
         self.kind = kind
         self.embedding = nn.Embedding(num_tokens, hidden_size)
         if kind == "lstm":  # P-tuning: a bidirectional LSTM then a 2-layer MLP
-            self.lstm = nn.LSTM(hidden_size, hidden_size // 2, num_layers=2, bidirectional=True, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size))
+            self.lstm = nn.LSTM(
+                hidden_size, hidden_size // 2, num_layers=2, bidirectional=True, batch_first=True
+            )
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def forward(self) -> Tensor:
         """`[num_tokens, hidden]` prompt embeddings."""
@@ -139,7 +158,9 @@ class ClozeModule(GLMTaskModule):
         output_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
+        super().__init__(
+            model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs
+        )
         self._architecture_from_export()
         if loss not in LOSSES:
             raise ValueError(f"task.loss must be one of {LOSSES}, got {loss!r}")
@@ -175,16 +196,20 @@ class ClozeModule(GLMTaskModule):
         merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
         changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}
         if changed:
-            log.info("architecture from the export %s (run's model group -> export): %s", self.pretrained,
-                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()))
+            log.info(
+                "architecture from the export %s (run's model group -> export): %s",
+                self.pretrained,
+                ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()),
+            )
         self.glm_config = GLMConfig.from_dict(merged)
         self.hparams["model"] = merged
 
     def configure_model(self) -> None:
         super().configure_model()
         if self.p_tuning.get("enabled") and self.prompt_encoder is None:
-            self.prompt_encoder = PromptEncoder(self.num_prompt_tokens, self.model.config.hidden_size,
-                                                self.p_tuning.get("encoder", "lstm"))
+            self.prompt_encoder = PromptEncoder(
+                self.num_prompt_tokens, self.model.config.hidden_size, self.p_tuning.get("encoder", "lstm")
+            )
             if self.p_tuning.get("freeze_backbone", False):
                 self.model.requires_grad_(False)
 
@@ -196,7 +221,9 @@ class ClozeModule(GLMTaskModule):
         sep = batch["sep"].reshape(B * C)
         if "prompt_mask" in batch:
             if self.prompt_encoder is None:
-                raise ValueError("the batch has continuous-prompt slots but p_tuning is not enabled in the task")
+                raise ValueError(
+                    "the batch has continuous-prompt slots but p_tuning is not enabled in the task"
+                )
             embeds = self.model.word_embeddings(ids)
             pm = batch["prompt_mask"].reshape(B * C, L)
             prompts = self.prompt_encoder().to(embeds.dtype)  # [P, h], slot j of each row gets prompt j
@@ -215,8 +242,12 @@ class ClozeModule(GLMTaskModule):
             rows = torch.arange(B, device=logits.device)
             gen = logits[rows, sep].float().log_softmax(-1).gather(1, batch["verbalizer_ids"])
             return scores, gen
-        flat = multi_token_scores(logits, batch["targets"].reshape(B * C, L), batch["loss_mask"].reshape(B * C, L),
-                                  self.length_penalty).view(B, C)
+        flat = multi_token_scores(
+            logits,
+            batch["targets"].reshape(B * C, L),
+            batch["loss_mask"].reshape(B * C, L),
+            self.length_penalty,
+        ).view(B, C)
         scores = flat.masked_fill(~batch["choice_mask"], PAD_SCORE)
         return scores, scores
 
@@ -240,7 +271,11 @@ class ClozeModule(GLMTaskModule):
 
     @staticmethod
     def _records(batch: dict[str, Tensor], scores: Tensor) -> list[dict[str, Any]]:
-        valid = batch["choice_mask"] if "verbalizer_ids" not in batch else torch.ones_like(scores, dtype=torch.bool)
+        valid = (
+            batch["choice_mask"]
+            if "verbalizer_ids" not in batch
+            else torch.ones_like(scores, dtype=torch.bool)
+        )
         out = []
         for i, s, m in zip(batch["example_idx"].tolist(), scores.float().cpu(), valid.cpu(), strict=True):
             s = s[m]
@@ -251,8 +286,10 @@ class ClozeModule(GLMTaskModule):
     def _datamodule(self):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "examples"):
-            raise RuntimeError("ClozeModule needs the ClozeDataModule attached to the trainer (trainer.fit(model, "
-                               "datamodule=...)) to map predictions back to examples")
+            raise RuntimeError(
+                "ClozeModule needs the ClozeDataModule attached to the trainer (trainer.fit(model, "
+                "datamodule=...)) to map predictions back to examples"
+            )
         return dm
 
     def _out_dir(self) -> Path:
@@ -270,16 +307,28 @@ class ClozeModule(GLMTaskModule):
         for r in records:
             ex = examples[r["example_idx"]]
             pred = task.predict(ex, r["best"])
-            lines.append({"idx": ex.submit_idx, "guid": ex.guid, "prediction": pred, "scores": r["scores"],
-                          "label": None if ex.label is None else task.labels[ex.label] if task.labels else None,
-                          "answers": ex.answers, "candidates": ex.candidates})
+            lines.append(
+                {
+                    "idx": ex.submit_idx,
+                    "guid": ex.guid,
+                    "prediction": pred,
+                    "scores": r["scores"],
+                    "label": None if ex.label is None else task.labels[ex.label] if task.labels else None,
+                    "answers": ex.answers,
+                    "candidates": ex.candidates,
+                }
+            )
             if task.name == "record":
                 metrics.update(pred_texts=[pred], gold_texts=[ex.answers])
                 continue
             if ex.label is None:
                 continue
             pred_class = task.labels.index(pred) if isinstance(pred, str) else int(pred)
-            groups = torch.tensor([group_ids.setdefault(ex.group, len(group_ids))]) if task.name == "multirc" else None
+            groups = (
+                torch.tensor([group_ids.setdefault(ex.group, len(group_ids))])
+                if task.name == "multirc"
+                else None
+            )
             metrics.update(torch.tensor([pred_class]), torch.tensor([ex.label]), groups)
         values = metrics.compute()
         for k, v in values.items():
@@ -288,17 +337,43 @@ class ClozeModule(GLMTaskModule):
             out = self._out_dir()
             out.mkdir(parents=True, exist_ok=True)
             _write_jsonl(out / "val_predictions.jsonl", lines)
+            self._log_prediction_table(lines)
             main = task.main_metric
-            payload = {"task": task.name, "pattern_id": dm.pattern_id, "epoch": self.current_epoch,
-                       "optimized_metric": values[main.split("/", 1)[1]], "main_metric": main,
-                       **{f"val/{k}": v for k, v in values.items()}}
+            payload = {
+                "task": task.name,
+                "pattern_id": dm.pattern_id,
+                "epoch": self.current_epoch,
+                "optimized_metric": values[main.split("/", 1)[1]],
+                "main_metric": main,
+                **{f"val/{k}": v for k, v in values.items()},
+            }
             _atomic_write(out / "val_metrics.json", json.dumps(payload, indent=2) + "\n")
+
+    def _log_prediction_table(self, lines: list[dict[str, Any]]) -> None:
+        """The first `PREDICTION_TABLE_ROWS` validation predictions as a table, on loggers that take tables
+        (Lightning's WandbLogger `log_table`); other loggers get nothing (the jsonl file has every line)."""
+        rows = [
+            [
+                str(r["idx"]),
+                str(r["label"]),
+                str(r["prediction"]),
+                json.dumps([round(x, 4) for x in r["scores"]]),
+            ]
+            for r in lines[:PREDICTION_TABLE_ROWS]
+        ]
+        for logger in self.loggers:
+            if hasattr(logger, "log_table"):
+                logger.log_table(
+                    key="val/predictions", columns=["idx", "label", "prediction", "scores"], data=rows
+                )
 
     def on_predict_epoch_end(self) -> None:
         records, self._test_records = self._test_records, []
         dm = self._datamodule()
         task, examples = dm.task, dm.examples("test")
-        preds = [(examples[r["example_idx"]], task.predict(examples[r["example_idx"]], r["best"])) for r in records]
+        preds = [
+            (examples[r["example_idx"]], task.predict(examples[r["example_idx"]], r["best"])) for r in records
+        ]
         if self.trainer.is_global_zero:
             path = self._out_dir() / "test" / f"{task.dirname}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,9 +389,12 @@ def submission_lines(task: str, preds: list[tuple[Any, Any]]) -> list[dict[str, 
     for ex, label in preds:
         s = ex.submit_idx
         passages.setdefault(s["paragraph"], {}).setdefault(s["question"], []).append(
-            {"idx": s["answer"], "label": int(label)})
-    return [{"idx": p, "passage": {"questions": [{"idx": q, "answers": a} for q, a in qs.items()]}}
-            for p, qs in passages.items()]
+            {"idx": s["answer"], "label": int(label)}
+        )
+    return [
+        {"idx": p, "passage": {"questions": [{"idx": q, "answers": a} for q, a in qs.items()]}}
+        for p, qs in passages.items()
+    ]
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
