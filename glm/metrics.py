@@ -97,8 +97,14 @@ class SuperGLUEMetrics(nn.Module):
             self.f1a = BinaryF1Score()
             self.em = GroupedExactMatch()
 
-    def update(self, preds: Tensor | None = None, target: Tensor | None = None, groups: Tensor | None = None,
-               pred_texts: list[str] | None = None, gold_texts: list[list[str]] | None = None) -> None:
+    def update(
+        self,
+        preds: Tensor | None = None,
+        target: Tensor | None = None,
+        groups: Tensor | None = None,
+        pred_texts: list[str] | None = None,
+        gold_texts: list[list[str]] | None = None,
+    ) -> None:
         """Class-id predictions/targets (and MultiRC question ids), or ReCoRD strings."""
         if self.task == "record":
             self.record.update(pred_texts or [], gold_texts or [])

@@ -51,12 +51,13 @@ def part_a(tok, seq) -> str:
     """The pattern text between [CLS] and eos, after checking those two."""
     ids, sep = seq["input_ids"].tolist(), int(seq["sep"])
     assert ids[0] == tok.cls_id and ids[sep - 1] == tok.eos_id
-    return tok.decode(ids[1:sep - 1], skip_special_tokens=False)
+    return tok.decode(ids[1 : sep - 1], skip_special_tokens=False)
 
 
 def first_val_feature(task, tok, pattern, seq_length=1024, split="val"):
-    dm = ClozeDataModule(task, tok, ROOT, pattern_id=pattern, seq_length=seq_length, max_eval_examples=1,
-                         max_train_examples=1)
+    dm = ClozeDataModule(
+        task, tok, ROOT, pattern_id=pattern, seq_length=seq_length, max_eval_examples=1, max_train_examples=1
+    )
     ds = dm.load_split(split)
     assert dm.truncated[split] == 0
     return ds[0], dm.examples(split)[0]
@@ -86,41 +87,75 @@ def expected_patterns() -> dict[str, dict[int, list[str]]]:
     wt = wt[: -len("him .")] + "*him* ."
     copa_a = '"the toilet filled with water" or "water flowed from the spout"?'
     return {
-        "boolq": {0: [f"{P} Question: {Q}? Answer:[MASK]."], 1: [f"{P} Question: {Q}? Answer:[MASK]."],
-                  2: [f"{P} Based on the previous passage, {Q}?[MASK]."],
-                  3: [f"{P} Based on the previous passage, {Q}?[MASK]."],
-                  4: [f"Based on the following passage {Q}?[MASK]. {P}"],
-                  5: [f"Based on the following passage {Q}?[MASK]. {P}"]},
-        "cb": {0: [f'"{ch}" ?[MASK], "{cp}"'], 1: [f"{ch}?[MASK], {cp}"], 2: [f'"{ch}" ?[MASK]. "{cp}"'],
-               3: [f"{ch}?[MASK]. {cp}"], 4: [f"{cp} question: {ch} true, false or neither? answer:[MASK]"]},
-        "rte": {0: [f'"{rh}" ?[MASK], "{rp}"'], 1: [f"{rh}?[MASK], {rp}"], 2: [f'"{rh}" ?[MASK]. "{rp}"'],
-                3: [f"{rh}?[MASK]. {rp}"], 4: [f"{rp} question: {rh} True or False? answer:[MASK]"]},
-        "copa": {0: [copa_a + " The man turned on the faucet, so[MASK]."] * 2,
-                 1: ["the toilet filled with water or water flowed from the spout? The man turned on the faucet, "
-                     "so[MASK]."] * 2,
-                 2: [copa_a + "The man turned on the faucet[MASK] the toilet filled with water",
-                     copa_a + "The man turned on the faucet[MASK] water flowed from the spout"]},
-        "multirc": {0: [f"{mp}. Question: {mq}? Is it No?[MASK]."],
-                    1: [f'{mp}. Question: {mq}? Is the correct answer "No"?[MASK].'],
-                    2: [f'{mp}. Based on the previous passage, {mq}? Is "No" a correct answer?[MASK].'],
-                    3: [f"{mp} {mq}- [[MASK]]No"], 4: [f"{mp}. Question: {mq}? No?[MASK]."]},
-        "wic": {0: [f'"{s1}" / "{s2}" Similar sense of "class"?[MASK].'],
-                1: [f"{s1} {s2} Does class have the same meaning in both sentences?[MASK]"],
-                2: [f'class . Sense (1) (a) "{s1}" ([MASK]) "{s2}"']},
-        "wsc": {0: [f"{wt} The pronoun '*him*' refers to[MASK]."],
-                1: [f"{wt} In the previous sentence, the pronoun '*him*' refers to[MASK]."],
-                2: [f"{wt} Question: In the passage above, what does the pronoun '*him*' refer to? Answer:[MASK]."]},
+        "boolq": {
+            0: [f"{P} Question: {Q}? Answer:[MASK]."],
+            1: [f"{P} Question: {Q}? Answer:[MASK]."],
+            2: [f"{P} Based on the previous passage, {Q}?[MASK]."],
+            3: [f"{P} Based on the previous passage, {Q}?[MASK]."],
+            4: [f"Based on the following passage {Q}?[MASK]. {P}"],
+            5: [f"Based on the following passage {Q}?[MASK]. {P}"],
+        },
+        "cb": {
+            0: [f'"{ch}" ?[MASK], "{cp}"'],
+            1: [f"{ch}?[MASK], {cp}"],
+            2: [f'"{ch}" ?[MASK]. "{cp}"'],
+            3: [f"{ch}?[MASK]. {cp}"],
+            4: [f"{cp} question: {ch} true, false or neither? answer:[MASK]"],
+        },
+        "rte": {
+            0: [f'"{rh}" ?[MASK], "{rp}"'],
+            1: [f"{rh}?[MASK], {rp}"],
+            2: [f'"{rh}" ?[MASK]. "{rp}"'],
+            3: [f"{rh}?[MASK]. {rp}"],
+            4: [f"{rp} question: {rh} True or False? answer:[MASK]"],
+        },
+        "copa": {
+            0: [copa_a + " The man turned on the faucet, so[MASK]."] * 2,
+            1: [
+                (
+                    "the toilet filled with water or water flowed from the spout? The man turned on the faucet, "
+                    "so[MASK]."
+                )
+            ]
+            * 2,
+            2: [
+                copa_a + "The man turned on the faucet[MASK] the toilet filled with water",
+                copa_a + "The man turned on the faucet[MASK] water flowed from the spout",
+            ],
+        },
+        "multirc": {
+            0: [f"{mp}. Question: {mq}? Is it No?[MASK]."],
+            1: [f'{mp}. Question: {mq}? Is the correct answer "No"?[MASK].'],
+            2: [f'{mp}. Based on the previous passage, {mq}? Is "No" a correct answer?[MASK].'],
+            3: [f"{mp} {mq}- [[MASK]]No"],
+            4: [f"{mp}. Question: {mq}? No?[MASK]."],
+        },
+        "wic": {
+            0: [f'"{s1}" / "{s2}" Similar sense of "class"?[MASK].'],
+            1: [f"{s1} {s2} Does class have the same meaning in both sentences?[MASK]"],
+            2: [f'class . Sense (1) (a) "{s1}" ([MASK]) "{s2}"'],
+        },
+        "wsc": {
+            0: [f"{wt} The pronoun '*him*' refers to[MASK]."],
+            1: [f"{wt} In the previous sentence, the pronoun '*him*' refers to[MASK]."],
+            2: [
+                f"{wt} Question: In the passage above, what does the pronoun '*him*' refer to? Answer:[MASK]."
+            ],
+        },
     }
 
 
-CASES = [(t, p) for t, ps in {"boolq": 6, "cb": 5, "rte": 5, "copa": 3, "multirc": 5, "wic": 3, "wsc": 3}.items()
-         for p in range(ps)]
+CASES = [
+    (t, p)
+    for t, ps in {"boolq": 6, "cb": 5, "rte": 5, "copa": 3, "multirc": 5, "wic": 3, "wsc": 3}.items()
+    for p in range(ps)
+]
 
 
 @pytest.mark.parametrize(("task", "pattern"), CASES)
 def test_pattern_strings_exact(gpt2, task, pattern):
     expected = expected_patterns()[task][pattern]
-    feat, ex = first_val_feature(task, gpt2, pattern)
+    feat, _ex = first_val_feature(task, gpt2, pattern)
     got = [part_a(gpt2, s) for s in feat.sequences]
     if task == "wsc":  # one sequence per candidate, all with the same Part A
         assert got == expected * len(feat.sequences)
@@ -134,13 +169,13 @@ def test_record_pattern_and_candidates(gpt2):
     query = rec["qas"][0]["query"]
     left, right = query.split("@placeholder")
     feat, ex = first_val_feature("record", gpt2, 0)
-    ents = sorted({rec["passage"]["text"][e["start"]:e["end"] + 1] for e in rec["passage"]["entities"]})
+    ents = sorted({rec["passage"]["text"][e["start"] : e["end"] + 1] for e in rec["passage"]["entities"]})
     assert ex.candidates == ents and ex.answers == ["Benazir Bhutto", "Bhutto"]
     assert feat.target == ents.index("Benazir Bhutto") and len(feat.sequences) == len(ents)
     for seq, ent in zip(feat.sequences, ents, strict=True):
         assert part_a(gpt2, seq) == f"{text} {left.rstrip()}[MASK]{right}"
         sep = int(seq["sep"])
-        assert gpt2.decode(seq["input_ids"][sep + 1:].tolist()) == " " + ent
+        assert gpt2.decode(seq["input_ids"][sep + 1 :].tolist()) == " " + ent
         assert seq["targets"][-1] == gpt2.eop_id
 
 
@@ -151,7 +186,7 @@ def test_record_training_candidates(gpt2):
     golds = sorted({a["text"] for a in first["qas"][0]["answers"]})
     assert golds == ["Olimpija Ljubljana"]
     ex = examples[0]
-    ents = {first["passage"]["text"][e["start"]:e["end"] + 1] for e in first["passage"]["entities"]}
+    ents = {first["passage"]["text"][e["start"] : e["end"] + 1] for e in first["passage"]["entities"]}
     assert ex.candidates[0] == "Olimpija Ljubljana" and ex.target == 0
     assert len(ex.candidates) == min(10, len(ents))
     assert set(ex.candidates[1:]) <= ents - set(golds) and len(set(ex.candidates)) == len(ex.candidates)
@@ -159,7 +194,7 @@ def test_record_training_candidates(gpt2):
 
 
 def test_layout_single_token_bert(bert):
-    feat, ex = first_val_feature("rte", bert, 0, seq_length=256)
+    feat, _ex = first_val_feature("rte", bert, 0, seq_length=256)
     (seq,) = feat.sequences
     ids, sep = seq["input_ids"], int(seq["sep"])
     assert len(ids) == sep + 1 and ids[sep] == bert.sop_id
@@ -170,15 +205,19 @@ def test_layout_single_token_bert(bert):
     assert ids[sep - 1] == bert.eos_id == 0  # BERT's eos is [PAD] (spec §4.1)
     # RTE p0 verbalizers: entailment -> " Yes", not_entailment -> " No"
     assert feat.verbalizer_ids == [bert.encode(" Yes")[0], bert.encode(" No")[0]] == [2748, 2053]
-    assert bert.decode(ids[1:sep - 1].tolist(), skip_special_tokens=False) == \
-        '" christopher reeve had an accident "? [MASK], " dana reeve, the widow of the actor christopher reeve, ' \
+    assert (
+        bert.decode(ids[1 : sep - 1].tolist(), skip_special_tokens=False)
+        == '" christopher reeve had an accident "? [MASK], " dana reeve, the widow of the actor christopher reeve, '
         'has died of lung cancer at age 44, according to the christopher reeve foundation. "'
+    )
 
 
 def test_layout_multi_token_copa(bert):
     feat, ex = first_val_feature("copa", bert, 0, seq_length=256)
     assert ex.label == 1 and feat.target == 1
-    for seq, cand in zip(feat.sequences, [" the toilet filled with water", " water flowed from the spout"], strict=True):
+    for seq, cand in zip(
+        feat.sequences, [" the toilet filled with water", " water flowed from the spout"], strict=True
+    ):
         ans = bert.encode(cand)
         sep, k = int(seq["sep"]), len(ans)
         mask_pos = int(np.flatnonzero(seq["input_ids"][:sep] == bert.mask_id)[-1])
@@ -192,14 +231,17 @@ def test_layout_multi_token_copa(bert):
 def test_spec_worked_example_layout():
     # spec §3(b): [CLS] a b [M] c [eos] | [sop] y1 y2 ; positions 0..5 | 3 3 3 ; blocks 0.. | 1 2 3 ; sep 6
     CLS, EOS, M, SOP, EOP = 101, 0, 103, 500, 501
-    s = build_cloze_sequence([11, 12, M, 13], [21, 22], cls_id=CLS, eos_id=EOS, mask_id=M, sop_id=SOP, eop_id=EOP,
-                             pad_id=EOS)
+    s = build_cloze_sequence(
+        [11, 12, M, 13], [21, 22], cls_id=CLS, eos_id=EOS, mask_id=M, sop_id=SOP, eop_id=EOP, pad_id=EOS
+    )
     assert s["input_ids"].tolist() == [CLS, 11, 12, M, 13, EOS, SOP, 21, 22]
     assert s["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 3, 3, 3], [0, 0, 0, 0, 0, 0, 1, 2, 3]]
     assert s["targets"].tolist()[6:] == [21, 22, EOP] and s["loss_mask"].tolist() == [0] * 6 + [1] * 3
     assert int(s["sep"]) == 6
     # the last [MASK] is the blank
-    s2 = build_cloze_sequence([M, 11, M], None, cls_id=CLS, eos_id=EOS, mask_id=M, sop_id=SOP, eop_id=EOP, pad_id=0)
+    s2 = build_cloze_sequence(
+        [M, 11, M], None, cls_id=CLS, eos_id=EOS, mask_id=M, sop_id=SOP, eop_id=EOP, pad_id=0
+    )
     assert s2["position_ids"][:, -1].tolist() == [3, 1]
 
 
@@ -242,7 +284,9 @@ def test_copa_mirroring_and_multirc_and_wsc_splits():
     assert len(wval) == 104
     # the val example "Mark ... Pete" style: a False example lists the annotated true referent as a negative
     first = wval[0]
-    assert first.label == 0 and first.candidates[0] == "anyone" and "the government official" in first.candidates
+    assert (
+        first.label == 0 and first.candidates[0] == "anyone" and "the government official" in first.candidates
+    )
 
 
 def test_collate_pads_candidates_and_length(bert):
@@ -270,14 +314,24 @@ def _write(tmp_path: Path, task_dir: str, split: str, lines: list[str]) -> None:
     (d / split).write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize(("lines", "match"), [
-    (['{"premise": "a", "hypothesis": "b", "label": "entailment"}', '{"premise": "a", "hyp'],
-     r"val\.jsonl:2: malformed JSON"),
-    (['{"premise": "a", "label": "entailment"}'], r"val\.jsonl:1: missing field 'hypothesis'"),
-    (['{"premise": "a", "hypothesis": "b", "label": "maybe"}'],
-     r"val\.jsonl:1: field 'label' = 'maybe' is not in the label set"),
-    (['{"premise": "a", "hypothesis": 3, "label": "entailment"}'], r"val\.jsonl:1: field 'hypothesis' must be str"),
-])
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        (
+            ['{"premise": "a", "hypothesis": "b", "label": "entailment"}', '{"premise": "a", "hyp'],
+            r"val\.jsonl:2: malformed JSON",
+        ),
+        (['{"premise": "a", "label": "entailment"}'], r"val\.jsonl:1: missing field 'hypothesis'"),
+        (
+            ['{"premise": "a", "hypothesis": "b", "label": "maybe"}'],
+            r"val\.jsonl:1: field 'label' = 'maybe' is not in the label set",
+        ),
+        (
+            ['{"premise": "a", "hypothesis": 3, "label": "entailment"}'],
+            r"val\.jsonl:1: field 'hypothesis' must be str",
+        ),
+    ],
+)
 def test_bad_input_names_file_line_field(bert, tmp_path, lines, match):
     _write(tmp_path, "RTE", "val.jsonl", lines)
     with pytest.raises(DataError, match=match):
@@ -285,27 +339,63 @@ def test_bad_input_names_file_line_field(bert, tmp_path, lines, match):
 
 
 _MRC_Q = {"question": "Who?", "answers": [{"text": "Bo", "label": 1}, {"text": "Al"}]}
-_WSC = {"text": "Bo saw Al because he was there .", "label": True,
-        "target": {"span1_text": "Bo", "span2_text": "he", "span2_index": 40}}
+_WSC = {
+    "text": "Bo saw Al because he was there .",
+    "label": True,
+    "target": {"span1_text": "Bo", "span2_text": "he", "span2_index": 40},
+}
 
 
-@pytest.mark.parametrize(("task", "task_dir", "lines", "match"), [
-    # a nested record: the message points into the structure
-    ("multirc", "MultiRC", [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [_MRC_Q]}})],
-     r"val\.jsonl:1 \(passage\.questions\[0\]\.answers\[1\]\): missing field 'label'"),
-    ("multirc", "MultiRC", [json.dumps({"idx": 0, "passage": {"questions": []}})],
-     r"val\.jsonl:1: missing field 'passage\.text'"),
-    ("copa", "COPA", ['{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0}'],
-     r"val\.jsonl:1: field 'question' = 'why' must be 'cause' or 'effect'"),
-    ("copa", "COPA", ['{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}'],
-     r"val\.jsonl:1: field 'label' = 2 is not in the label set"),
-    ("boolq", "BoolQ", ['{"passage": "p", "question": "q", "label": "yes"}'],
-     r"val\.jsonl:1: field 'label' = 'yes' is not in the label set"),
-    ("wsc", "WSC", [json.dumps(_WSC)], r"val\.jsonl:1: field 'target\.span2_index' = 40 is outside"),
-    ("record", "ReCoRD", [json.dumps({"passage": {"text": "Bo met Al.", "entities": [{"start": 0, "end": 1}]},
-                                      "qas": [{"query": "no placeholder", "answers": [{"text": "Bo"}]}]})],
-     r"dev32\.jsonl:1 \(qas\[0\]\): field 'query' has no '@placeholder'"),
-])
+@pytest.mark.parametrize(
+    ("task", "task_dir", "lines", "match"),
+    [
+        # a nested record: the message points into the structure
+        (
+            "multirc",
+            "MultiRC",
+            [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [_MRC_Q]}})],
+            r"val\.jsonl:1 \(passage\.questions\[0\]\.answers\[1\]\): missing field 'label'",
+        ),
+        (
+            "multirc",
+            "MultiRC",
+            [json.dumps({"idx": 0, "passage": {"questions": []}})],
+            r"val\.jsonl:1: missing field 'passage\.text'",
+        ),
+        (
+            "copa",
+            "COPA",
+            ['{"premise": "p", "choice1": "a", "choice2": "b", "question": "why", "label": 0}'],
+            r"val\.jsonl:1: field 'question' = 'why' must be 'cause' or 'effect'",
+        ),
+        (
+            "copa",
+            "COPA",
+            ['{"premise": "p", "choice1": "a", "choice2": "b", "question": "cause", "label": 2}'],
+            r"val\.jsonl:1: field 'label' = 2 is not in the label set",
+        ),
+        (
+            "boolq",
+            "BoolQ",
+            ['{"passage": "p", "question": "q", "label": "yes"}'],
+            r"val\.jsonl:1: field 'label' = 'yes' is not in the label set",
+        ),
+        ("wsc", "WSC", [json.dumps(_WSC)], r"val\.jsonl:1: field 'target\.span2_index' = 40 is outside"),
+        (
+            "record",
+            "ReCoRD",
+            [
+                json.dumps(
+                    {
+                        "passage": {"text": "Bo met Al.", "entities": [{"start": 0, "end": 1}]},
+                        "qas": [{"query": "no placeholder", "answers": [{"text": "Bo"}]}],
+                    }
+                )
+            ],
+            r"dev32\.jsonl:1 \(qas\[0\]\): field 'query' has no '@placeholder'",
+        ),
+    ],
+)
 def test_bad_input_other_tasks(bert, tmp_path, task, task_dir, lines, match):
     _write(tmp_path, task_dir, "dev32.jsonl" if task == "record" else "val.jsonl", lines)
     with pytest.raises(DataError, match=match):
@@ -324,19 +414,33 @@ def test_labels_required_outside_test_split_only(bert, tmp_path):
 
 def test_example_that_cannot_fit_names_its_line(bert, tmp_path):
     # nothing shortenable can make a COPA pattern (choices are fixed parts) fit 8 tokens
-    _write(tmp_path, "COPA", "val.jsonl",
-           ['{"premise": "p", "choice1": "a long first choice", "choice2": "b", "question": "cause", "label": 0}'])
+    _write(
+        tmp_path,
+        "COPA",
+        "val.jsonl",
+        [
+            '{"premise": "p", "choice1": "a long first choice", "choice2": "b", "question": "cause", "label": 0}'
+        ],
+    )
     with pytest.raises(DataError, match=r"val\.jsonl:1: cannot fit the copa pattern 0"):
         ClozeDataModule("copa", bert, tmp_path, seq_length=8).load_split("val")
 
 
 def test_empty_candidates_error(bert, tmp_path):
-    rec = {"passage": {"text": "Hello world", "entities": []}, "qas": [{"query": "x @placeholder", "answers": []}]}
+    rec = {
+        "passage": {"text": "Hello world", "entities": []},
+        "qas": [{"query": "x @placeholder", "answers": []}],
+    }
     _write(tmp_path, "ReCoRD", "dev32.jsonl", [json.dumps(rec)])
     with pytest.raises(DataError, match=r"dev32\.jsonl:1: empty candidate list \(field 'passage.entities'\)"):
         ClozeDataModule("record", bert, tmp_path).load_split("val")
     q = {"question": "q?", "answers": []}
-    _write(tmp_path, "MultiRC", "val.jsonl", [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [q]}})])
+    _write(
+        tmp_path,
+        "MultiRC",
+        "val.jsonl",
+        [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [q]}})],
+    )
     with pytest.raises(DataError, match=r"val\.jsonl:1 \(passage.questions\[0\]\): empty candidate list"):
         ClozeDataModule("multirc", bert, tmp_path).load_split("val")
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from glm.data.cloze import ClozeDataModule, collate_cloze
+from glm.data.paths import data_root
 from glm.model import GLM, GLMConfig
 from glm.tasks.cloze import PAD_SCORE, cloze_loss, multi_token_scores, single_token_scores
-from glm.data.paths import data_root
 from glm.tokenizer import load_tokenizer
 
 ROOT = data_root()
@@ -37,8 +37,11 @@ def tiny_glm():
 
 def _flat(batch):
     B, C, L = batch["input_ids"].shape
-    return (batch["input_ids"].reshape(B * C, L), batch["position_ids"].reshape(B * C, 2, L),
-            batch["sep"].reshape(B * C))
+    return (
+        batch["input_ids"].reshape(B * C, L),
+        batch["position_ids"].reshape(B * C, 2, L),
+        batch["sep"].reshape(B * C),
+    )
 
 
 def test_single_token_score_is_the_logit_at_sop(bert, tiny_glm):
@@ -65,8 +68,12 @@ def test_multi_token_score_equals_token_by_token_float64(bert, tiny_glm, length_
     try:
         with torch.no_grad():
             logits = model(ids, pos, sep=sep).logits
-            batched = multi_token_scores(logits, batch["targets"].reshape(ids.shape),
-                                         batch["loss_mask"].reshape(ids.shape), length_penalty)
+            batched = multi_token_scores(
+                logits,
+                batch["targets"].reshape(ids.shape),
+                batch["loss_mask"].reshape(ids.shape),
+                length_penalty,
+            )
             # reference: each candidate scored one target token at a time, each with its own plain forward
             # pass over Part A + [sop] + the answer tokens so far
             for r in range(ids.size(0)):
@@ -79,7 +86,7 @@ def test_multi_token_score_equals_token_by_token_float64(bert, tiny_glm, length_
                     target = int(batch["targets"].reshape(ids.shape)[r, s + j])
                     total += float(torch.log_softmax(out, -1)[target])
                 if length_penalty > 0:
-                    total /= n ** length_penalty
+                    total /= n**length_penalty
                 assert math.isclose(float(batched[r]), total, rel_tol=1e-10, abs_tol=1e-10)
     finally:
         tiny_glm.float()
@@ -105,7 +112,11 @@ def test_padding_to_seq_length_does_not_change_scores(bert, tiny_glm):
         ids, pos, sep = _flat(batch)
         with torch.no_grad():
             logits = tiny_glm(ids, pos, sep=sep).logits
-        out.append(multi_token_scores(logits, batch["targets"].reshape(ids.shape), batch["loss_mask"].reshape(ids.shape)))
+        out.append(
+            multi_token_scores(
+                logits, batch["targets"].reshape(ids.shape), batch["loss_mask"].reshape(ids.shape)
+            )
+        )
     torch.testing.assert_close(out[0], out[1], rtol=1e-5, atol=1e-5)
 
 
@@ -117,6 +128,8 @@ def test_losses_hand_computed():
     assert math.isclose(float(cloze_loss(scores, label, "generative")), -(2.0 + 3.0) / 2, rel_tol=1e-6)
     assert math.isclose(float(cloze_loss(scores, label, "mix")), ce - 2.5, rel_tol=1e-6)
     # rows without a target (-100) are ignored
-    assert math.isclose(float(cloze_loss(scores, torch.tensor([1, -100]))), math.log(1 + math.exp(-1.0)), rel_tol=1e-6)
+    assert math.isclose(
+        float(cloze_loss(scores, torch.tensor([1, -100]))), math.log(1 + math.exp(-1.0)), rel_tol=1e-6
+    )
     with pytest.raises(ValueError, match="unknown loss"):
         cloze_loss(scores, label, "hinge2")

@@ -52,15 +52,21 @@ def test_record_squad_normalisation_and_max_over_golds():
 
 
 def _aggregate_module():
-    spec = importlib.util.spec_from_file_location("aggregate", REPO / "recipes" / "superglue" / "aggregate.py")
+    spec = importlib.util.spec_from_file_location(
+        "aggregate", REPO / "recipes" / "superglue" / "aggregate.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_aggregation_table_and_plot(tmp_path):
-    fake = {("copa", 1): {"val/acc": 0.70}, ("copa", 2): {"val/acc": 0.80},
-            ("cb", 1): {"val/f1": 0.60, "val/acc": 0.80}, ("cb", 2): {"val/f1": 0.70, "val/acc": 0.90}}
+    fake = {
+        ("copa", 1): {"val/acc": 0.70},
+        ("copa", 2): {"val/acc": 0.80},
+        ("cb", 1): {"val/f1": 0.60, "val/acc": 0.80},
+        ("cb", 2): {"val/f1": 0.70, "val/acc": 0.90},
+    }
     for i, ((task, seed), metrics) in enumerate(fake.items()):
         d = tmp_path / "multiruns" / str(i)
         d.mkdir(parents=True)
@@ -69,11 +75,27 @@ def test_aggregation_table_and_plot(tmp_path):
     md, csv_path, png = agg.write_outputs(tmp_path, tmp_path / "out")
     lines = md.read_text().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["ReCoRD F1", "ReCoRD Acc", "COPA", "WSC", "RTE", "BoolQ", "WiC", "CB F1", "CB Acc",
-                      "MultiRC F1a", "MultiRC EM", "Avg"]
+    assert header == [
+        "ReCoRD F1",
+        "ReCoRD Acc",
+        "COPA",
+        "WSC",
+        "RTE",
+        "BoolQ",
+        "WiC",
+        "CB F1",
+        "CB Acc",
+        "MultiRC F1a",
+        "MultiRC EM",
+        "Avg",
+    ]
     row = dict(zip(header, [c.strip() for c in lines[2].strip("|").split("|")], strict=True))
     sd = math.sqrt(((70 - 75) ** 2 + (80 - 75) ** 2) / 1)  # sample std over the two seeds = 7.07
-    assert row["COPA"] == f"75.0 ± {sd:.1f}" and row["CB F1"] == f"65.0 ± {sd:.1f}" and row["CB Acc"] == f"85.0 ± {sd:.1f}"
+    assert (
+        row["COPA"] == f"75.0 ± {sd:.1f}"
+        and row["CB F1"] == f"65.0 ± {sd:.1f}"
+        and row["CB Acc"] == f"85.0 ± {sd:.1f}"
+    )
     assert row["RTE"] == "-"
     assert row["Avg"] == f"{(75 + (65 + 85) / 2) / 2:.1f}"  # CB's score is the mean of F1 and Acc
     rows = {r["column"]: r for r in csv.DictReader(csv_path.open())}

@@ -12,14 +12,36 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO, data_root, need_data
 
-PAPER_COLUMNS = ["ReCoRD F1", "ReCoRD Acc", "COPA", "WSC", "RTE", "BoolQ", "WiC", "CB F1", "CB Acc",
-                 "MultiRC F1a", "MultiRC EM", "Avg"]
-SMALL = ["model=glm_tiny", "logger=none", "callbacks.progress=null", "trainer.enable_model_summary=false",
-         "trainer.max_steps=2", "data.max_train_examples=8", "data.max_eval_examples=8", "data.micro_batch_size=4",
-         "data.global_batch_size=4", "data.eval_batch_size=4", "data.seq_length=64", "export_dir=null"]
+PAPER_COLUMNS = [
+    "ReCoRD F1",
+    "ReCoRD Acc",
+    "COPA",
+    "WSC",
+    "RTE",
+    "BoolQ",
+    "WiC",
+    "CB F1",
+    "CB Acc",
+    "MultiRC F1a",
+    "MultiRC EM",
+    "Avg",
+]
+SMALL = [
+    "model=glm_tiny",
+    "logger=none",
+    "callbacks.progress=null",
+    "trainer.enable_model_summary=false",
+    "trainer.max_steps=2",
+    "data.max_train_examples=8",
+    "data.max_eval_examples=8",
+    "data.micro_batch_size=4",
+    "data.global_batch_size=4",
+    "data.eval_batch_size=4",
+    "data.seq_length=64",
+    "export_dir=null",
+]
 
 
 def test_run_all_sweep_then_aggregate(tmp_path: Path) -> None:
@@ -28,10 +50,21 @@ def test_run_all_sweep_then_aggregate(tmp_path: Path) -> None:
     need_data("tokenizers/bert-base-uncased/vocab.txt")
     root = tmp_path / "sweep"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE", "RANK")}
-    env.update(TASKS="copa cb", ROOT=str(root), GLM_DATA_ROOT=str(data_root().absolute()),
-               GLM_OUTPUT_ROOT=str(tmp_path / "outputs"))
-    proc = subprocess.run(["bash", str(REPO / "recipes" / "superglue" / "run_all.sh"), "none", "1,2", *SMALL],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, check=False)
+    env.update(
+        TASKS="copa cb",
+        ROOT=str(root),
+        GLM_DATA_ROOT=str(data_root().absolute()),
+        GLM_OUTPUT_ROOT=str(tmp_path / "outputs"),
+    )
+    proc = subprocess.run(
+        ["bash", str(REPO / "recipes" / "superglue" / "run_all.sh"), "none", "1,2", *SMALL],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     # four jobs: task x seed, each with its own metrics.json and resolved config
@@ -48,10 +81,14 @@ def test_run_all_sweep_then_aggregate(tmp_path: Path) -> None:
         vals = [100 * jobs[(task, s)][key] for s in (1, 2)]
         return statistics.fmean(vals), statistics.stdev(vals)
 
-    expected = {"COPA": mean_std("val/acc", "copa"), "CB F1": mean_std("val/f1", "cb"),
-                "CB Acc": mean_std("val/acc", "cb")}
-    cb_score = statistics.fmean(statistics.fmean([100 * jobs[("cb", s)]["val/f1"], 100 * jobs[("cb", s)]["val/acc"]])
-                                for s in (1, 2))
+    expected = {
+        "COPA": mean_std("val/acc", "copa"),
+        "CB F1": mean_std("val/f1", "cb"),
+        "CB Acc": mean_std("val/acc", "cb"),
+    }
+    cb_score = statistics.fmean(
+        statistics.fmean([100 * jobs[("cb", s)]["val/f1"], 100 * jobs[("cb", s)]["val/acc"]]) for s in (1, 2)
+    )
     avg = statistics.fmean([expected["COPA"][0], cb_score])
 
     lines = (root / "superglue_results.md").read_text().splitlines()

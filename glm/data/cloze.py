@@ -61,6 +61,7 @@ def truncate_parts(parts_a: list[list], parts_b: list[list], answer_len: int, ma
     lone [sop] when there is no answer). Each step drops the last token of the last non-empty
     shortenable part of the side with more shortenable tokens (ties go to B).
     """
+
     def shortenable(parts: list[list]) -> int:
         return sum(len(ids) for ids, s in parts if s)
 
@@ -69,8 +70,10 @@ def truncate_parts(parts_a: list[list], parts_b: list[list], answer_len: int, ma
     while total - removed > max_length:
         la, lb = shortenable(parts_a), shortenable(parts_b)
         if la == 0 and lb == 0:
-            raise ValueError(f"the fixed parts need {total - removed} tokens, more than the sequence length "
-                             f"{max_length}, and nothing shortenable is left")
+            raise ValueError(
+                f"the fixed parts need {total - removed} tokens, more than the sequence length "
+                f"{max_length}, and nothing shortenable is left"
+            )
         side = parts_a if la > lb else parts_b
         for ids, s in reversed(side):
             if s and ids:
@@ -81,8 +84,15 @@ def truncate_parts(parts_a: list[list], parts_b: list[list], answer_len: int, ma
 
 
 def build_cloze_sequence(
-    ids_a: Sequence[int], answer: Sequence[int] | None, *, cls_id: int, eos_id: int, mask_id: int, sop_id: int,
-    eop_id: int, pad_id: int,
+    ids_a: Sequence[int],
+    answer: Sequence[int] | None,
+    *,
+    cls_id: int,
+    eos_id: int,
+    mask_id: int,
+    sop_id: int,
+    eop_id: int,
+    pad_id: int,
 ) -> dict[str, np.ndarray]:
     """Lay out one cloze sequence (unpadded) per spec §3(b).
 
@@ -110,8 +120,11 @@ def build_cloze_sequence(
         targets[sep:] = [*answer, eop_id]
         loss_mask[sep:] = 1
     return {
-        "input_ids": input_ids, "targets": targets, "loss_mask": loss_mask,
-        "position_ids": np.stack([positions, blocks]).astype(np.int64), "prompt_mask": prompt_mask,
+        "input_ids": input_ids,
+        "targets": targets,
+        "loss_mask": loss_mask,
+        "position_ids": np.stack([positions, blocks]).astype(np.int64),
+        "prompt_mask": prompt_mask,
         "sep": np.int64(sep),
     }
 
@@ -129,8 +142,15 @@ class ClozeFeature:
 class ClozeEncoder:
     """Turns `ClozeExample`s of one task/pattern into `ClozeFeature`s with a given tokenizer."""
 
-    def __init__(self, task: SuperGLUETask, tokenizer: Any, pattern_id: int, seq_length: int,
-                 num_prompt_tokens: int = 0, multi_token: bool = False) -> None:
+    def __init__(
+        self,
+        task: SuperGLUETask,
+        tokenizer: Any,
+        pattern_id: int,
+        seq_length: int,
+        num_prompt_tokens: int = 0,
+        multi_token: bool = False,
+    ) -> None:
         task.check_pattern(pattern_id)
         self.task, self.tok, self.pattern_id, self.seq_length = task, tokenizer, pattern_id, seq_length
         self.num_prompt_tokens = num_prompt_tokens
@@ -145,9 +165,11 @@ class ClozeEncoder:
                 ids = self.encode(v)
                 if len(ids) != 1:
                     pieces = [tokenizer.id_to_piece(i) for i in ids]
-                    raise DataError(f"{task.name} pattern {pattern_id}: verbalizer {v!r} of label {label!r} is "
-                                    f"{len(ids)} tokens {pieces} with this tokenizer; a single-token task needs "
-                                    f"one token (or set data.multi_token=true)")
+                    raise DataError(
+                        f"{task.name} pattern {pattern_id}: verbalizer {v!r} of label {label!r} is "
+                        f"{len(ids)} tokens {pieces} with this tokenizer; a single-token task needs "
+                        f"one token (or set data.multi_token=true)"
+                    )
                 self.verbalizer_ids.append(ids[0])
 
     def encode(self, text: str) -> list[int]:
@@ -173,14 +195,25 @@ class ClozeEncoder:
         if answer_ids is not None and not answer_ids:
             raise DataError(f"{ex.source}: candidate {answer!r} encodes to no tokens")
         try:
-            removed = truncate_parts(ids_a, ids_b, 0 if answer_ids is None else len(answer_ids) + 1,
-                                     self.seq_length)
+            removed = truncate_parts(
+                ids_a, ids_b, 0 if answer_ids is None else len(answer_ids) + 1, self.seq_length
+            )
         except ValueError as e:
-            raise DataError(f"{ex.source}: cannot fit the {self.task.name} pattern {self.pattern_id}: {e}") from None
+            raise DataError(
+                f"{ex.source}: cannot fit the {self.task.name} pattern {self.pattern_id}: {e}"
+            ) from None
         tokens = [t for ids, _ in ids_a + ids_b for t in ids]
         tok = self.tok
-        seq = build_cloze_sequence(tokens, answer_ids, cls_id=tok.cls_id, eos_id=tok.eos_id, mask_id=tok.mask_id,
-                                   sop_id=tok.sop_id, eop_id=tok.eop_id, pad_id=tok.eos_id)
+        seq = build_cloze_sequence(
+            tokens,
+            answer_ids,
+            cls_id=tok.cls_id,
+            eos_id=tok.eos_id,
+            mask_id=tok.mask_id,
+            sop_id=tok.sop_id,
+            eop_id=tok.eop_id,
+            pad_id=tok.eos_id,
+        )
         return seq, removed > 0
 
     def __call__(self, ex: ClozeExample, example_idx: int) -> ClozeFeature:
@@ -219,7 +252,9 @@ class ClozeDataset(Dataset):
         return self.features[i]
 
 
-def collate_cloze(features: Sequence[ClozeFeature], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+def collate_cloze(
+    features: Sequence[ClozeFeature], pad_id: int, pad_to: int | None = None
+) -> dict[str, torch.Tensor]:
     """Stack features into `[B, C, L]` tensors (see the module docstring).
 
     Missing candidates repeat candidate 0 and get `choice_mask` False. `pad_to` fixes L (else the
@@ -250,8 +285,12 @@ def collate_cloze(features: Sequence[ClozeFeature], pad_id: int, pad_to: int | N
             sep[b, c] = int(s["sep"])
             choice_mask[b, c] = c < len(f.sequences)
     batch = {
-        "input_ids": input_ids, "targets": targets, "loss_mask": loss_mask, "position_ids": position_ids,
-        "sep": sep, "choice_mask": choice_mask,
+        "input_ids": input_ids,
+        "targets": targets,
+        "loss_mask": loss_mask,
+        "position_ids": position_ids,
+        "sep": sep,
+        "choice_mask": choice_mask,
         "label": torch.tensor([f.target for f in features], dtype=torch.long),
         "example_idx": torch.tensor([f.example_idx for f in features], dtype=torch.long),
     }
@@ -327,8 +366,14 @@ class ClozeDataModule(L.LightningDataModule):
         return "multi" if (self.task.multi_token or self.multi_token) else "single"
 
     def encoder(self) -> ClozeEncoder:
-        return ClozeEncoder(self.task, self.tokenizer, self.pattern_id, self.seq_length, self.num_prompt_tokens,
-                            self.multi_token)
+        return ClozeEncoder(
+            self.task,
+            self.tokenizer,
+            self.pattern_id,
+            self.seq_length,
+            self.num_prompt_tokens,
+            self.multi_token,
+        )
 
     def has_split(self, split: str) -> bool:
         path = self.task.path(self.data_dir, split)
@@ -348,8 +393,16 @@ class ClozeDataModule(L.LightningDataModule):
         encoder = self.encoder()
         features = [encoder(ex, i) for i, ex in enumerate(examples)]
         self.truncated[split] = encoder.num_truncated
-        log.info("%s/%s: %d examples from %s, %d truncated to seq_length %d (pattern %d)", self.task.name, split,
-                 len(examples), path, encoder.num_truncated, self.seq_length, self.pattern_id)
+        log.info(
+            "%s/%s: %d examples from %s, %d truncated to seq_length %d (pattern %d)",
+            self.task.name,
+            split,
+            len(examples),
+            path,
+            encoder.num_truncated,
+            self.seq_length,
+            self.pattern_id,
+        )
         self._examples[split] = examples
         self._datasets[split] = ClozeDataset(features)
         return self._datasets[split]
@@ -369,8 +422,12 @@ class ClozeDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         pad_to = self.seq_length if self.pad_to_seq_length else None
         return DataLoader(
-            self.load_split(split), batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=_Collate(self.tokenizer.eos_id, pad_to), drop_last=False,
+            self.load_split(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=_Collate(self.tokenizer.eos_id, pad_to),
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:

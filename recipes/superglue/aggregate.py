@@ -67,8 +67,10 @@ def collect(root: Path) -> dict[str, dict[str, dict[str, float]]]:
             raise ValueError(f"{path}: not a cloze metrics file (bad JSON: {e})") from None
         task, seed = _task_and_seed(path, payload)
         if task is None:
-            raise ValueError(f"{path}: not a cloze metrics file (no 'task' in it and no data.task of a "
-                             f"ClozeDataModule in the job's config.yaml)")
+            raise ValueError(
+                f"{path}: not a cloze metrics file (no 'task' in it and no data.task of a "
+                f"ClozeDataModule in the job's config.yaml)"
+            )
         runs[str(task).lower()][seed] = {k: float(v) for k, v in payload.items() if k.startswith("val/")}
     return runs
 
@@ -106,7 +108,9 @@ def write_outputs(root: Path, out: Path) -> tuple[Path, Path, Path]:
     fmt = ["-" if c is None else f"{c[0]:.1f} ± {c[1]:.1f}" for c in cells]
     fmt[-1] = "-" if cells[-1] is None else f"{cells[-1][0]:.1f}"
     md = out / "superglue_results.md"
-    md.write_text("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(fmt) + " |\n")
+    md.write_text(
+        "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(fmt) + " |\n"
+    )
     csv_path = out / "superglue_results.csv"
     with csv_path.open("w", newline="") as f:
         w = csv.writer(f)
@@ -114,7 +118,9 @@ def write_outputs(root: Path, out: Path) -> tuple[Path, Path, Path]:
         col_tasks = [t for t, c in COLUMNS for _ in c] + [None]
         for label, cell, task in zip(header, cells, col_tasks, strict=True):
             n = len(runs.get(task, {})) if task else sum(len(v) for v in runs.values())
-            w.writerow([label, "" if cell is None else f"{cell[0]:.4f}", "" if cell is None else f"{cell[1]:.4f}", n])
+            w.writerow(
+                [label, "" if cell is None else f"{cell[0]:.4f}", "" if cell is None else f"{cell[1]:.4f}", n]
+            )
     import matplotlib
 
     matplotlib.use("Agg")

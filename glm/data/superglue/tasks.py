@@ -42,11 +42,11 @@ Part = tuple[Any, bool]  # (str | MASK | None, shortenable)
 Parts = list[Part]
 
 
-def S(text: str) -> Part:  # noqa: N802 - the spec's notation for a shortenable part
+def S(text: str) -> Part:
     return (text, True)
 
 
-def T(text: Any) -> Part:  # noqa: N802 - a fixed part
+def T(text: Any) -> Part:
     return (text, False)
 
 
@@ -62,8 +62,11 @@ def with_prompt_slots(parts_a: Parts, parts_b: Parts, num_prompt_tokens: int) ->
     for parts in (parts_b, parts_a):  # the last blank wins, as mask_pos does
         for i in range(len(parts) - 1, -1, -1):
             if parts[i][0] is MASK:
-                return (parts_a[:i] + slots + parts_a[i:], parts_b) if parts is parts_a else (
-                    parts_a, parts_b[:i] + slots + parts_b[i:])
+                return (
+                    (parts_a[:i] + slots + parts_a[i:], parts_b)
+                    if parts is parts_a
+                    else (parts_a, parts_b[:i] + slots + parts_b[i:])
+                )
     raise ValueError("pattern has no blank")
 
 
@@ -79,7 +82,11 @@ class SuperGLUETask:
     seq_length: ClassVar[int] = 256
     standardize: ClassVar[bool] = True  # punctuation standardisation (all tasks but COPA)
     main_metric: ClassVar[str] = "val/acc"
-    files: ClassVar[dict[str, str | None]] = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
+    files: ClassVar[dict[str, str | None]] = {
+        "train": "train.jsonl",
+        "val": "val.jsonl",
+        "test": "test.jsonl",
+    }
 
     # ---- reading ----
     def path(self, data_dir: str | Path, split: str) -> Path | None:
@@ -120,7 +127,9 @@ class SuperGLUETask:
     # ---- patterns ----
     def check_pattern(self, pattern_id: int) -> None:
         if pattern_id not in self.pattern_ids:
-            raise ValueError(f"{self.name}: unknown pattern id {pattern_id}; known ids {list(self.pattern_ids)}")
+            raise ValueError(
+                f"{self.name}: unknown pattern id {pattern_id}; known ids {list(self.pattern_ids)}"
+            )
 
     def parts(self, ex: ClozeExample, pattern_id: int) -> tuple[Parts, Parts]:
         """Part lists A and B (spec §7.2)."""
@@ -149,8 +158,10 @@ class BoolQ(SuperGLUETask):
     default_pattern, pattern_ids = 4, (0, 1, 2, 3, 4, 5)
 
     def examples_from_record(self, rec, where, split):
-        fields = {"passage": self.text(require(rec, "passage", where, str)),
-                  "question": self.text(require(rec, "question", where, str))}
+        fields = {
+            "passage": self.text(require(rec, "passage", where, str)),
+            "question": self.text(require(rec, "question", where, str)),
+        }
         label = self.label_of(rec, where, split)
         return [ClozeExample(f"{split}-{where}", where, fields, label, label, submit_idx=rec.get("idx"))]
 
@@ -160,10 +171,22 @@ class BoolQ(SuperGLUETask):
         if pattern_id < 2:
             return [S(passage), T(" Question:"), S(" " + question), T("? Answer:"), T(MASK), T(".")], []
         if pattern_id < 4:
-            return [S(passage), T(" Based on the previous passage,"), S(" " + question), T("?"), T(MASK),
-                    T(".")], []
-        return [T("Based on the following passage"), S(" " + question), T("?"), T(MASK), T("."),
-                S(" " + passage)], []
+            return [
+                S(passage),
+                T(" Based on the previous passage,"),
+                S(" " + question),
+                T("?"),
+                T(MASK),
+                T("."),
+            ], []
+        return [
+            T("Based on the following passage"),
+            S(" " + question),
+            T("?"),
+            T(MASK),
+            T("."),
+            S(" " + passage),
+        ], []
 
     def verbalizers(self, pattern_id):
         return [" No", " Yes"] if pattern_id % 2 == 0 else [" false", " true"]
@@ -176,8 +199,10 @@ class CB(SuperGLUETask):
     main_metric = "val/f1"
 
     def examples_from_record(self, rec, where, split):
-        fields = {"premise": self.text(require(rec, "premise", where, str)),
-                  "hypothesis": self.text(require(rec, "hypothesis", where, str))}
+        fields = {
+            "premise": self.text(require(rec, "premise", where, str)),
+            "hypothesis": self.text(require(rec, "hypothesis", where, str)),
+        }
         label = self.label_of(rec, where, split)
         return [ClozeExample(f"{split}-{where}", where, fields, label, label, submit_idx=rec.get("idx"))]
 
@@ -196,8 +221,14 @@ class CB(SuperGLUETask):
         return self.parts_p4(premise, hypothesis, hyp), []
 
     def parts_p4(self, premise: str, hypothesis: str, hyp: str) -> Parts:
-        return [S(premise), T(" question:"), S(" " + hypothesis), T(" true, false or neither?"), T(" answer:"),
-                T(MASK)]
+        return [
+            S(premise),
+            T(" question:"),
+            S(" " + hypothesis),
+            T(" true, false or neither?"),
+            T(" answer:"),
+            T(MASK),
+        ]
 
     def verbalizers(self, pattern_id):
         if pattern_id == 4:
@@ -233,16 +264,33 @@ class COPA(SuperGLUETask):
         if fields["question"] not in ("cause", "effect"):
             raise DataError(f"{where}: field 'question' = {fields['question']!r} must be 'cause' or 'effect'")
         label = self.label_of(rec, where, split)
-        ex = ClozeExample(f"{split}-{where}", where, fields, label, label,
-                          candidates=[fields["choice1"], fields["choice2"]], submit_idx=rec.get("idx"))
+        ex = ClozeExample(
+            f"{split}-{where}",
+            where,
+            fields,
+            label,
+            label,
+            candidates=[fields["choice1"], fields["choice2"]],
+            submit_idx=rec.get("idx"),
+        )
         if split != "train":
             return [ex]
         # spec §7.2: the training set is doubled with mirrored examples (choices swapped, label flipped)
         mirrored = dict(fields, choice1=fields["choice2"], choice2=fields["choice1"])
         flip = None if label is None else 1 - label
-        return [ex, ClozeExample(f"{split}-{where}-mirror", where, mirrored, flip, flip,
-                                 candidates=[mirrored["choice1"], mirrored["choice2"]], submit_idx=rec.get("idx"),
-                                 meta={"mirrored": True})]
+        return [
+            ex,
+            ClozeExample(
+                f"{split}-{where}-mirror",
+                where,
+                mirrored,
+                flip,
+                flip,
+                candidates=[mirrored["choice1"], mirrored["choice2"]],
+                submit_idx=rec.get("idx"),
+                meta={"mirrored": True},
+            ),
+        ]
 
     @staticmethod
     def _choice(text: str) -> str:
@@ -259,7 +307,17 @@ class COPA(SuperGLUETask):
         premise, c1, c2 = self._pieces(ex)
         joiner = " because" if ex.fields["question"] == "cause" else ", so"
         if pattern_id == 0:
-            return [T('"'), T(c1), T('" or "'), T(c2), T('"?'), S(" " + premise), T(joiner), T(MASK), T(".")], []
+            return [
+                T('"'),
+                T(c1),
+                T('" or "'),
+                T(c2),
+                T('"?'),
+                S(" " + premise),
+                T(joiner),
+                T(MASK),
+                T("."),
+            ], []
         if pattern_id == 1:
             return [T(c1), T(" or"), T(" " + c2), T("?"), S(" " + premise), T(joiner), T(MASK), T(".")], []
         raise ValueError("COPA pattern 2 builds one input per choice; use candidate_inputs")
@@ -272,8 +330,10 @@ class COPA(SuperGLUETask):
             return [(parts_a, parts_b, " " + c1), (parts_a, parts_b, " " + c2)]
         # p2: the connective is the answer, scored once per choice placed after the blank
         answer = " because" if ex.fields["question"] == "cause" else " so"
-        return [([T('"'), T(c1), T('" or "'), T(c2), T('"?'), S(premise), T(MASK), T(" " + c)], [], answer)
-                for c in (c1, c2)]
+        return [
+            ([T('"'), T(c1), T('" or "'), T(c2), T('"?'), S(premise), T(MASK), T(" " + c)], [], answer)
+            for c in (c1, c2)
+        ]
 
     def predict(self, ex, best):
         return best
@@ -307,8 +367,17 @@ class MultiRC(SuperGLUETask):
                 label = self.label_of(a, awhere, split)
                 fields = {"passage": text, "question": question, "answer": answer}
                 submit = {"paragraph": pidx, "question": q.get("idx", qi), "answer": a.get("idx", ai)}
-                out.append(ClozeExample(f"{split}-{where}-{qi}-{ai}", awhere, fields, label, label,
-                                        submit_idx=submit, group=(pidx, q.get("idx", qi))))
+                out.append(
+                    ClozeExample(
+                        f"{split}-{where}-{qi}-{ai}",
+                        awhere,
+                        fields,
+                        label,
+                        label,
+                        submit_idx=submit,
+                        group=(pidx, q.get("idx", qi)),
+                    )
+                )
         return out
 
     def parts(self, ex, pattern_id):
@@ -317,18 +386,55 @@ class MultiRC(SuperGLUETask):
         question = strip_final_punctuation(ex.fields["question"].rstrip())
         answer = ex.fields["answer"]
         if pattern_id == 0:
-            return [S(passage), T("."), T(" Question:"), T(" " + question + "?"), T(" Is it"), T(" " + answer),
-                    T("?"), T(MASK), T(".")], []
+            return [
+                S(passage),
+                T("."),
+                T(" Question:"),
+                T(" " + question + "?"),
+                T(" Is it"),
+                T(" " + answer),
+                T("?"),
+                T(MASK),
+                T("."),
+            ], []
         if pattern_id == 1:
-            return [S(passage), T("."), T(" Question:"), T(" " + question), T("?"),
-                    T(' Is the correct answer "'), T(answer), T('"?'), T(MASK), T(".")], []
+            return [
+                S(passage),
+                T("."),
+                T(" Question:"),
+                T(" " + question),
+                T("?"),
+                T(' Is the correct answer "'),
+                T(answer),
+                T('"?'),
+                T(MASK),
+                T("."),
+            ], []
         if pattern_id == 2:
-            return [S(passage), T(". Based on the previous passage,"), T(" " + question), T("?"), T(' Is "'),
-                    T(answer), T('" a correct answer?'), T(MASK), T(".")], []
+            return [
+                S(passage),
+                T(". Based on the previous passage,"),
+                T(" " + question),
+                T("?"),
+                T(' Is "'),
+                T(answer),
+                T('" a correct answer?'),
+                T(MASK),
+                T("."),
+            ], []
         if pattern_id == 3:
             return [S(passage), T(" " + question), T("- ["), T(MASK), T("]"), T(answer)], []
-        return [S(passage), T("."), T(" Question:"), T(" " + question), T("?"), T(" " + answer), T("?"), T(MASK),
-                T(".")], []
+        return [
+            S(passage),
+            T("."),
+            T(" Question:"),
+            T(" " + question),
+            T("?"),
+            T(" " + answer),
+            T("?"),
+            T(MASK),
+            T("."),
+        ], []
 
     def verbalizers(self, pattern_id):
         return [" False", " True"] if pattern_id == 3 else [" No", " Yes"]
@@ -346,7 +452,7 @@ class ReCoRD(SuperGLUETask):
     multi_token = True
     seq_length = 512
     main_metric = "val/f1"
-    files = {"train": "train.jsonl", "val": "dev32.jsonl", "test": None}
+    files: ClassVar[dict[str, str | None]] = {"train": "train.jsonl", "val": "dev32.jsonl", "test": None}
     max_train_negatives = 9
     shuffle_seed = 42
 
@@ -363,7 +469,7 @@ class ReCoRD(SuperGLUETask):
         for i, e in enumerate(spans):
             start = require(e, f"passage.entities[{i}].start", where, int)
             end = require(e, f"passage.entities[{i}].end", where, int)  # inclusive end (ReCoRD convention)
-            entities.add(self.text(raw[start:end + 1]))
+            entities.add(self.text(raw[start : end + 1]))
         entities.discard("")
         if not entities:
             raise DataError(f"{where}: empty candidate list (field 'passage.entities')")
@@ -387,12 +493,34 @@ class ReCoRD(SuperGLUETask):
                     if len(negatives) > self.max_train_negatives:
                         self._shuffler.shuffle(negatives)
                     cands = [g] + negatives[: self.max_train_negatives]
-                    out.append(ClozeExample(f"{split}-{where}-{qi}-{g}", qwhere, fields, None, 0, cands, golds,
-                                            submit_idx=qidx, group=qidx))
+                    out.append(
+                        ClozeExample(
+                            f"{split}-{where}-{qi}-{g}",
+                            qwhere,
+                            fields,
+                            None,
+                            0,
+                            cands,
+                            golds,
+                            submit_idx=qidx,
+                            group=qidx,
+                        )
+                    )
             else:
                 target = next((entities.index(g) for g in golds if g in entities), None)
-                out.append(ClozeExample(f"{split}-{where}-{qi}", qwhere, fields, None, target, list(entities),
-                                        golds, submit_idx=qidx, group=qidx))
+                out.append(
+                    ClozeExample(
+                        f"{split}-{where}-{qi}",
+                        qwhere,
+                        fields,
+                        None,
+                        target,
+                        list(entities),
+                        golds,
+                        submit_idx=qidx,
+                        group=qidx,
+                    )
+                )
         return out
 
     def parts(self, ex, pattern_id):
@@ -418,19 +546,73 @@ class WiC(SuperGLUETask):
         self.check_pattern(pattern_id)
         w, s1, s2 = ex.fields["word"], ex.fields["sentence1"], ex.fields["sentence2"]
         if pattern_id == 0:
-            return [S('"' + s1 + '" / "' + s2 + '"'), T(' Similar sense of "' + w + '"?'), T(MASK), T(".")], []
+            return [
+                S('"' + s1 + '" / "' + s2 + '"'),
+                T(' Similar sense of "' + w + '"?'),
+                T(MASK),
+                T("."),
+            ], []
         if pattern_id == 1:
-            return [S(s1), S(" " + s2), T(" Does " + w + " have the same meaning in both sentences?"), T(MASK)], []
-        return [T(w), T(" ."), T(' Sense (1) (a) "'), S(s1), T('"'), T(" ("), T(MASK), T(') "'), T(s2), T('"')], []
+            return [
+                S(s1),
+                S(" " + s2),
+                T(" Does " + w + " have the same meaning in both sentences?"),
+                T(MASK),
+            ], []
+        return [
+            T(w),
+            T(" ."),
+            T(' Sense (1) (a) "'),
+            S(s1),
+            T('"'),
+            T(" ("),
+            T(MASK),
+            T(') "'),
+            T(s2),
+            T('"'),
+        ], []
 
     def verbalizers(self, pattern_id):
         return ["2", "b"] if pattern_id == 2 else [" No", " Yes"]
 
 
 _PRONOUNS = {
-    "i", "me", "my", "mine", "you", "your", "yours", "he", "him", "his", "she", "her", "hers", "it", "its", "we",
-    "us", "our", "ours", "they", "them", "their", "theirs", "himself", "herself", "itself", "themselves", "this",
-    "that", "these", "those", "who", "whom", "which", "what", "one",
+    "i",
+    "me",
+    "my",
+    "mine",
+    "you",
+    "your",
+    "yours",
+    "he",
+    "him",
+    "his",
+    "she",
+    "her",
+    "hers",
+    "it",
+    "its",
+    "we",
+    "us",
+    "our",
+    "ours",
+    "they",
+    "them",
+    "their",
+    "theirs",
+    "himself",
+    "herself",
+    "itself",
+    "themselves",
+    "this",
+    "that",
+    "these",
+    "those",
+    "who",
+    "whom",
+    "which",
+    "what",
+    "one",
 }
 _DETERMINERS = {"the", "a", "an", "his", "her", "their", "its", "my", "our", "your"}
 _TITLES = {"Mr", "Mrs", "Ms", "Dr", "St", "Prof"}
@@ -453,8 +635,9 @@ def wsc_heuristic_noun_phrases(text: str) -> list[str]:
     for i, raw in enumerate(words + [""]):
         w = raw.strip(string.punctuation + "\"'")
         prev = words[i - 1] if i > 0 else ""
-        sentence_start = i == 0 or (prev.endswith((".", "!", "?", '."', '!"', '?"'))
-                                    and prev.rstrip(".") not in _TITLES)
+        sentence_start = i == 0 or (
+            prev.endswith((".", "!", "?", '."', '!"', '?"')) and prev.rstrip(".") not in _TITLES
+        )
         capital = bool(w) and w[0].isupper() and w.isalpha() and w.lower() not in _PRONOUNS
         if capital and (run or not sentence_start) and not (run and run[-1] != words[i - 1].strip("\"'")):
             run.append(w)
@@ -517,8 +700,9 @@ class WSC(SuperGLUETask):
             index, ok = self._repair(words, pronoun, index)
             unrepaired += not ok
             if not 0 <= index < len(words):
-                raise DataError(f"{where}: field 'target.span2_index' = {index} is outside the text's "
-                                f"{len(words)} words")
+                raise DataError(
+                    f"{where}: field 'target.span2_index' = {index} is outside the text's {len(words)} words"
+                )
             words[index] = "*" + words[index] + "*"
             label = self.label_of(rec, where, split)
             if "candidates" in rec:
@@ -528,23 +712,33 @@ class WSC(SuperGLUETask):
             negatives = self._dedup(raw, span1, pronoun)
             no_negatives += not negatives
             fields = {"text": " ".join(words), "pronoun": pronoun, "span1": span1}
-            base = dict(fields=fields, label=label, submit_idx=rec.get("idx"), source=where)
+            base = {"fields": fields, "label": label, "submit_idx": rec.get("idx"), "source": where}
             if split != "train":
-                examples.append(ClozeExample(f"{split}-{where}", target=0 if label == 1 else None,
-                                             candidates=[span1] + negatives, **base))
+                examples.append(
+                    ClozeExample(
+                        f"{split}-{where}",
+                        target=0 if label == 1 else None,
+                        candidates=[span1] + negatives,
+                        **base,
+                    )
+                )
                 continue
             if label != 1:  # training uses the positive examples only (spec §7.2)
                 continue
             k = self.max_train_negatives
-            groups = [negatives[i:i + k] for i in range(0, len(negatives), k)] or [[]]
+            groups = [negatives[i : i + k] for i in range(0, len(negatives), k)] or [[]]
             if len(groups) > 1 and len(groups[-1]) < k:
                 groups[-1] = (groups[-1] + negatives)[:k]
             for gi, g in enumerate(groups):
-                examples.append(ClozeExample(f"{split}-{where}-{gi}", target=0, candidates=[span1] + g, **base))
+                examples.append(
+                    ClozeExample(f"{split}-{where}-{gi}", target=0, candidates=[span1] + g, **base)
+                )
         if no_negatives:
             log.info("%s: %d examples have no negative candidate (always predicted True)", path, no_negatives)
         if unrepaired:
-            log.warning("%s: %d examples whose span2_index does not match span2_text even at +-1", path, unrepaired)
+            log.warning(
+                "%s: %d examples whose span2_index does not match span2_text even at +-1", path, unrepaired
+            )
         return examples
 
     @staticmethod
@@ -553,7 +747,7 @@ class WSC(SuperGLUETask):
         want = [_norm(w) for w in pronoun.split()]
 
         def matches(i: int) -> bool:
-            return 0 <= i and [_norm(w) for w in words[i:i + len(want)]] == want
+            return 0 <= i and [_norm(w) for w in words[i : i + len(want)]] == want
 
         if matches(index):
             return index, True
@@ -581,10 +775,19 @@ class WSC(SuperGLUETask):
         if pattern_id == 0:
             return [S(text), T(" The pronoun '*" + pronoun + "*' refers to"), T(MASK), T(".")], []
         if pattern_id == 1:
-            return [S(text), T(" In the previous sentence, the pronoun '*" + pronoun + "*' refers to"), T(MASK),
-                    T(".")], []
-        return [S(text), T(" Question: In the passage above, what does the pronoun '*" + pronoun + "*' refer to?"),
-                T(" Answer:"), T(MASK), T(".")], []
+            return [
+                S(text),
+                T(" In the previous sentence, the pronoun '*" + pronoun + "*' refers to"),
+                T(MASK),
+                T("."),
+            ], []
+        return [
+            S(text),
+            T(" Question: In the passage above, what does the pronoun '*" + pronoun + "*' refer to?"),
+            T(" Answer:"),
+            T(MASK),
+            T("."),
+        ], []
 
     def predict(self, ex, best):
         return self.labels[1] if best == 0 else self.labels[0]
