@@ -249,3 +249,26 @@ def test_fp16_scaler_skips_are_counted_not_fatal() -> None:
     assert logged == [0.0, 0.0, 1.0, 1.0, 1.0], logged  # batch 2 overflowed; the run went on
     assert scaler.get_scale() < 2.0**8  # the overflow halved the scale
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_resumable_loader_continues_the_epoch_order_and_refuses_a_new_layout() -> None:
+    from glm.data.pretrain import EpochIndexSampler, ResumableDataLoader
+
+    def loader(world: int = 1, batch: int = 2, done: int = 0) -> ResumableDataLoader:
+        sampler = EpochIndexSampler(20, seed=5, shuffle=True, rank=0, world_size=world)
+        sampler.set_epoch(1)
+        return ResumableDataLoader(list(range(40)), batch_size=batch, sampler=sampler, progress=lambda: done)
+
+    whole = [b.tolist() for b in loader()]
+    state = loader(done=3).state_dict()
+    assert state["batches_done"] == 3 and state["epoch"] == 1
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [b.tolist() for b in resumed] == whole[3:]  # the rest of epoch 1, indices 20..39
+    assert [b.tolist() for b in resumed] == whole  # the next pass is whole again
+    at_end = loader()
+    at_end.load_state_dict({**state, "batches_done": len(whole)})  # saved on the last batch: next epoch whole
+    assert [b.tolist() for b in at_end] == whole
+    for changed, field in ((loader(world=2), "world_size=1"), (loader(batch=4), "batch_size=2")):
+        with pytest.raises(ValueError, match=f"train dataloader {field}"):
+            changed.load_state_dict(state)
