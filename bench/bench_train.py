@@ -30,7 +30,7 @@ the same way inside every round. Achieved FLOP/s = tokens x GLMConfig.flops_per_
 Memory: a TorchDispatchMode records every tensor storage created during one step and drops it when its
 storage is freed (weakref on the storage), giving the exact peak of live bytes allocated by the step
 (activations, gradients, temporaries; parameters and optimizer state exist before the step and are not
-counted) and the bytes still held when the forward ends (what autograd saved for backward).
+counted, nor are views of existing storages such as a weight's transpose) and the bytes still held when the forward ends (what autograd saved for backward).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map_only
+from torch.utils._pytree import tree_flatten
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from reference_glm import CausalGPT, ReferenceGLM
@@ -117,7 +117,15 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        tree_map_only(torch.Tensor, self._track, out)
+        # views and in-place results alias an input's storage (e.g. a parameter's transpose): not new memory
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self._track(t)
         return out
 
 
@@ -160,6 +168,54 @@ def measure_memory(cfg: GLMConfig, layers: int, batch: int, seq: int) -> dict:
     return out
 
 
+def attention_core(cfg: GLMConfig, batch: int, seq: int, sep: torch.Tensor, repeats: int) -> dict:
+    """Forward+backward of the attention core alone (Q, K, V -> context) for one layer's shapes: the
+    kernels and masks without the projections, MLP and head that dominate a whole step. Many short
+    interleaved repeats give tight medians (CPU seconds per call)."""
+    from glm.model import build_attention_mask
+    from glm.model.glm import eager_attention, sdpa_attention
+
+    g = torch.Generator().manual_seed(2)
+    shape = (batch, cfg.num_attention_heads, seq, cfg.head_size)
+    q, k, v = (torch.randn(shape, generator=g).requires_grad_() for _ in range(3))
+    grad = torch.randn(shape, generator=g)
+    glm_mask = build_attention_mask(sep, batch, seq)
+    causal_mask = build_attention_mask(None, batch, seq)
+    float_mask = glm_mask.float()
+
+    def reference() -> torch.Tensor:  # the 2021 arithmetic, as in reference_glm.RefAttention
+        scores = torch.matmul(q, k.transpose(-1, -2) / cfg.head_size**0.5)
+        scores = torch.mul(scores, float_mask) - 65504.0 * (1.0 - float_mask)
+        return torch.matmul(torch.nn.functional.softmax(scores, dim=-1), v)
+
+    kernels = {
+        "sdpa_glm_mask": lambda: sdpa_attention(q, k, v, glm_mask, 0.0, False),
+        "sdpa_causal_mask": lambda: sdpa_attention(q, k, v, causal_mask, 0.0, False),
+        "sdpa_is_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        "eager_glm_mask": lambda: eager_attention(q, k, v, glm_mask, 0.0, False),
+        "reference_glm_mask": reference,
+    }
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    for r in range(repeats + 1):
+        for name, fn in kernels.items():
+            t0 = time.process_time()
+            fn().backward(grad)
+            if r:  # round 0 is the warm-up
+                times[name].append(time.process_time() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+    return {
+        "fwd_bwd_cpu_ms_median": {k: 1e3 * v for k, v in med.items()},
+        "glm_mask_cost_vs_causal_mask": paired("sdpa_glm_mask", "sdpa_causal_mask") - 1.0,
+        "glm_mask_cost_vs_is_causal": paired("sdpa_glm_mask", "sdpa_is_causal") - 1.0,
+        "sdpa_vs_eager_speedup": paired("eager_glm_mask", "sdpa_glm_mask"),
+        "sdpa_vs_reference_speedup": paired("reference_glm_mask", "sdpa_glm_mask"),
+    }
+
+
 def matmul_ceiling_fn(n: int = 2048) -> tuple[Callable[[], None], float]:
     a, b = torch.randn(n, n), torch.randn(n, n)
     return (lambda: torch.mm(a, b)), 2.0 * n**3
@@ -177,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--memory-layers", type=int, default=12, help="layers of the model whose step memory is measured"
     )
-    p.add_argument("--memory-batch", type=int, default=1)
+    p.add_argument("--memory-batch", type=int, default=2)
+    p.add_argument("--attention-repeats", type=int, default=15)
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -258,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
             "seq": S,
             "rounds": args.rounds,
             "threads": torch.get_num_threads(),
+            "memory_layers": args.memory_layers,
+            "memory_batch": args.memory_batch,
             "torch": torch.__version__,
             "seps": sep.tolist(),
             "timing_s": round(time.perf_counter() - start, 1),
@@ -285,6 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_flops_vs_matmul_ceiling": step_flops / med["glm_sdpa"] / ceiling,
         "gpt_flops_vs_matmul_ceiling": step_flops / med["gpt_causal"] / ceiling,
     }
+    res["attention_core"] = attention_core(cfg, B, S, sep, args.attention_repeats)
     if not args.skip_memory:
         del variants, ours, ref, ckpt, gpt
         res["memory"] = {
@@ -324,6 +384,16 @@ def report(res: dict) -> None:
         f"GPT {100 * r['gpt_flops_vs_matmul_ceiling']:.0f}%"
     )
     print(f"activation checkpointing step time: {100 * r['checkpointing_time_cost']:+.1f}%")
+    a = res["attention_core"]
+    print(
+        "attention core alone (one layer's shapes), forward+backward CPU ms: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in a["fwd_bwd_cpu_ms_median"].items())
+    )
+    print(
+        f"  GLM mask cost: {100 * a['glm_mask_cost_vs_causal_mask']:+.1f}% vs a causal bool mask, "
+        f"{100 * a['glm_mask_cost_vs_is_causal']:+.1f}% vs is_causal; sdpa vs eager "
+        f"{a['sdpa_vs_eager_speedup']:.2f}x, vs reference arithmetic {a['sdpa_vs_reference_speedup']:.2f}x"
+    )
     if "memory" in res:
         m = res["memory"]
         for k in ("no_checkpointing", "checkpointing"):
