@@ -149,7 +149,8 @@ def test_real_lightning_fit_logs_hand_computed_rate() -> None:
 def test_default_callbacks_config_builds_the_monitor(compose_cfg) -> None:
     from glm.utils.instantiate import instantiate_group
 
-    cfg = compose_cfg("ci_tiny", ["+callbacks.mfu.device_peaks.MyGPU={bf16: 123.0}"])  # the documented override
+    # the override documented in conf/callbacks/default.yaml
+    cfg = compose_cfg("ci_tiny", ["+callbacks.mfu.device_peaks.MyGPU={bf16: 123.0}"])
     monitors = [c for c in instantiate_group(cfg.callbacks) if isinstance(c, MFUMonitor)]
     assert len(monitors) == 1
     peaks = monitors[0].device_peaks
