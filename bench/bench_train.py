@@ -2,8 +2,8 @@
 
     python bench/bench_train.py [--layers 2] [--batch 1] [--seq 512] [--rounds 3] [--threads 1] [--json OUT.json]
 
-The defaults keep one run near 3 minutes on the shared 2-core machine; `--batch 4 --rounds 5` is the
-fuller measurement (several times longer).
+The defaults keep one run near 3 minutes on the shared 2-core machine (bench/README.md has the results of
+`--rounds 5`); `--layers 12 --batch 4` is the full glm-base step (many times longer).
 
 One training step = forward + cross-entropy over all positions + backward + AdamW step, fp32 unless
 stated. Variants (all in one process, same shapes, dropout 0 everywhere so every variant runs the same
@@ -19,8 +19,9 @@ arithmetic and the kernels decide the speed):
   glm_sdpa_ckpt    glm_sdpa with activation checkpointing (glm.tasks.base._checkpoint_blocks)
 
 Timing: variants are interleaved round by round (one step each per round, after one warm-up step each)
-and each figure is the median over rounds; ratios are medians of the per-round ratios. The development machine's 2 cores are shared by several
-engineers, so wall-clock times swing by 2x from one step to the next; the figures are therefore CPU seconds
+and each figure is the median over rounds; ratios are medians of the per-round ratios. The development
+machine's 2 cores are shared by several engineers, so wall-clock times swing by 2x from one step to the
+next; the figures are therefore CPU seconds
 of this process (`time.process_time`) with one intra-op thread (`--threads 1`: every kernel, forward and
 backward, runs in the calling thread), which other users' load barely moves. Wall seconds are reported
 beside them. Only ratios are meaningful on this machine. The fp32 matmul ceiling is a 2048^3 torch.mm timed
@@ -30,7 +31,10 @@ the same way inside every round. Achieved FLOP/s = tokens x GLMConfig.flops_per_
 Memory: a TorchDispatchMode records every tensor storage created during one step and drops it when its
 storage is freed (weakref on the storage), giving the exact peak of live bytes allocated by the step
 (activations, gradients, temporaries; parameters and optimizer state exist before the step and are not
-counted, nor are views of existing storages such as a weight's transpose) and the bytes still held when the forward ends (what autograd saved for backward).
+counted, nor are views of existing storages such as a weight's transpose) and the bytes still held when
+the forward ends (what autograd saved for backward). It runs on the full 12 layers at batch 2 x 512
+(`--memory-layers`, `--memory-batch`). Also timed: the attention core alone (Q, K, V -> context, forward +
+backward) for each mask/kernel, where many short repeats give tight medians.
 """
 
 from __future__ import annotations
