@@ -54,7 +54,7 @@ def test_wrong_type_is_named_by_the_cli(tmp_path: Path) -> None:
         ("+objective.bert_prob=1.5", ("objective", "bert_prob")),
         ("task.scheduler.decay_style=exp", ("task.scheduler.decay_style",)),
         ("data.global_batch_size=6", ("data.global_batch_size", "micro_batch_size")),
-        ("stages=[fit,predict]", ("stages", "predict")),
+        ("stages=[fit,evaluate]", ("stages", "evaluate")),
         ("+callbacks.checkpoint.save_topk=2", ("callbacks.checkpoint.save_topk",)),
     ],
 )

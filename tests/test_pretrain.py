@@ -362,4 +362,7 @@ def test_pretrain_tiny_val_loss_falls(tmp_path: Path) -> None:
     rows = list(csv.DictReader(next((run_dir / "csv").rglob("metrics.csv")).open()))
     val = [float(row["val/loss"]) for row in rows if row.get("val/loss")]
     assert len(val) == 3
-    assert val[0] < math.log(8064) - 1.0 and val[-1] < val[0] - 0.3, val
+    # an untrained model sits at ln V = 9.0 (checked in test_ci_tiny_end_to_end's analogue); most of the drop
+    # happens in the first 40 steps, then it keeps falling at every evaluation
+    assert val[-1] < math.log(8064) - 2.0, val
+    assert val[0] > val[1] > val[2], val
