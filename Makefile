@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## install CPU torch, then the package with dev extras (skipped while pyproject.toml is unchanged)
 
-demo: $(STAMP) ## install, then pretrain glm-small on the Gutenberg books on CPU (+experiment=pretrain_tiny)
-	$(PYTHON) run.py +experiment=pretrain_tiny
+demo: $(STAMP) ## install, pretrain a small GLM on the Gutenberg books on CPU, then finetune + evaluate it on COPA
+	$(PYTHON) run.py +experiment=pretrain_tiny 'hydra.run.dir=$${paths.log_dir}/demo/pretrain'
+	$(PYTHON) run.py +experiment=demo_copa
 
 test: $(STAMP) ## install if needed, then the fast test suite (what CI runs)
 	$(PYTHON) -m pytest -q -m "$(FAST)"

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from glm.callbacks import MFUMonitor  # noqa: E402
 from glm.data.masking import GLMMasker, MaskingConfig, SpecialIds, collate_masked, sample_rng  # noqa: E402
 from glm.model import GLM, GLMConfig  # noqa: E402
 from glm.tasks.pretrain import PretrainModule, blank_infilling_loss  # noqa: E402
@@ -105,7 +106,7 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[Clock()],
+        callbacks=[Clock(), MFUMonitor(every_n_steps=10)],
         gradient_clip_val=1.0 if strategy_name == "auto" else None,
     )
     trainer.fit(module, loader)
@@ -125,6 +126,7 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
         "loss_last5": round(sum(losses[-5:]) / 5, 3),
         "losses_first5": [round(x, 3) for x in losses[:5]],
         "finite": all(np.isfinite(losses)),
+        "callback_mfu": round(float(trainer.callback_metrics.get("perf/mfu", float("nan"))), 3),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
     full = None
@@ -132,20 +134,20 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    elif strategy_name.startswith("ds"):  # sharded ZeRO checkpoint -> one fp32 state dict (consolidation)
-        from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+    elif strategy_name.startswith("ds"):  # sharded ZeRO checkpoint -> export dir via our consolidate command
+        from glm.checkpoint.consolidate import consolidate
+        from glm.checkpoint.io import load_export
 
         ckpt_dir = Path(args.work_dir) / f"{strategy_name}.ckpt"
         trainer.save_checkpoint(ckpt_dir)
         trainer.strategy.barrier()
-        consolidated = Path(args.work_dir) / f"{strategy_name}_fp32.pt"
-        convert_zero_checkpoint_to_fp32_state_dict(ckpt_dir, consolidated)
-        state = torch.load(consolidated, map_location="cpu", weights_only=True)["state_dict"]
-        full = {k.removeprefix("model."): v for k, v in state.items()}
+        export = consolidate(ckpt_dir, Path(args.work_dir) / f"{strategy_name}_export")
+        _, full, _ = load_export(export, load_tokenizer=False)
         out["consolidated_bytes"] = sum(v.numel() * v.element_size() for v in full.values())
     if full is not None:
         batch = collate_masked([data[i] for i in range(4)])
-        device = trainer.strategy.root_device  # ZeRO-3 leaves partitioned placeholders on the CPU
+        # after fit Lightning's teardown moved the module to the CPU, except ZeRO-3's partitioned parameters
+        device = trainer.strategy.root_device if strategy_name == "ds3" else next(module.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.no_grad():
             logits = module.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
