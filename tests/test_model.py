@@ -242,6 +242,22 @@ def test_hidden_states_and_tied_head():
     torch.testing.assert_close(out.hidden_states[-1] @ model.word_embeddings.weight.T, out.logits)
 
 
+def test_logits_index_gathers_rows_of_the_full_logits_and_gradients():
+    model = make_model().double()
+    ids, pos, sep = glm_inputs()
+    index = torch.tensor([[11, 0, 5], [3, 3, 7], [10, 9, 8]])
+    full = model(ids, pos, sep=sep).logits
+    part = model(ids, pos, sep=sep, logits_index=index).logits
+    assert part.shape == (3, 3, V)
+    torch.testing.assert_close(part, full[torch.arange(3)[:, None], index], rtol=0, atol=1e-12)
+    # the same loss through either path gives the same parameter gradients
+    target = torch.randint(0, V, (3, 3), generator=torch.Generator().manual_seed(2))
+    g_part = torch.autograd.grad(F.cross_entropy(part.flatten(0, 1), target.flatten()), model.word_embeddings.weight)
+    full = model(ids, pos, sep=sep).logits[torch.arange(3)[:, None], index]
+    g_full = torch.autograd.grad(F.cross_entropy(full.flatten(0, 1), target.flatten()), model.word_embeddings.weight)
+    torch.testing.assert_close(g_part[0], g_full[0], rtol=0, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------------
 # Incremental decoding
 # --------------------------------------------------------------------------------------------------

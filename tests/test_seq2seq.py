@@ -255,3 +255,32 @@ def test_training_set_is_split_between_ranks(tmp_path):
         seen.append(sorted(inv[r[4]] for r in rows))  # the article's number token: [CLS] [MASK] Content: doc N
     assert len(seen[0]) == len(seen[1]) == 5
     assert sorted(seen[0] + seen[1]) == sorted(str(i) for i in range(10))  # disjoint halves cover the set
+
+
+def test_training_loss_projects_only_part_b_and_equals_the_full_loss():
+    """training_step computes the V-sized head only from the shortest Part A on; the loss is the spec §8.2
+    label-smoothed loss over the full logits (Part A has loss mask 0)."""
+    import torch
+
+    from glm.tasks.seq2seq import Seq2SeqModule, label_smoothed_loss
+
+    torch.manual_seed(0)
+    module = Seq2SeqModule(model={"preset": "glm-tiny", "hidden_dropout": 0.0, "attention_dropout": 0.0},
+                           optimizer={}, scheduler={})
+    module.configure_model()
+    module.log = lambda *a, **k: None  # no trainer attached
+    B, L, V = 3, 20, module.glm_config.vocab_size
+    g = torch.Generator().manual_seed(1)
+    sep = torch.tensor([12, 9, 15])
+    loss_mask = (torch.arange(L)[None] >= sep[:, None]).float()
+    batch = {
+        "input_ids": torch.randint(10, V, (B, L), generator=g),
+        "position_ids": torch.randint(0, 20, (B, 2, L), generator=g),
+        "sep": sep,
+        "targets": torch.randint(10, V, (B, L), generator=g),
+        "loss_mask": loss_mask,
+    }
+    loss = module.training_step(batch, 0)
+    full = module.model(batch["input_ids"], batch["position_ids"], sep=sep).logits
+    expected = label_smoothed_loss(full, batch["targets"], loss_mask, 0.1)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)

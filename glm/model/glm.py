@@ -380,6 +380,7 @@ class GLM(nn.Module):
         output_hidden_states: bool = False,
         inputs_embeds: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        logits_index: Tensor | None = None,
     ) -> GLMOutput:
         """Run the backbone on `[B, L]` ids (or `inputs_embeds [B, L, h]`, for continuous prompts).
 
@@ -389,6 +390,8 @@ class GLM(nn.Module):
         cache: keys/values of earlier positions; they are visible to every new query. With
              `use_cache=True` the returned `out.cache` holds them plus this call's positions.
         segment_ids: `[B, L]` sample index of each token in packed rows (then `sep` is per token `[B, L]`).
+        logits_index: `[B, K]` positions whose logits are wanted (out.logits is then `[B, K, V]`): the
+             V-sized head is the largest matmul of a small model, and losses need only Part B.
         """
         x_ref = input_ids if input_ids is not None else inputs_embeds
         B, L = x_ref.shape[:2]
@@ -424,6 +427,8 @@ class GLM(nn.Module):
         x = self.transformer.final_layernorm(x)
         if hidden is not None:
             hidden.append(x)
+        if logits_index is not None:
+            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
         logits = F.linear(x, self.word_embeddings.weight)  # tied head, no bias (spec §1.5)
         return GLMOutput(
             logits=logits,

@@ -115,8 +115,14 @@ class Seq2SeqModule(GLMTaskModule):
 
     # ---- training ----
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
-        loss = label_smoothed_loss(logits, batch["targets"], batch["loss_mask"], self.label_smoothing)
+        # the loss lives on Part B only: project just the positions from the shortest Part A on
+        start = int(batch["sep"].min())
+        length = batch["input_ids"].shape[1]
+        index = torch.arange(start, length, device=batch["sep"].device).expand(batch["input_ids"].shape[0], -1)
+        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"], logits_index=index).logits
+        loss = label_smoothed_loss(
+            logits, batch["targets"][:, start:], batch["loss_mask"][:, start:], self.label_smoothing
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
