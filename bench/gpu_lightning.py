@@ -53,8 +53,9 @@ class MaskedRandomDocs(Dataset):
 
 
 class CompiledLossPretrain(PretrainModule):
-    """PretrainModule whose training loss (fp32 CE over V logits) is one compiled kernel: no fp32 copy
-    of the [B*S, V] logits is materialised (measures what a fused cross-entropy would give)."""
+    """PretrainModule whose training loss (fp32 CE over V logits, all positions) is one compiled kernel:
+    no fp32 copy of the [B*S, V] logits is materialised (what a fused cross-entropy would give; measured
+    before the module projected the head at Part B only)."""
 
     _loss = staticmethod(torch.compile(blank_infilling_loss))
 
@@ -65,35 +66,10 @@ class CompiledLossPretrain(PretrainModule):
         return loss
 
 
-def part_b_index(loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the positions with loss (Part B), left-aligned and padded with position 0: ``[B, K]`` index
-    and its ``[B, K]`` validity mask, K = the largest Part B of the batch."""
-    has_loss = loss_mask > 0
-    k = int(has_loss.sum(1).max())
-    order = torch.argsort((~has_loss).to(torch.int8), dim=1, stable=True)[:, :k]
-    valid = torch.gather(has_loss, 1, order)
-    return torch.where(valid, order, torch.zeros_like(order)), valid
-
-
-class PartBLogitsPretrain(PretrainModule):
-    """PretrainModule that projects the tied head only at Part-B positions (``GLM.forward(logits_index=)``):
-    the same loss, ~85% fewer head FLOPs and logits bytes under token-level blanks."""
-
-    def training_step(self, batch, batch_idx):
-        index, valid = part_b_index(batch["loss_mask"])
-        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"], logits_index=index).logits
-        targets = torch.gather(batch["targets"], 1, index)
-        mask = torch.gather(batch["loss_mask"], 1, index) * valid
-        loss_sum, count = blank_infilling_loss(logits, targets, mask)
-        loss = loss_sum / count.clamp_min(1.0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
-
-
 def run_one(args, strategy_name: str, precision: str) -> dict:
     torch.manual_seed(0)
     model_cfg = {"preset": args.preset, "hidden_dropout": 0.0, "attention_dropout": 0.0}
-    cls = PartBLogitsPretrain if args.part_b_logits else CompiledLossPretrain if args.compile_loss else PretrainModule
+    cls = CompiledLossPretrain if args.compile_loss else PretrainModule
     module = cls(
         model=model_cfg,
         optimizer={"lr": 1e-4},
@@ -145,7 +121,6 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
         "batch": args.batch,
         "compile": args.compile,
         "compile_loss": args.compile_loss,
-        "part_b_logits": args.part_b_logits,
         "precision": precision,
         "tokens_per_s": round(tok_s),
         "tflops": round(flops / 1e12, 1),
@@ -197,7 +172,6 @@ def main() -> None:
     parser.add_argument("--runs", default="auto:bf16-mixed,auto:16-mixed,auto:32-true,fsdp:bf16-mixed")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--work-dir", default="/tmp/glm_gpu_checks", help="checkpoints of the ds runs")
-    parser.add_argument("--part-b-logits", action="store_true", help="project the head at Part B only")
     parser.add_argument("--compile-loss", action="store_true", help="compile the training loss too")
     parser.add_argument("--compile", action="store_true", help="per-block torch.compile (task.compile=true)")
     parser.add_argument("--accelerator", default="cuda", help="cpu only to smoke-test the script")

@@ -366,3 +366,37 @@ def test_pretrain_tiny_val_loss_falls(tmp_path: Path) -> None:
     # happens in the first 40 steps, then it keeps falling at every evaluation
     assert val[-1] < math.log(8064) - 2.0, val
     assert val[0] > val[1] > val[2], val
+
+
+def test_part_b_projection_gives_the_full_logits_loss_and_gradients() -> None:
+    """The training loss projects the tied head at Part-B positions only; it must equal the loss over the
+    full logits (float64 model), with a row without any loss and rows of different Part-B sizes."""
+    from glm.tasks.pretrain import part_b_index
+
+    torch.manual_seed(0)
+    module = PretrainModule(model={"preset": "glm-tiny", "hidden_dropout": 0.0, "attention_dropout": 0.0})
+    module.configure_model()
+    module.model.double()
+    B, L, V = 3, 16, module.glm_config.vocab_size
+    g = torch.Generator().manual_seed(3)
+    loss_mask = torch.zeros(B, L)
+    loss_mask[0, 10:] = 1.0
+    loss_mask[1, [4, 7, 15]] = 1.0  # not contiguous, not at the end
+    batch = {
+        "input_ids": torch.randint(10, V, (B, L), generator=g),
+        "position_ids": torch.randint(0, 16, (B, 2, L), generator=g),
+        "sep": torch.tensor([10, 4, L]),
+        "targets": torch.randint(10, V, (B, L), generator=g),
+        "loss_mask": loss_mask,
+    }
+    index, valid = part_b_index(loss_mask)
+    assert index.tolist()[1][:3] == [4, 7, 15] and valid.sum(1).tolist() == [6, 3, 0]
+    fast = module.part_b_loss(batch)
+    full = blank_infilling_loss(module(batch), batch["targets"], loss_mask)
+    assert fast[1].item() == full[1].item() == 9.0
+    # blank_infilling_loss works in fp32 whatever the logits' dtype: fp32 agreement
+    torch.testing.assert_close(fast[0].double(), full[0].double(), rtol=1e-6, atol=0)
+    w = module.model.word_embeddings.weight
+    g_fast = torch.autograd.grad(fast[0], w)[0]
+    g_full = torch.autograd.grad(blank_infilling_loss(module(batch), batch["targets"], loss_mask)[0], w)[0]
+    torch.testing.assert_close(g_fast, g_full, rtol=1e-5, atol=1e-7)

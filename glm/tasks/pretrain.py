@@ -20,6 +20,16 @@ def blank_infilling_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> 
     return (ce * mask).sum(), mask.sum()
 
 
+def part_b_index(loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The positions with loss (Part B) of each row, left-aligned and padded with position 0: a ``[B, K]``
+    index for ``GLM.forward(logits_index=)`` and its ``[B, K]`` validity mask; K = the largest Part B."""
+    has_loss = loss_mask > 0
+    k = max(1, int(has_loss.sum(1).max()))
+    order = torch.argsort((~has_loss).to(torch.int8), dim=1, stable=True)[:, :k]
+    valid = torch.gather(has_loss, 1, order)
+    return torch.where(valid, order, torch.zeros_like(order)), valid
+
+
 class PretrainModule(GLMTaskModule):
     """GLM pretraining: loss = ``sum(ce * loss_mask) / sum(loss_mask)`` over Part B.
 
@@ -43,8 +53,17 @@ class PretrainModule(GLMTaskModule):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         return self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
 
+    def part_b_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``blank_infilling_loss`` with the tied head projected at Part-B positions only: the same numbers,
+        without the V-wide logits of Part A (~85% of positions under token-level blanks; +11% tokens/s and
+        -8.7 GiB for glm-large at B=64 on an H100, bench/README.md)."""
+        index, valid = part_b_index(batch["loss_mask"])
+        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"], logits_index=index).logits
+        mask = torch.gather(batch["loss_mask"], 1, index) * valid
+        return blank_infilling_loss(logits, torch.gather(batch["targets"], 1, index), mask)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss_sum, count = blank_infilling_loss(self(batch), batch["targets"], batch["loss_mask"])
+        loss_sum, count = self.part_b_loss(batch)
         loss = loss_sum / count.clamp_min(1.0)
         bsz = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz)
@@ -53,7 +72,7 @@ class PretrainModule(GLMTaskModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
-        loss_sum, count = blank_infilling_loss(self(batch), batch["targets"], batch["loss_mask"])
+        loss_sum, count = self.part_b_loss(batch)
         self._eval_sums.append(torch.stack([loss_sum.detach(), count]).double())
 
     def _eval_end(self, stage: str) -> None:
