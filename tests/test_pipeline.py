@@ -180,3 +180,17 @@ def test_failure_writes_marker(tmp_path: Path) -> None:
     marker = (run_dir / "FAILED").read_text()
     assert "FileNotFoundError" in marker and "corpus_*.txt" in marker
     assert "corpus_*.txt" in (run_dir / "run.log").read_text()
+
+
+def test_ci_tiny_with_packing_end_to_end(tmp_path: Path) -> None:
+    """data.pack=true through run.py: packed batches train and validate (finite losses near ln V)."""
+    need_data("gutenberg/11-0.txt")
+    run_dir = tmp_path / "run"
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", "data.pack=true", f"hydra.run.dir={run_dir}",
+         f"paths.cache_dir={tmp_path / 'cache'}"],
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-4000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 5.0 < metrics["val/loss"] < 8.2 and 5.0 < metrics["train/loss"] < 8.2, metrics

@@ -39,6 +39,8 @@ Decisions (documented here because the spec leaves them open):
 
 from __future__ import annotations
 
+import functools
+
 import glob
 import hashlib
 import json
@@ -365,9 +367,19 @@ class PretrainDataset(Dataset):
         return out
 
 
-def collate_pretrain(items: Sequence[list[MaskedSample]]) -> dict[str, torch.Tensor]:
-    """Flatten the per-index lists and pad with :func:`collate_masked` (spec §5.6)."""
-    return collate_masked([s for item in items for s in item])
+def collate_pretrain(items: Sequence[list[MaskedSample]], pack: bool = False) -> dict[str, torch.Tensor]:
+    """Flatten the per-index lists and pad with :func:`collate_masked` (spec §5.6), or with ``pack`` put the
+    samples of this batch into as few rows as hold them (:func:`glm.data.packing.pack_samples`, rows as long
+    as the longest sample; ``segment_ids`` and per-token ``sep`` keep every sample's attention to itself).
+    Packing happens inside one batch, so batch boundaries, and with them exact resume, do not move."""
+    samples = [s for item in items for s in item]
+    if not pack:
+        return collate_masked(samples)
+    from glm.data.packing import pack_samples
+
+    batch = pack_samples(samples, max(len(s) for s in samples))
+    batch.pop("sample_index")  # the loss is a token-weighted mean: no per-sample reduction needed
+    return batch
 
 
 class EpochIndexSampler(Sampler[int]):
@@ -508,6 +520,7 @@ class PretrainDataModule(L.LightningDataModule):
         seed: int = 1234,
         objective: MaskingConfig | dict[str, Any] | None = None,
         progress: bool = True,
+        pack: bool = False,
     ) -> None:
         super().__init__()
         if seq_length < 8:
@@ -535,6 +548,9 @@ class PretrainDataModule(L.LightningDataModule):
             progress,
         )
         self.objective = _masking_config(objective)
+        if not isinstance(pack, bool):
+            raise ValueError(f"data.pack: expected true/false, got {pack!r}")
+        self.pack = pack
         self._tokenizer: Any = None
         self._files: list[Path] | None = None
         self.train_set: PretrainDataset | None = None
@@ -612,7 +628,7 @@ class PretrainDataModule(L.LightningDataModule):
         kwargs: dict[str, Any] = {
             "batch_size": batch_size,
             "sampler": sampler,
-            "collate_fn": collate_pretrain,
+            "collate_fn": functools.partial(collate_pretrain, pack=self.pack),
             "num_workers": self.num_workers,
             "persistent_workers": False,
             "drop_last": shuffle,

@@ -51,14 +51,22 @@ class PretrainModule(GLMTaskModule):
         self._eval_sums: list[Tensor] = []  # per batch [sum(ce * mask), sum(mask)], summed at epoch end
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
+        return self.model(
+            batch["input_ids"], batch["position_ids"], sep=batch["sep"], segment_ids=batch.get("segment_ids")
+        ).logits
 
     def part_b_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """``blank_infilling_loss`` with the tied head projected at Part-B positions only: the same numbers,
         without the V-wide logits of Part A (~85% of positions under token-level blanks; +11% tokens/s and
         -8.7 GiB for glm-large at B=64 on an H100, bench/README.md)."""
         index, valid = part_b_index(batch["loss_mask"])
-        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"], logits_index=index).logits
+        logits = self.model(
+            batch["input_ids"],
+            batch["position_ids"],
+            sep=batch["sep"],  # per token [B, L] in packed batches (data.pack), with segment_ids
+            segment_ids=batch.get("segment_ids"),
+            logits_index=index,
+        ).logits
         mask = torch.gather(batch["loss_mask"], 1, index) * valid
         return blank_infilling_loss(logits, torch.gather(batch["targets"], 1, index), mask)
 
