@@ -59,6 +59,26 @@ def test_single_token_score_is_the_logit_at_sop(bert, tiny_glm):
         assert torch.equal(scores[b], expected)
 
 
+def test_module_single_token_scores_project_only_the_sop_slot(bert, tiny_glm):
+    """ClozeModule.score computes the head at the [sop] slot only; scores and generative log-probs equal
+    those read from the full logits."""
+    from glm.tasks.cloze import ClozeModule
+
+    module = ClozeModule(model={"preset": "glm-tiny", "vocab_size": 30592}, optimizer={}, scheduler={}, task="cb")
+    module.model = tiny_glm
+    feats = ClozeDataModule("cb", bert, ROOT, max_eval_examples=4).load_split("val").features
+    batch = collate_cloze(feats, bert.eos_id)
+    ids, pos, sep = _flat(batch)
+    with torch.no_grad():
+        scores, gen = module.score(batch)
+        full = tiny_glm(ids, pos, sep=sep).logits
+    expected = single_token_scores(full, sep, batch["verbalizer_ids"])
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    rows = torch.arange(len(sep))
+    expected_gen = full[rows, sep].float().log_softmax(-1).gather(1, batch["verbalizer_ids"])
+    torch.testing.assert_close(gen, expected_gen, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("length_penalty", [0.0, 1.0])
 def test_multi_token_score_equals_token_by_token_float64(bert, tiny_glm, length_penalty):
     feats = ClozeDataModule("copa", bert, ROOT, max_eval_examples=2).load_split("val").features

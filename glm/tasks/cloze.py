@@ -213,8 +213,9 @@ class ClozeModule(GLMTaskModule):
             if self.p_tuning.get("freeze_backbone", False):
                 self.model.requires_grad_(False)
 
-    def _forward(self, batch: dict[str, Tensor]) -> Tensor:
-        """Flatten `[B, C, ...]` to `[B*C, ...]` and run the backbone once; logits `[B*C, L, V]`."""
+    def _forward(self, batch: dict[str, Tensor], logits_index: Tensor | None = None) -> Tensor:
+        """Flatten `[B, C, ...]` to `[B*C, ...]` and run the backbone once; logits `[B*C, L, V]` (or
+        `[B*C, K, V]` at the positions of `logits_index [B*C, K]`)."""
         B, C, L = batch["input_ids"].shape
         ids = batch["input_ids"].reshape(B * C, L)
         pos = batch["position_ids"].reshape(B * C, 2, L)
@@ -229,19 +230,20 @@ class ClozeModule(GLMTaskModule):
             prompts = self.prompt_encoder().to(embeds.dtype)  # [P, h], slot j of each row gets prompt j
             slot = pm.long().cumsum(-1) - 1
             embeds = torch.where(pm.unsqueeze(-1), prompts[slot.clamp(min=0)], embeds)
-            return self.model(None, pos, sep=sep, inputs_embeds=embeds).logits
-        return self.model(ids, pos, sep=sep).logits
+            return self.model(None, pos, sep=sep, inputs_embeds=embeds, logits_index=logits_index).logits
+        return self.model(ids, pos, sep=sep, logits_index=logits_index).logits
 
     def score(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """(scores `[B, C or K]` with padded choices at -10000, generative log-probs of the same shape)."""
         B, C, L = batch["input_ids"].shape
-        logits = self._forward(batch)
-        if "verbalizer_ids" in batch:  # single-token: C == 1
+        if "verbalizer_ids" in batch:  # single-token: C == 1; the head is needed at the [sop] slot only
             sep = batch["sep"][:, 0]
-            scores = single_token_scores(logits, sep, batch["verbalizer_ids"])
-            rows = torch.arange(B, device=logits.device)
-            gen = logits[rows, sep].float().log_softmax(-1).gather(1, batch["verbalizer_ids"])
+            at_sop = self._forward(batch, logits_index=sep[:, None])  # [B, 1, V]
+            zero = torch.zeros_like(sep)
+            scores = single_token_scores(at_sop, zero, batch["verbalizer_ids"])
+            gen = at_sop[:, 0].float().log_softmax(-1).gather(1, batch["verbalizer_ids"])
             return scores, gen
+        logits = self._forward(batch)
         flat = multi_token_scores(
             logits,
             batch["targets"].reshape(B * C, L),
