@@ -9,6 +9,21 @@ target  " "+summary tokens + [eop], truncated to T (the eop may be cut), padded 
 The article is truncated (from the right) to fit `S`; every truncation is counted and logged.
 Padding inside Part A is visible to all tokens, as in the original (spec §2): training and decoding
 see the same layout.
+
+Packing (`Seq2SeqDataModule(pack=True)`, `data.pack`). Because the Part-A padding is attended, dropping
+it changes the function, so packing uses a different, *compact* layout; `pack` picks the layout:
+
+- `pack=False` (default): the original padded layout above, one sample per row of `S + T`.
+- `pack=True`: every sample compact (no padding anywhere), then each training batch packed into rows of
+  `S + T` tokens with `glm.data.packing.pack_samples` (`segment_ids`, per-token `sep`, `sample_index`):
+```
+Part A  [CLS] [MASK|sMASK] " Content:" " "+article        a <= S tokens, positions 0..a-1, block 0, sep = a
+Part B  [sop] target[:-1]                                  n = len(target) <= T, positions 1, blocks 1..n
+```
+  A packed batch computes exactly what the compact samples compute one by one (attention never crosses
+  samples). Validation/test batches are not packed; they hold the compact sources right-padded to the
+  batch's longest with a `context_mask`, so beam search decodes each source as if alone: the same
+  function the model was trained on (with `pack=False` decoding sees the Part-A padding, as in training).
 """
 
 from __future__ import annotations
@@ -57,8 +72,7 @@ def _read_utf8_lines(path: Path) -> list[str]:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {err.start}: {err.reason})") from None
-    if text.startswith("\ufeff"):  # a UTF-8 byte-order mark is not part of the first line's text
-        text = text[1:]
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first line's text
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline
@@ -151,8 +165,9 @@ class Seq2SeqSample:
 
 
 def build_source(article_ids: list[int], prompt_ids: list[int], tok: Any, src_seq_length: int,
-                 task_mask: bool, stats: Counter | None = None) -> list[int]:
-    """`[CLS] mask " Content:" article` truncated to `src_seq_length` and padded with pad (spec §8.1)."""
+                 task_mask: bool, stats: Counter | None = None, pad: bool = True) -> list[int]:
+    """`[CLS] mask " Content:" article` truncated to `src_seq_length` and padded with pad (spec §8.1);
+    `pad=False`: not padded (the compact layout of `data.pack`)."""
     mask = tok.smask_id if task_mask else tok.mask_id
     head = [tok.cls_id, mask, *prompt_ids]
     room = src_seq_length - len(head)
@@ -161,13 +176,14 @@ def build_source(article_ids: list[int], prompt_ids: list[int], tok: Any, src_se
     if len(article_ids) > room and stats is not None:
         stats["truncated_source"] += 1
     ids = head + article_ids[:room]
-    return ids + [tok.pad_id] * (src_seq_length - len(ids))
+    return ids + [tok.pad_id] * (src_seq_length - len(ids)) if pad else ids
 
 
 def build_seq2seq_sample(source_ids: list[int], summary_ids: list[int] | None, tok: Any, tgt_seq_length: int,
-                         stats: Counter | None = None) -> Seq2SeqSample:
-    """Spec §3(c): Part A = the padded source; Part B = `[sop] + target[:-1]` (none when `summary_ids` is None,
-    the decoding input) with `target = summary + [eop]` truncated to `tgt_seq_length`."""
+                         stats: Counter | None = None, pad: bool = True) -> Seq2SeqSample:
+    """Spec §3(c): Part A = the source as given; Part B = `[sop] + target[:-1]` (none when `summary_ids` is
+    None, the decoding input) with `target = summary + [eop]` truncated to `tgt_seq_length`, padded to it, or
+    with `pad=False` only as long as the target (the compact layout of `data.pack`)."""
     S = len(source_ids)
     pos_a = np.stack([np.arange(S), np.zeros(S, np.int64)])
     if summary_ids is None:
@@ -178,8 +194,8 @@ def build_seq2seq_sample(source_ids: list[int], summary_ids: list[int] | None, t
         target = target[:tgt_seq_length]
         if stats is not None:
             stats["truncated_target"] += 1
-    T = tgt_seq_length
     n = len(target)
+    T = tgt_seq_length if pad else n
     part_b = [tok.sop_id, *target[:-1]] + [tok.pad_id] * (T - n)
     tgt_b = target + [tok.pad_id] * (T - n)
     ids = np.asarray(source_ids + part_b, np.int64)
@@ -207,12 +223,24 @@ def collate_seq2seq(samples: list[Seq2SeqSample], pad_id: int = 0) -> dict[str, 
             "mask_pos": torch.tensor([s.mask_pos for s in samples])}
 
 
+def collate_seq2seq_packed(samples: list[Seq2SeqSample], seq_length: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pack a batch of compact samples into as few rows of `seq_length` (= S + T) as hold them: the fields of
+    `glm.data.packing.pack_samples` (per-token `sep [R, L]`, `segment_ids`, `sample_index`)."""
+    from glm.data.packing import pack_samples
+
+    if not samples:
+        raise ValueError("collate_seq2seq_packed: empty batch")
+    return pack_samples(samples, seq_length, pad_id)
+
+
 class Seq2SeqDataset(torch.utils.data.Dataset):
     """Tokenised, laid-out examples; `train=False` yields the decoding input (Part A only) plus the index
-    of the example, whose reference text the task module reads from `examples`."""
+    of the example, whose reference text the task module reads from `examples`. `compact=True`: the unpadded
+    layout of `data.pack` (module docstring)."""
 
     def __init__(self, examples: list[Seq2SeqExample], tok: Any, src_seq_length: int, tgt_seq_length: int,
-                 task_mask: bool = False, detokenize: str = "none", train: bool = True) -> None:
+                 task_mask: bool = False, detokenize: str = "none", train: bool = True,
+                 compact: bool = False) -> None:
         if detokenize not in ("none", "ptb"):
             raise ValueError(f"detokenize must be 'none' or 'ptb', got {detokenize!r}")
         self.examples, self.tok, self.train = examples, tok, train
@@ -223,8 +251,8 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
         summaries = tok.encode_batch([" " + fix(e.target) for e in examples]) if train else [None] * len(examples)
         self.references = [fix(e.target) for e in examples]
         self.samples = [
-            build_seq2seq_sample(build_source(a, prompt, tok, src_seq_length, task_mask, self.stats), s, tok,
-                                 tgt_seq_length, self.stats)
+            build_seq2seq_sample(build_source(a, prompt, tok, src_seq_length, task_mask, self.stats, pad=not compact),
+                                 s, tok, tgt_seq_length, self.stats, pad=not compact)
             for a, s in zip(articles, summaries)
         ]
         if self.stats:
@@ -237,9 +265,15 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
         return self.samples[i]
 
 
-def _collate_with_index(batch: list[tuple[int, Seq2SeqSample]], pad_id: int) -> dict[str, torch.Tensor]:
+def _collate_with_index(batch: list[tuple[int, Seq2SeqSample]], pad_id: int,
+                        context_mask: bool = False) -> dict[str, torch.Tensor]:
+    """Decoding batches; `context_mask` (compact sources of different lengths, right-padded here): 1 on each
+    row's source, so that the padding is hidden and every row decodes as if alone."""
     out = collate_seq2seq([s for _, s in batch], pad_id)
     out["index"] = torch.tensor([i for i, _ in batch])
+    if context_mask:
+        lengths = torch.tensor([len(s.input_ids) for _, s in batch])
+        out["context_mask"] = (torch.arange(out["input_ids"].shape[1])[None] < lengths[:, None]).long()
     return out
 
 
@@ -276,16 +310,23 @@ class Seq2SeqDataModule(_Base):
     under `data_dir` (a null split has no loop); `max_samples` optionally slices each stage. Validation/test
     batches carry Part A only plus `index` into `references(stage)` (they are decoded and scored with ROUGE,
     no teacher-forced loss). With several processes the training set is split between ranks (the run config
-    sets `use_distributed_sampler: false`); every rank decodes the whole evaluation split."""
+    sets `use_distributed_sampler: false`); every rank decodes the whole evaluation split.
+
+    `pack` (`data.pack`): False = the original padded layout; True = compact (unpadded) samples, each
+    training batch of `micro_batch_size` samples packed into rows of `src_seq_length + tgt_seq_length`
+    (fewer rows, same samples and sampler), and compact decoding inputs with a `context_mask`."""
 
     def __init__(
-        self, data_dir: str, tokenizer: Any, splits: dict[str, str], format: str = "auto",  # noqa: A002
+        self, data_dir: str, tokenizer: Any, splits: dict[str, str], format: str = "auto",
         source_field: str = "document", target_field: str = "summary", src_seq_length: int = 608,
         tgt_seq_length: int = 60, task_mask: bool = False, detokenize: str = "none", micro_batch_size: int = 8,
         eval_batch_size: int | None = None, num_workers: int = 0, max_samples: dict[str, int | None] | None = None,
-        bad_rows: str = "raise", global_batch_size: int | None = None,
+        bad_rows: str = "raise", global_batch_size: int | None = None, pack: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(pack, bool):  # a YAML string such as "yes" would silently pack
+            raise TypeError(f"data.pack: expected true/false, got {pack!r}")
+        self.pack = pack
         unknown = sorted(set(splits) - {"train", "val", "test"})
         if unknown:
             raise ValueError(f"data.splits: unknown stage(s) {unknown}; allowed: train, val, test")
@@ -318,7 +359,7 @@ class Seq2SeqDataModule(_Base):
             examples = read_examples(self._path(stage), self.format, *self.fields, bad_rows=self.bad_rows,
                                      max_samples=self.max_samples.get(stage))
             self.datasets[key] = Seq2SeqDataset(examples, self.tokenizer, self.src_seq_length, self.tgt_seq_length,
-                                                self.task_mask, self.detokenize, train)
+                                                self.task_mask, self.detokenize, train, compact=self.pack)
         return self.datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -332,14 +373,20 @@ class Seq2SeqDataModule(_Base):
     def references(self, stage: str) -> list[str]:
         return self._load(stage, False).references
 
-    def _loader(self, ds: Seq2SeqDataset, batch_size: int, shuffle: bool, indexed: bool):
+    def _train_collate(self) -> functools.partial:
         pad = self.tokenizer.pad_id
+        if self.pack:
+            return functools.partial(collate_seq2seq_packed, seq_length=self.src_seq_length + self.tgt_seq_length,
+                                     pad_id=pad)
+        return functools.partial(collate_seq2seq, pad_id=pad)
+
+    def _loader(self, ds: Seq2SeqDataset, batch_size: int, shuffle: bool, indexed: bool):
         if indexed:
+            collate = functools.partial(_collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack)
             return torch.utils.data.DataLoader(_Indexed(ds), batch_size=batch_size, shuffle=False,
-                                               num_workers=self.num_workers,
-                                               collate_fn=functools.partial(_collate_with_index, pad_id=pad))
+                                               num_workers=self.num_workers, collate_fn=collate)
         return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                                           collate_fn=functools.partial(collate_seq2seq, pad_id=pad))
+                                           collate_fn=self._train_collate())
 
     def train_dataloader(self):
         ds = self._load("train", True)
@@ -351,8 +398,7 @@ class Seq2SeqDataModule(_Base):
         sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=int(trainer.global_rank),
                                                       shuffle=True, seed=0)
         return torch.utils.data.DataLoader(ds, batch_size=self.micro_batch_size, sampler=sampler,
-                                           num_workers=self.num_workers,
-                                           collate_fn=functools.partial(collate_seq2seq, pad_id=self.tokenizer.pad_id))
+                                           num_workers=self.num_workers, collate_fn=self._train_collate())
 
     def val_dataloader(self):
         if "val" not in self.splits:  # Lightning skips the validation loop for an empty list

@@ -33,10 +33,24 @@ log = logging.getLogger(__name__)
 _SENT_END = re.compile(r"(?<=[.!?])\s+")
 
 
+def label_smoothed_token_loss(logits: Tensor, targets: Tensor, eps: float = 0.1) -> Tensor:
+    """Spec §8.2 `loss_t` over all V logits, `[B, K]`; in fp32 for half/bf16 logits (float64 stays float64,
+    so the float64 tests compare packed and unpacked to ~1e-12)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    per_tok = F.cross_entropy(logits.to(dtype).flatten(0, 1), targets.flatten(), reduction="none",
+                              label_smoothing=eps)
+    return per_tok.view(targets.shape)
+
+
 def label_smoothed_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, eps: float = 0.1) -> Tensor:
     """Spec §8.2 over all V logits; `sum(loss_t * mask_t) / sum(mask_t)`."""
-    per_tok = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none", label_smoothing=eps)
-    mask = loss_mask.flatten().float()
+    return masked_mean(label_smoothed_token_loss(logits, targets, eps), loss_mask)
+
+
+def masked_mean(per_tok: Tensor, mask: Tensor) -> Tensor:
+    """`sum(loss_t * mask_t) / sum(mask_t)` (0 without any target): token-weighted, so the same samples give
+    the same loss padded one per row or packed into fewer rows."""
+    mask = mask.to(per_tok.dtype)
     return (per_tok * mask).sum() / mask.sum().clamp(min=1.0)
 
 
@@ -114,16 +128,25 @@ class Seq2SeqModule(GLMTaskModule):
             check_positions(self.glm_config, largest, "data.src_seq_length / data.tgt_seq_length")
 
     # ---- training ----
+    def part_b_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-token label-smoothed losses `[R, K]` at the loss positions, their mask `[R, K]` and the index
+        `[R, K]` of those positions in the rows. The tied head is projected at Part B only
+        (`part_b_index`); padded batches (`sep [B]`) and packed ones (`segment_ids`, per-token `sep [R, L]`,
+        data.pack) take the same path."""
+        from glm.tasks.pretrain import part_b_index
+
+        index, valid = part_b_index(batch["loss_mask"])
+        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"],
+                            segment_ids=batch.get("segment_ids"), logits_index=index).logits
+        mask = torch.gather(batch["loss_mask"], 1, index) * valid
+        per_tok = label_smoothed_token_loss(logits, torch.gather(batch["targets"], 1, index), self.label_smoothing)
+        return per_tok, mask, index
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        # the loss lives on Part B only: project just the positions from the shortest Part A on
-        start = int(batch["sep"].min())
-        length = batch["input_ids"].shape[1]
-        index = torch.arange(start, length, device=batch["sep"].device).expand(batch["input_ids"].shape[0], -1)
-        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"], logits_index=index).logits
-        loss = label_smoothed_loss(
-            logits, batch["targets"][:, start:], batch["loss_mask"][:, start:], self.label_smoothing
-        )
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        per_tok, mask, _ = self.part_b_losses(batch)
+        loss = masked_mean(per_tok, mask)
+        num_samples = int(batch["sample_index"].max()) + 1 if "sample_index" in batch else batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=num_samples)
         return loss
 
     # ---- decoding ----
@@ -141,8 +164,9 @@ class Seq2SeqModule(GLMTaskModule):
     def decode_batch(self, batch: dict[str, Tensor]) -> list[str]:
         tok = self._tokenizer()
         cfg = self.generation_config()
+        # data.pack: compact sources, their right padding hidden by context_mask (each row decodes as alone)
         out = generate(self.model, batch["input_ids"], batch["mask_pos"], cfg, position_ids=batch["position_ids"],
-                       sep=batch["sep"])
+                       sep=batch["sep"], context_mask=batch.get("context_mask"))
         drop = {tok.eop_id, tok.pad_id}  # spec §9: eop and pad removed before detokenising
         return [tok.decode([t for t in seq if t not in drop]).strip() for seq in out.sequences]
 
