@@ -19,6 +19,20 @@ Padding uses the eos id with position 0, block 0, target 0, loss mask 0 (spec §
 batch is padded to its longest sequence rather than to the full sequence length: trailing padding is
 invisible to every real token under the sep mask, so scores are identical (`pad_to_seq_length=True`
 restores the original tensors exactly).
+
+Packed batches (`ClozeDataModule(pack=True)`, `collate_cloze_packed`): the real candidate sequences of a
+batch (padding candidates are dropped) share `[R, L]` rows via `glm.data.packing.pack_samples`:
+`input_ids, targets, loss_mask, position_ids [R, 2, L], sep [R, L]` (per token), `segment_ids [R, L]`,
+`sample_index [R, L]` (-1 on padding), `prompt_mask [R, L]` (P-tuning; slot numbering restarts per
+sequence, see `glm.tasks.cloze.prompt_slots`), `sample_bc [N, 2]` (example b and choice c of packed sample
+n), and for single-token scoring `sop_index [R, K]` / `sop_sample [R, K]` (the [sop] columns of each row,
+left-aligned, 0 / -1 past the row's samples: the `logits_index` of the head). `label`, `example_idx`,
+`choice_mask [B, C]` and `verbalizer_ids` are as unpacked, so scores come back as the same `[B, C]`.
+Decision (row length): rows are filled up to the data's `seq_length` (the bound every encoded sequence
+already meets), then cut to the fullest row (`pad_to_seq_length=True` keeps them `seq_length` wide).
+Pretraining packs into rows of the batch's longest sample, but its samples are near `seq_length`;
+cloze candidates are short and alike (COPA: 32 sequences of <= 54 tokens), so rows of the longest
+sequence would hold one sequence each and save nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from glm.data.superglue.examples import ClozeExample, DataError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
+from glm.utils.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,7 @@ __all__ = [
     "ClozeFeature",
     "build_cloze_sequence",
     "collate_cloze",
+    "collate_cloze_packed",
     "truncate_parts",
 ]
 
@@ -301,6 +317,53 @@ def collate_cloze(
     return batch
 
 
+def collate_cloze_packed(
+    features: Sequence[ClozeFeature], pad_id: int, seq_length: int, pad_to_seq_length: bool = False
+) -> dict[str, torch.Tensor]:
+    """Pack the real candidate sequences of `features` into shared rows (see the module docstring).
+
+    Rows hold up to `seq_length` tokens (first-fit decreasing) and are cut to the fullest row, unless
+    `pad_to_seq_length` keeps them exactly `seq_length` wide.
+    """
+    from glm.data.packing import pack_bins, pack_samples
+
+    B = len(features)
+    C = max(len(f.sequences) for f in features)
+    samples = [s for f in features for s in f.sequences]
+    bc = [(b, c) for b, f in enumerate(features) for c in range(len(f.sequences))]
+    lengths = [len(s["input_ids"]) for s in samples]
+    bins = pack_bins(lengths, seq_length)
+    L = seq_length if pad_to_seq_length else max(sum(lengths[i] for i in b) for b in bins)
+    batch = pack_samples(samples, L, pad_id=pad_id, bins=bins)
+    R, N = len(bins), len(samples)
+    single = features[0].verbalizer_ids is not None
+    prompt_mask = torch.zeros((R, L), dtype=torch.bool)
+    # the [sop] columns of each row, left-aligned: the head's logits_index for single-token scoring
+    K = max(len(m) for m in bins)
+    sop_index = torch.zeros((R, K), dtype=torch.long)
+    sop_sample = torch.full((R, K), -1, dtype=torch.long)
+    for r, members in enumerate(bins):
+        offset = 0  # pack_samples lays a row's samples back to back in bin order
+        for k, i in enumerate(members):
+            n = lengths[i]
+            prompt_mask[r, offset : offset + n] = torch.from_numpy(samples[i]["prompt_mask"])
+            sop_index[r, k], sop_sample[r, k] = offset + int(samples[i]["sep"]), i
+            offset += n
+    batch["loss_mask"] = batch["loss_mask"].float()
+    batch["sample_bc"] = torch.tensor(bc, dtype=torch.long).view(N, 2)
+    choice_mask = torch.zeros((B, C), dtype=torch.bool)
+    choice_mask[batch["sample_bc"][:, 0], batch["sample_bc"][:, 1]] = True
+    batch["choice_mask"] = choice_mask
+    batch["label"] = torch.tensor([f.target for f in features], dtype=torch.long)
+    batch["example_idx"] = torch.tensor([f.example_idx for f in features], dtype=torch.long)
+    if prompt_mask.any():
+        batch["prompt_mask"] = prompt_mask
+    if single:
+        batch["verbalizer_ids"] = torch.tensor([f.verbalizer_ids for f in features], dtype=torch.long)
+        batch["sop_index"], batch["sop_sample"] = sop_index, sop_sample
+    return batch
+
+
 def _load_tokenizer(tokenizer: Any) -> Any:
     """A tokenizer object, or one loaded from a path / `{kind, path}` spec via `glm.tokenizer.load_tokenizer`."""
     if hasattr(tokenizer, "encode") and hasattr(tokenizer, "mask_id"):
@@ -315,7 +378,8 @@ class ClozeDataModule(L.LightningDataModule):
 
     `pattern_id` and `seq_length` default to the spec's task config (§7.2/§7.3). `max_*_examples` keep
     the first N examples of a split (tiny runs and tests). Examples longer than `seq_length` are
-    truncated per spec §7.1; their number is logged per split.
+    truncated per spec §7.1; their number is logged per split. `pack` packs each batch's candidate
+    sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens).
     """
 
     def __init__(
@@ -334,8 +398,12 @@ class ClozeDataModule(L.LightningDataModule):
         num_prompt_tokens: int = 0,
         multi_token: bool = False,
         pad_to_seq_length: bool = False,
+        pack: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(pack, bool):
+            raise ConfigError(f"data.pack: expected true/false, got {pack!r}")
+        self.pack = pack
         self.task = get_task(task)
         self.pattern_id = self.task.default_pattern if pattern_id is None else int(pattern_id)
         self.task.check_pattern(self.pattern_id)
@@ -426,7 +494,7 @@ class ClozeDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=_Collate(self.tokenizer.eos_id, pad_to),
+            collate_fn=_Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None),
             drop_last=False,
         )
 
@@ -446,8 +514,10 @@ class ClozeDataModule(L.LightningDataModule):
 class _Collate:
     """Picklable collate function (DataLoader workers)."""
 
-    def __init__(self, pad_id: int, pad_to: int | None) -> None:
-        self.pad_id, self.pad_to = pad_id, pad_to
+    def __init__(self, pad_id: int, pad_to: int | None, pack_length: int | None = None) -> None:
+        self.pad_id, self.pad_to, self.pack_length = pad_id, pad_to, pack_length
 
     def __call__(self, features: Sequence[ClozeFeature]) -> dict[str, torch.Tensor]:
+        if self.pack_length is not None:  # data.pack: rows of up to seq_length tokens
+            return collate_cloze_packed(features, self.pad_id, self.pack_length, self.pad_to is not None)
         return collate_cloze(features, self.pad_id, self.pad_to)

@@ -4,7 +4,10 @@ Scoring (spec §7.1):
 - single-token: score of class c = raw logit of verbalizer token v_c at the `[sop]` slot (index `sep`);
 - multi-token: score of a candidate = sum over its k+1 target slots of `log_softmax(logits)[target]`,
   divided by `(k+1) ** length_penalty` when `length_penalty > 0`; all candidates of a batch in one
-  forward pass; padded candidates get -10000.
+  forward pass; padded candidates get -10000. The tied head is projected only where a score reads it
+  (the `[sop]` slot, the answer slots).
+Packed batches (`data.pack`, `glm.data.cloze.collate_cloze_packed`: candidate sequences sharing rows with
+`segment_ids`, per-token `sep`, `sample_index`) go through the same code and give the same `[B, C]` scores.
 Losses: `cross_entropy` over the scores (default), `generative` = -log p(gold answer), `mix` = both.
 For single-token tasks the generative term is `-log_softmax(logits at [sop])[v_gold]` over the full
 vocabulary: the raw-logit score itself is unbounded below, so `-score` would not be a usable loss there
@@ -30,12 +33,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glm.data.cloze import IGNORE_INDEX
+from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
 from glm.tasks.base import GLMTaskModule
+from glm.tasks.pretrain import part_b_index
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClozeModule", "PromptEncoder", "cloze_loss", "multi_token_scores", "single_token_scores"]
+__all__ = [
+    "ClozeModule",
+    "PromptEncoder",
+    "cloze_loss",
+    "multi_token_scores",
+    "prompt_slots",
+    "single_token_scores",
+]
 
 PAD_SCORE = -10000.0
 PREDICTION_TABLE_ROWS = 20  # validation predictions shown as a W&B table per validation epoch
@@ -65,26 +77,55 @@ def single_token_scores(logits: Tensor, sep: Tensor, verbalizer_ids: Tensor) -> 
 
 
 def multi_token_scores(
-    logits: Tensor, targets: Tensor, loss_mask: Tensor, length_penalty: float = 0.0
+    logits: Tensor,
+    targets: Tensor,
+    loss_mask: Tensor,
+    length_penalty: float = 0.0,
+    sample_index: Tensor | None = None,
+    num_samples: int | None = None,
 ) -> Tensor:
-    """Sum of target log-probabilities over the loss-mask slots of each row, length-normalised.
+    """Sum of target log-probabilities over the loss-mask slots of each sequence, length-normalised.
 
-    logits `[N, L, V]`, targets/loss_mask `[N, L]` -> `[N]` (float32 or wider). Only the masked slots
-    go through log_softmax, so memory is O(answer tokens x V), not O(L x V).
+    logits `[N, L, V]`, targets/loss_mask `[N, L]` -> `[N]` (float32 or wider): one sequence per row. With
+    `sample_index [R, L]` (packed rows: the sequence of each slot, -1 = none) and `num_samples` the sums
+    go to `[num_samples]` sequences instead. Only the masked slots go through log_softmax, so memory is
+    O(answer tokens x V), not O(L x V).
     """
     sel = loss_mask > 0
-    rows = sel.nonzero(as_tuple=True)[0]
     picked = logits[sel]
     if picked.dtype not in (torch.float32, torch.float64):  # bf16/fp16 logits: log_softmax in float32
         picked = picked.float()
     picked = picked.log_softmax(-1)  # [T, V]
     token_lp = picked.gather(1, targets[sel].unsqueeze(1)).squeeze(1)
-    scores = torch.zeros(logits.size(0), dtype=picked.dtype, device=logits.device).index_add_(
-        0, rows, token_lp
-    )
+    if sample_index is None:  # one sequence per row
+        sample_index = torch.arange(sel.size(0), device=sel.device)[:, None].expand(sel.shape)
+        num_samples = sel.size(0)
+    elif num_samples is None:
+        raise ValueError("multi_token_scores: sample_index needs num_samples")
+    per_token = token_lp.new_zeros(sel.shape)
+    per_token[sel] = token_lp
+    scores = per_sample_sum(per_token, sample_index, num_samples)
     if length_penalty > 0:
-        scores = scores / loss_mask.sum(-1).to(scores.dtype).clamp(min=1) ** length_penalty
+        counts = per_sample_sum(loss_mask.to(scores.dtype), sample_index, num_samples)
+        scores = scores / counts.clamp(min=1) ** length_penalty
     return scores
+
+
+def prompt_slots(prompt_mask: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+    """Number of each continuous-prompt slot within its sequence (0, 1, ...), -1 off the slots.
+
+    prompt_mask `[R, L]`; with `segment_ids [R, L]` (packed rows) the numbering restarts at each
+    sequence, so slot j of every sequence gets prompt embedding j as in an unpacked row.
+    """
+    pm = prompt_mask.long()
+    before = pm.cumsum(-1) - pm  # slots before each token in its row
+    if segment_ids is not None:
+        starts = torch.ones_like(prompt_mask)
+        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        # `before` never decreases along a row: the running max of its values at sequence starts is the
+        # count at the start of each token's own sequence
+        before = before - torch.where(starts, before, torch.zeros_like(before)).cummax(-1).values
+    return torch.where(prompt_mask, before, torch.full_like(before, -1))
 
 
 def cloze_loss(
@@ -214,43 +255,71 @@ class ClozeModule(GLMTaskModule):
                 self.model.requires_grad_(False)
 
     def _forward(self, batch: dict[str, Tensor], logits_index: Tensor | None = None) -> Tensor:
-        """Flatten `[B, C, ...]` to `[B*C, ...]` and run the backbone once; logits `[B*C, L, V]` (or
-        `[B*C, K, V]` at the positions of `logits_index [B*C, K]`)."""
-        B, C, L = batch["input_ids"].shape
-        ids = batch["input_ids"].reshape(B * C, L)
-        pos = batch["position_ids"].reshape(B * C, 2, L)
-        sep = batch["sep"].reshape(B * C)
-        if "prompt_mask" in batch:
+        """Run the backbone once over the batch's rows: `[B, C, ...]` flattened to `[B*C, ...]`, or the
+        packed `[R, L]` rows as they are (with `segment_ids` and per-token `sep`); logits `[rows, L, V]`
+        (or `[rows, K, V]` at the positions of `logits_index [rows, K]`)."""
+        if "segment_ids" in batch:
+            ids, pos, sep = batch["input_ids"], batch["position_ids"], batch["sep"]
+            seg, pm = batch["segment_ids"], batch.get("prompt_mask")
+        else:
+            B, C, L = batch["input_ids"].shape
+            ids = batch["input_ids"].reshape(B * C, L)
+            pos = batch["position_ids"].reshape(B * C, 2, L)
+            sep = batch["sep"].reshape(B * C)
+            seg = None
+            pm = batch["prompt_mask"].reshape(B * C, L) if "prompt_mask" in batch else None
+        kwargs = {"sep": sep, "segment_ids": seg, "logits_index": logits_index}
+        if pm is not None:
             if self.prompt_encoder is None:
                 raise ValueError(
                     "the batch has continuous-prompt slots but p_tuning is not enabled in the task"
                 )
             embeds = self.model.word_embeddings(ids)
-            pm = batch["prompt_mask"].reshape(B * C, L)
-            prompts = self.prompt_encoder().to(embeds.dtype)  # [P, h], slot j of each row gets prompt j
-            slot = pm.long().cumsum(-1) - 1
+            prompts = self.prompt_encoder().to(embeds.dtype)  # [P, h], slot j of each sequence gets prompt j
+            slot = prompt_slots(pm, seg)
             embeds = torch.where(pm.unsqueeze(-1), prompts[slot.clamp(min=0)], embeds)
-            return self.model(None, pos, sep=sep, inputs_embeds=embeds, logits_index=logits_index).logits
-        return self.model(ids, pos, sep=sep, logits_index=logits_index).logits
+            return self.model(None, pos, inputs_embeds=embeds, **kwargs).logits
+        return self.model(ids, pos, **kwargs).logits
 
     def score(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """(scores `[B, C or K]` with padded choices at -10000, generative log-probs of the same shape)."""
-        B, C, L = batch["input_ids"].shape
+        """(scores `[B, C or K]` with padded choices at -10000, generative log-probs of the same shape),
+        from a padded `[B, C, L]` batch or a packed one (the same numbers)."""
+        packed = "segment_ids" in batch
+        B, C = batch["choice_mask"].shape
         if "verbalizer_ids" in batch:  # single-token: C == 1; the head is needed at the [sop] slot only
-            sep = batch["sep"][:, 0]
-            at_sop = self._forward(batch, logits_index=sep[:, None])  # [B, 1, V]
-            zero = torch.zeros_like(sep)
-            scores = single_token_scores(at_sop, zero, batch["verbalizer_ids"])
-            gen = at_sop[:, 0].float().log_softmax(-1).gather(1, batch["verbalizer_ids"])
-            return scores, gen
-        logits = self._forward(batch)
+            if packed:
+                at = self._forward(batch, logits_index=batch["sop_index"])  # [R, K, V]
+                valid = batch["sop_sample"] >= 0
+                example = batch["sample_bc"][batch["sop_sample"][valid], 0]  # one sequence per example
+                at_sop = at[valid][torch.argsort(example)]  # [B, V], example order
+            else:
+                at_sop = self._forward(batch, logits_index=batch["sep"][:, :1])[:, 0]  # [B, V]
+            zero = torch.zeros(B, dtype=torch.long, device=at_sop.device)
+            scores = single_token_scores(at_sop[:, None], zero, batch["verbalizer_ids"])
+            lp = at_sop if at_sop.dtype in (torch.float32, torch.float64) else at_sop.float()
+            return scores, lp.log_softmax(-1).gather(1, batch["verbalizer_ids"])
+        # multi-token: the head only at the answer slots of each row (all that multi_token_scores reads)
+        if packed:
+            targets, loss_mask, owner = batch["targets"], batch["loss_mask"], batch["sample_index"]
+            n = batch["sample_bc"].size(0)
+        else:
+            L = batch["input_ids"].size(-1)
+            targets, loss_mask = batch["targets"].reshape(B * C, L), batch["loss_mask"].reshape(B * C, L)
+            n = B * C
+            owner = torch.arange(n, device=targets.device)[:, None].expand(n, L)
+        index, valid = part_b_index(loss_mask)
         flat = multi_token_scores(
-            logits,
-            batch["targets"].reshape(B * C, L),
-            batch["loss_mask"].reshape(B * C, L),
+            self._forward(batch, logits_index=index),
+            targets.gather(1, index),
+            loss_mask.gather(1, index) * valid,
             self.length_penalty,
-        ).view(B, C)
-        scores = flat.masked_fill(~batch["choice_mask"], PAD_SCORE)
+            sample_index=owner.gather(1, index),
+            num_samples=n,
+        )
+        if packed:  # sequence n is choice sample_bc[n] = (b, c); padded choices stay at PAD_SCORE
+            b, c = batch["sample_bc"].unbind(1)
+            flat = flat.new_full((B, C), PAD_SCORE).index_put((b, c), flat)
+        scores = flat.view(B, C).masked_fill(~batch["choice_mask"], PAD_SCORE)
         return scores, scores
 
     # ---- steps ----
