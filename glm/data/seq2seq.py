@@ -376,6 +376,8 @@ class Seq2SeqDataModule(_Base):
     def _train_collate(self) -> functools.partial:
         pad = self.tokenizer.pad_id
         if self.pack:
+            log.info("data.pack: compact training samples packed into rows of %d tokens",
+                     self.src_seq_length + self.tgt_seq_length)
             return functools.partial(collate_seq2seq_packed, seq_length=self.src_seq_length + self.tgt_seq_length,
                                      pad_id=pad)
         return functools.partial(collate_seq2seq, pad_id=pad)
