@@ -45,8 +45,17 @@ CONTENT_PROMPT = " Content:"
 MASK_POS = 1  # the blank is the token right after [CLS]
 
 # PTB-style escapes of the BERT-tokenised CNN/DM and Gigaword files (spec §8.1: undone for those sets)
-_PTB = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}",
-        "``": '"', "''": '"', "<S_SEP>": "[SEP]"}
+_PTB = {
+    "-lrb-": "(",
+    "-rrb-": ")",
+    "-lsb-": "[",
+    "-rsb-": "]",
+    "-lcb-": "{",
+    "-rcb-": "}",
+    "``": '"',
+    "''": '"',
+    "<S_SEP>": "[SEP]",
+}
 
 
 class DataFormatError(ValueError):
@@ -80,8 +89,13 @@ def _read_utf8_lines(path: Path) -> list[str]:
 
 
 def read_examples(
-    path: str | Path, fmt: str = "auto", source_field: str = "document", target_field: str = "summary",
-    bad_rows: str = "raise", max_samples: int | None = None, stats: Counter | None = None,
+    path: str | Path,
+    fmt: str = "auto",
+    source_field: str = "document",
+    target_field: str = "summary",
+    bad_rows: str = "raise",
+    max_samples: int | None = None,
+    stats: Counter | None = None,
 ) -> list[Seq2SeqExample]:
     """Read pairs from `{path}.source`/`{path}.target` (fmt `lines`) or a jsonl file (fmt `jsonl`).
 
@@ -127,7 +141,9 @@ def read_examples(
                 continue
             wrong = [f for f in (source_field, target_field) if not isinstance(rec[f], str)]
             if wrong:  # e.g. null: str(None) would silently become the text "None"
-                rows.append((None, None, where, f"field {wrong[0]!r} is {type(rec[wrong[0]]).__name__}, not text"))
+                rows.append(
+                    (None, None, where, f"field {wrong[0]!r} is {type(rec[wrong[0]]).__name__}, not text")
+                )
                 continue
             rows.append((rec[source_field], rec[target_field], where, ""))
     else:
@@ -164,23 +180,38 @@ class Seq2SeqSample:
     mask_pos: int
 
 
-def build_source(article_ids: list[int], prompt_ids: list[int], tok: Any, src_seq_length: int,
-                 task_mask: bool, stats: Counter | None = None, pad: bool = True) -> list[int]:
+def build_source(
+    article_ids: list[int],
+    prompt_ids: list[int],
+    tok: Any,
+    src_seq_length: int,
+    task_mask: bool,
+    stats: Counter | None = None,
+    pad: bool = True,
+) -> list[int]:
     """`[CLS] mask " Content:" article` truncated to `src_seq_length` and padded with pad (spec §8.1);
     `pad=False`: not padded (the compact layout of `data.pack`)."""
     mask = tok.smask_id if task_mask else tok.mask_id
     head = [tok.cls_id, mask, *prompt_ids]
     room = src_seq_length - len(head)
     if room < 1:
-        raise ValueError(f"src_seq_length={src_seq_length} leaves no room for the article after {len(head)} tokens")
+        raise ValueError(
+            f"src_seq_length={src_seq_length} leaves no room for the article after {len(head)} tokens"
+        )
     if len(article_ids) > room and stats is not None:
         stats["truncated_source"] += 1
     ids = head + article_ids[:room]
     return ids + [tok.pad_id] * (src_seq_length - len(ids)) if pad else ids
 
 
-def build_seq2seq_sample(source_ids: list[int], summary_ids: list[int] | None, tok: Any, tgt_seq_length: int,
-                         stats: Counter | None = None, pad: bool = True) -> Seq2SeqSample:
+def build_seq2seq_sample(
+    source_ids: list[int],
+    summary_ids: list[int] | None,
+    tok: Any,
+    tgt_seq_length: int,
+    stats: Counter | None = None,
+    pad: bool = True,
+) -> Seq2SeqSample:
     """Spec §3(c): Part A = the source as given; Part B = `[sop] + target[:-1]` (none when `summary_ids` is
     None, the decoding input) with `target = summary + [eop]` truncated to `tgt_seq_length`, padded to it, or
     with `pad=False` only as long as the target (the compact layout of `data.pack`)."""
@@ -217,13 +248,25 @@ def collate_seq2seq(samples: list[Seq2SeqSample], pad_id: int = 0) -> dict[str, 
     pos = np.zeros((B, 2, width), np.int64)
     for i, s in enumerate(samples):
         n = len(s.input_ids)
-        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = s.input_ids, s.targets, s.loss_mask, s.position_ids
-    return {"input_ids": torch.from_numpy(ids), "targets": torch.from_numpy(tgt), "loss_mask": torch.from_numpy(loss),
-            "position_ids": torch.from_numpy(pos), "sep": torch.tensor([s.sep for s in samples]),
-            "mask_pos": torch.tensor([s.mask_pos for s in samples])}
+        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = (
+            s.input_ids,
+            s.targets,
+            s.loss_mask,
+            s.position_ids,
+        )
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "targets": torch.from_numpy(tgt),
+        "loss_mask": torch.from_numpy(loss),
+        "position_ids": torch.from_numpy(pos),
+        "sep": torch.tensor([s.sep for s in samples]),
+        "mask_pos": torch.tensor([s.mask_pos for s in samples]),
+    }
 
 
-def collate_seq2seq_packed(samples: list[Seq2SeqSample], seq_length: int, pad_id: int = 0) -> dict[str, torch.Tensor]:
+def collate_seq2seq_packed(
+    samples: list[Seq2SeqSample], seq_length: int, pad_id: int = 0
+) -> dict[str, torch.Tensor]:
     """Pack a batch of compact samples into as few rows of `seq_length` (= S + T) as hold them: the fields of
     `glm.data.packing.pack_samples` (per-token `sep [R, L]`, `segment_ids`, `sample_index`)."""
     from glm.data.packing import pack_samples
@@ -238,9 +281,17 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
     of the example, whose reference text the task module reads from `examples`. `compact=True`: the unpadded
     layout of `data.pack` (module docstring)."""
 
-    def __init__(self, examples: list[Seq2SeqExample], tok: Any, src_seq_length: int, tgt_seq_length: int,
-                 task_mask: bool = False, detokenize: str = "none", train: bool = True,
-                 compact: bool = False) -> None:
+    def __init__(
+        self,
+        examples: list[Seq2SeqExample],
+        tok: Any,
+        src_seq_length: int,
+        tgt_seq_length: int,
+        task_mask: bool = False,
+        detokenize: str = "none",
+        train: bool = True,
+        compact: bool = False,
+    ) -> None:
         if detokenize not in ("none", "ptb"):
             raise ValueError(f"detokenize must be 'none' or 'ptb', got {detokenize!r}")
         self.examples, self.tok, self.train = examples, tok, train
@@ -248,11 +299,19 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
         fix = undo_ptb if detokenize == "ptb" else (lambda s: s)
         prompt = tok.encode(CONTENT_PROMPT)
         articles = tok.encode_batch([" " + fix(e.source) for e in examples])
-        summaries = tok.encode_batch([" " + fix(e.target) for e in examples]) if train else [None] * len(examples)
+        summaries = (
+            tok.encode_batch([" " + fix(e.target) for e in examples]) if train else [None] * len(examples)
+        )
         self.references = [fix(e.target) for e in examples]
         self.samples = [
-            build_seq2seq_sample(build_source(a, prompt, tok, src_seq_length, task_mask, self.stats, pad=not compact),
-                                 s, tok, tgt_seq_length, self.stats, pad=not compact)
+            build_seq2seq_sample(
+                build_source(a, prompt, tok, src_seq_length, task_mask, self.stats, pad=not compact),
+                s,
+                tok,
+                tgt_seq_length,
+                self.stats,
+                pad=not compact,
+            )
             for a, s in zip(articles, summaries)
         ]
         if self.stats:
@@ -265,8 +324,9 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
         return self.samples[i]
 
 
-def _collate_with_index(batch: list[tuple[int, Seq2SeqSample]], pad_id: int,
-                        context_mask: bool = False) -> dict[str, torch.Tensor]:
+def _collate_with_index(
+    batch: list[tuple[int, Seq2SeqSample]], pad_id: int, context_mask: bool = False
+) -> dict[str, torch.Tensor]:
     """Decoding batches; `context_mask` (compact sources of different lengths, right-padded here): 1 on each
     row's source, so that the padding is hidden and every row decodes as if alone."""
     out = collate_seq2seq([s for _, s in batch], pad_id)
@@ -317,11 +377,24 @@ class Seq2SeqDataModule(_Base):
     (fewer rows, same samples and sampler), and compact decoding inputs with a `context_mask`."""
 
     def __init__(
-        self, data_dir: str, tokenizer: Any, splits: dict[str, str], format: str = "auto",
-        source_field: str = "document", target_field: str = "summary", src_seq_length: int = 608,
-        tgt_seq_length: int = 60, task_mask: bool = False, detokenize: str = "none", micro_batch_size: int = 8,
-        eval_batch_size: int | None = None, num_workers: int = 0, max_samples: dict[str, int | None] | None = None,
-        bad_rows: str = "raise", global_batch_size: int | None = None, pack: bool = False,
+        self,
+        data_dir: str,
+        tokenizer: Any,
+        splits: dict[str, str],
+        format: str = "auto",
+        source_field: str = "document",
+        target_field: str = "summary",
+        src_seq_length: int = 608,
+        tgt_seq_length: int = 60,
+        task_mask: bool = False,
+        detokenize: str = "none",
+        micro_batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_samples: dict[str, int | None] | None = None,
+        bad_rows: str = "raise",
+        global_batch_size: int | None = None,
+        pack: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(pack, bool):  # a YAML string such as "yes" would silently pack
@@ -356,10 +429,23 @@ class Seq2SeqDataModule(_Base):
     def _load(self, stage: str, train: bool) -> Seq2SeqDataset:
         key = f"{stage}:{train}"
         if key not in self.datasets:
-            examples = read_examples(self._path(stage), self.format, *self.fields, bad_rows=self.bad_rows,
-                                     max_samples=self.max_samples.get(stage))
-            self.datasets[key] = Seq2SeqDataset(examples, self.tokenizer, self.src_seq_length, self.tgt_seq_length,
-                                                self.task_mask, self.detokenize, train, compact=self.pack)
+            examples = read_examples(
+                self._path(stage),
+                self.format,
+                *self.fields,
+                bad_rows=self.bad_rows,
+                max_samples=self.max_samples.get(stage),
+            )
+            self.datasets[key] = Seq2SeqDataset(
+                examples,
+                self.tokenizer,
+                self.src_seq_length,
+                self.tgt_seq_length,
+                self.task_mask,
+                self.detokenize,
+                train,
+                compact=self.pack,
+            )
         return self.datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
@@ -376,19 +462,34 @@ class Seq2SeqDataModule(_Base):
     def _train_collate(self) -> functools.partial:
         pad = self.tokenizer.pad_id
         if self.pack:
-            log.info("data.pack: compact training samples packed into rows of %d tokens",
-                     self.src_seq_length + self.tgt_seq_length)
-            return functools.partial(collate_seq2seq_packed, seq_length=self.src_seq_length + self.tgt_seq_length,
-                                     pad_id=pad)
+            log.info(
+                "data.pack: compact training samples packed into rows of %d tokens",
+                self.src_seq_length + self.tgt_seq_length,
+            )
+            return functools.partial(
+                collate_seq2seq_packed, seq_length=self.src_seq_length + self.tgt_seq_length, pad_id=pad
+            )
         return functools.partial(collate_seq2seq, pad_id=pad)
 
     def _loader(self, ds: Seq2SeqDataset, batch_size: int, shuffle: bool, indexed: bool):
         if indexed:
-            collate = functools.partial(_collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack)
-            return torch.utils.data.DataLoader(_Indexed(ds), batch_size=batch_size, shuffle=False,
-                                               num_workers=self.num_workers, collate_fn=collate)
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                                           collate_fn=self._train_collate())
+            collate = functools.partial(
+                _collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack
+            )
+            return torch.utils.data.DataLoader(
+                _Indexed(ds),
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+            )
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=self._train_collate(),
+        )
 
     def train_dataloader(self):
         ds = self._load("train", True)
@@ -397,10 +498,16 @@ class Seq2SeqDataModule(_Base):
         if world == 1:
             return self._loader(ds, self.micro_batch_size, True, False)
         # Lightning calls set_epoch on this sampler every epoch, so each epoch is a new shuffle
-        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=int(trainer.global_rank),
-                                                      shuffle=True, seed=0)
-        return torch.utils.data.DataLoader(ds, batch_size=self.micro_batch_size, sampler=sampler,
-                                           num_workers=self.num_workers, collate_fn=self._train_collate())
+        sampler = torch.utils.data.DistributedSampler(
+            ds, num_replicas=world, rank=int(trainer.global_rank), shuffle=True, seed=0
+        )
+        return torch.utils.data.DataLoader(
+            ds,
+            batch_size=self.micro_batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._train_collate(),
+        )
 
     def val_dataloader(self):
         if "val" not in self.splits:  # Lightning skips the validation loop for an empty list

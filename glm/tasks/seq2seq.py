@@ -37,8 +37,9 @@ def label_smoothed_token_loss(logits: Tensor, targets: Tensor, eps: float = 0.1)
     """Spec §8.2 `loss_t` over all V logits, `[B, K]`; in fp32 for half/bf16 logits (float64 stays float64,
     so the float64 tests compare packed and unpacked to ~1e-12)."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    per_tok = F.cross_entropy(logits.to(dtype).flatten(0, 1), targets.flatten(), reduction="none",
-                              label_smoothing=eps)
+    per_tok = F.cross_entropy(
+        logits.to(dtype).flatten(0, 1), targets.flatten(), reduction="none", label_smoothing=eps
+    )
     return per_tok.view(targets.shape)
 
 
@@ -96,7 +97,11 @@ class RougeMetric:
             for k in totals:
                 totals[k] += scores[k].fmeasure
         n = len(predictions)
-        return {"rouge1": totals["rouge1"] / n, "rouge2": totals["rouge2"] / n, "rougeL": totals["rougeLsum"] / n}
+        return {
+            "rouge1": totals["rouge1"] / n,
+            "rouge2": totals["rouge2"] / n,
+            "rougeL": totals["rougeLsum"] / n,
+        }
 
 
 class Seq2SeqModule(GLMTaskModule):
@@ -106,10 +111,22 @@ class Seq2SeqModule(GLMTaskModule):
     `rouge_postprocess`, `num_logged_samples` (rows of the W&B sample table), `output_dir` (None = the
     trainer's `default_root_dir`, the run dir)."""
 
-    def __init__(self, model: dict, optimizer: dict, scheduler: dict, pretrained: str | None = None,
-                 generation: dict | None = None, label_smoothing: float = 0.1, rouge_postprocess: bool = True,
-                 num_logged_samples: int = 8, output_dir: str | None = None, **kwargs: Any) -> None:
-        super().__init__(model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs)
+    def __init__(
+        self,
+        model: dict,
+        optimizer: dict,
+        scheduler: dict,
+        pretrained: str | None = None,
+        generation: dict | None = None,
+        label_smoothing: float = 0.1,
+        rouge_postprocess: bool = True,
+        num_logged_samples: int = 8,
+        output_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs
+        )
         self.generation = dict(generation or {})
         GenerationConfig(**self.generation)  # fail at start-up on a bad key or value, not after training
         self.label_smoothing = float(label_smoothing)
@@ -124,7 +141,9 @@ class Seq2SeqModule(GLMTaskModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and hasattr(dm, "src_seq_length"):
             # Part A positions 0..S-1; Part B block positions 1..T (training) / 1..max_new_tokens (decoding)
-            largest = max(dm.src_seq_length - 1, dm.tgt_seq_length, int(self.generation.get("max_new_tokens") or 0))
+            largest = max(
+                dm.src_seq_length - 1, dm.tgt_seq_length, int(self.generation.get("max_new_tokens") or 0)
+            )
             check_positions(self.glm_config, largest, "data.src_seq_length / data.tgt_seq_length")
 
     # ---- training ----
@@ -136,16 +155,25 @@ class Seq2SeqModule(GLMTaskModule):
         from glm.tasks.pretrain import part_b_index
 
         index, valid = part_b_index(batch["loss_mask"])
-        logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"],
-                            segment_ids=batch.get("segment_ids"), logits_index=index).logits
+        logits = self.model(
+            batch["input_ids"],
+            batch["position_ids"],
+            sep=batch["sep"],
+            segment_ids=batch.get("segment_ids"),
+            logits_index=index,
+        ).logits
         mask = torch.gather(batch["loss_mask"], 1, index) * valid
-        per_tok = label_smoothed_token_loss(logits, torch.gather(batch["targets"], 1, index), self.label_smoothing)
+        per_tok = label_smoothed_token_loss(
+            logits, torch.gather(batch["targets"], 1, index), self.label_smoothing
+        )
         return per_tok, mask, index
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         per_tok, mask, _ = self.part_b_losses(batch)
         loss = masked_mean(per_tok, mask)
-        num_samples = int(batch["sample_index"].max()) + 1 if "sample_index" in batch else batch["input_ids"].shape[0]
+        num_samples = (
+            int(batch["sample_index"].max()) + 1 if "sample_index" in batch else batch["input_ids"].shape[0]
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=num_samples)
         return loss
 
@@ -165,8 +193,15 @@ class Seq2SeqModule(GLMTaskModule):
         tok = self._tokenizer()
         cfg = self.generation_config()
         # data.pack: compact sources, their right padding hidden by context_mask (each row decodes as alone)
-        out = generate(self.model, batch["input_ids"], batch["mask_pos"], cfg, position_ids=batch["position_ids"],
-                       sep=batch["sep"], context_mask=batch.get("context_mask"))
+        out = generate(
+            self.model,
+            batch["input_ids"],
+            batch["mask_pos"],
+            cfg,
+            position_ids=batch["position_ids"],
+            sep=batch["sep"],
+            context_mask=batch.get("context_mask"),
+        )
         drop = {tok.eop_id, tok.pad_id}  # spec §9: eop and pad removed before detokenising
         return [tok.decode([t for t in seq if t not in drop]).strip() for seq in out.sequences]
 
@@ -191,8 +226,12 @@ class Seq2SeqModule(GLMTaskModule):
             out.mkdir(parents=True, exist_ok=True)
             if stage == "test":
                 # one line per example: newlines inside a summary would break the line pairing
-                (out / "test.jsonl.hyps").write_text("".join(h.replace("\n", " ") + "\n" for h in hyps), "utf-8")
-                (out / "test.jsonl.refs").write_text("".join(r.replace("\n", " ") + "\n" for r in refs), "utf-8")
+                (out / "test.jsonl.hyps").write_text(
+                    "".join(h.replace("\n", " ") + "\n" for h in hyps), "utf-8"
+                )
+                (out / "test.jsonl.refs").write_text(
+                    "".join(r.replace("\n", " ") + "\n" for r in refs), "utf-8"
+                )
             self._log_table(stage, hyps, refs)
         return scores
 
@@ -201,8 +240,11 @@ class Seq2SeqModule(GLMTaskModule):
         n = min(self.num_logged_samples, len(hyps))
         for lg in self.loggers:
             if n and hasattr(lg, "log_table") and type(lg).__name__ == "WandbLogger":
-                lg.log_table(key=f"{stage}/samples", columns=["reference", "prediction"],
-                             data=[[refs[i], hyps[i]] for i in range(n)])
+                lg.log_table(
+                    key=f"{stage}/samples",
+                    columns=["reference", "prediction"],
+                    data=[[refs[i], hyps[i]] for i in range(n)],
+                )
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
