@@ -1,7 +1,7 @@
 """Mixed precision with gradient clipping and a fused AdamW (found on an H100: Lightning's mixed-precision
 plugin refuses to clip for any optimizer that unscales inside ``step()``, even under bf16 where no scaler
 exists). The task base clips directly then; under fp16 it falls back to the unfused AdamW (checked on the
-GPU by bench/gpu_lightning.py: CPU parameters never take the fused default)."""
+GPU by bench/gpu_lightning.py). The fused kernel is also the default for plain CPU parameters."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _batches(n: int, length: int = 32, vocab: int = 8064) -> list[dict[str, torc
     return out
 
 
-def _fit(precision: str, fused: bool, clip: float) -> tuple[PretrainModule, L.Trainer]:
+def _fit(precision: str, fused: bool | None, clip: float) -> tuple[PretrainModule, L.Trainer]:
     torch.manual_seed(0)
     module = PretrainModule(model=MODEL, optimizer={"lr": 1e-3, "fused": fused}, scheduler={"total_steps": 3})
     trainer = L.Trainer(
@@ -64,3 +64,28 @@ def test_bf16_fused_adamw_with_clipping_trains_and_clips() -> None:
     assert abs(after.item() - 2.0) < 1e-4
     module.configure_gradient_clipping(optimizer, 0.5, "value")
     assert max(p.grad.abs().max().item() for p in params) <= 0.5
+
+
+def test_fused_adamw_is_the_cpu_default_and_matches_the_per_parameter_loop() -> None:
+    fused_module, trainer = _fit("32-true", fused=None, clip=1.0)
+    assert trainer.optimizers[0].defaults["fused"] is True  # default on plain CPU parameters
+    loop_module, trainer = _fit("32-true", fused=False, clip=1.0)
+    assert trainer.optimizers[0].defaults["fused"] is False
+    moved = 0.0
+    for (name, a), b, s in zip(
+        fused_module.model.named_parameters(),
+        loop_module.model.parameters(),
+        _initial_parameters(),
+        strict=True,
+    ):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name  # same three AdamW updates
+        moved = max(moved, (a - s).abs().max().item())
+    assert moved > 1e-4  # the steps really changed the weights (lr 1e-3)
+
+
+def _initial_parameters() -> list[torch.Tensor]:
+    """The weights `_fit` starts from (same seed, same construction)."""
+    torch.manual_seed(0)
+    module = PretrainModule(model=MODEL, optimizer={"lr": 1e-3}, scheduler={"total_steps": 3})
+    module.configure_model()
+    return [p.detach().clone() for p in module.model.parameters()]
