@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glm.model import GLMConfig
+from glm.utils.allocator import set_host_allocator
 from glm.utils.instantiate import instantiate_group
 from glm.utils.validation import ConfigError, check_tokenizer, validate
 from glm.utils.wrappers import task_wrapper
@@ -219,6 +220,7 @@ def _export(module: L.LightningModule, tokenizer: Any, cfg: DictConfig, out_dir:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
     checked = validate(cfg, is_multirun=_is_multirun())
+    set_host_allocator(cfg.get("allocator", "system"))  # before the data and the model allocate anything
     output_dir = Path(cfg.paths.output_dir)
     resume_from = _resolve_ckpt_path(cfg.ckpt_path, output_dir) if "fit" in cfg.stages else None
     if resume_from is not None:

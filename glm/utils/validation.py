@@ -209,6 +209,10 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed: expected a non-negative int, got {cfg.seed!r}")
+    from glm.utils.allocator import ALLOCATORS
+
+    if cfg.get("allocator", "system") not in ALLOCATORS:
+        raise ConfigError(f"allocator: expected one of {list(ALLOCATORS)}, got {cfg.allocator!r}")
     stages = list(cfg.stages) if isinstance(cfg.stages, ListConfig) else [cfg.stages]
     for stage in stages:
         if stage not in STAGES:
