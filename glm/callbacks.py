@@ -90,7 +90,9 @@ class MFUMonitor(L.Callback):
 
     Model FLOPs of a micro-batch = ``GLMConfig.flops_per_token(L) * tokens``, where tokens is every position
     of ``batch["input_ids"]`` (padding included: the device computed it) and ``L`` its last dimension; the
-    formula counts forward + backward (3x forward) and the attention score/value products. Time is the wall
+    formula counts forward + backward (3x forward) and the attention score/value products. Modules that
+    project the tied head at some positions only say how many with ``head_positions(batch)`` (PretrainModule:
+    the padded Part-B index); the head's FLOPs at the other positions are not counted, since nothing ran there. Time is the wall
     clock between two log points (data loading, optimizer and logging included: MFU is end to end). The first
     ``skip_steps`` optimizer steps (allocator warm-up, compilation) are not measured.
 
@@ -167,7 +169,12 @@ class MFUMonitor(L.Callback):
             return
         ids = batch.get("input_ids") if isinstance(batch, Mapping) else None
         if ids is not None:
-            self._flops += float(self._config.flops_per_token(int(ids.shape[-1]))) * ids.numel()
+            flops = float(self._config.flops_per_token(int(ids.shape[-1]))) * ids.numel()
+            head_positions = getattr(pl_module, "head_positions", None)
+            projected = head_positions(batch) if callable(head_positions) else None
+            if projected is not None:  # the head runs only there (e.g. Part B in pretraining)
+                flops -= float(self._config.head_flops_per_token()) * (ids.numel() - projected)
+            self._flops += flops
         if stepped and step % self.every_n_steps == 0 and self._start is not None:
             now = self.clock()
             elapsed = now - self._start

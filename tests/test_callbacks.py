@@ -156,3 +156,29 @@ def test_default_callbacks_config_builds_the_monitor(compose_cfg) -> None:
     peaks = monitors[0].device_peaks
     assert lookup_peak_tflops("MyGPU rev 2", "bf16", peaks) == 123.0  # added row
     assert lookup_peak_tflops("NVIDIA H100 80GB HBM3", "bf16", peaks) == 989.4  # defaults kept
+
+
+def test_pretraining_counts_the_head_at_part_b_positions_only() -> None:
+    """PretrainModule projects the head at the padded Part-B index only: rows x largest Part B positions."""
+    from glm.tasks.pretrain import PretrainModule
+
+    module = PretrainModule(
+        model={"preset": "glm-tiny", "vocab_size": 128, "max_sequence_length": 32},
+        scheduler={"total_steps": 1},
+    )
+    loss_mask = torch.zeros(4, 16)
+    for row, sep in enumerate([8, 4, 12, 10]):  # Part B sizes 8, 12, 4, 6 -> index 4 x 12 = 48 positions
+        loss_mask[row, sep:] = 1
+    batch = {"input_ids": torch.zeros(4, 16, dtype=torch.long), "loss_mask": loss_mask}
+    assert module.head_positions(batch) == 48
+    cfg = tiny_config()
+    assert cfg.head_flops_per_token() == 6 * 128 * 64  # the V x h head, forward + backward
+    cb = MFUMonitor(every_n_steps=1, skip_steps=0, clock=FakeClock([0.0, 2.0]))
+    trainer = SimpleNamespace(global_step=0, precision="32-true")
+    recorder = Recorder(glm_config=cfg, device=torch.device("cpu"), trainer=trainer, logged=[])
+    recorder.head_positions = module.head_positions
+    cb.on_train_start(trainer, recorder)
+    trainer.global_step = 1
+    cb.on_train_batch_end(trainer, recorder, None, batch, 0)
+    # 64 positions at the full formula, minus the head at the 16 positions without it, over 2 s
+    assert recorder.logged == [(1, "perf/flops_per_s", pytest.approx((F - 16 * 6 * 128 * 64) / 2.0))]

@@ -124,6 +124,11 @@ class GLMConfig:
         attention = n_layers * 2 * seq_length * h  # QK^T and PV, 2 FLOPs per multiply-add each
         return 3 * (2 * matmul_params + 2 * attention)
 
+    def head_flops_per_token(self) -> float:
+        """The tied head's share of :meth:`flops_per_token` (forward + backward of ``V x h``): what a position
+        costs less when the head is not projected there (``GLM.forward(logits_index=)``)."""
+        return 3 * 2 * self.vocab_size * self.hidden_size
+
     # --- construction ---
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GLMConfig:

@@ -70,6 +70,10 @@ class PretrainModule(GLMTaskModule):
         mask = torch.gather(batch["loss_mask"], 1, index) * valid
         return blank_infilling_loss(logits, torch.gather(batch["targets"], 1, index), mask)
 
+    def head_positions(self, batch: dict[str, Tensor]) -> int:
+        """Positions where :meth:`part_b_loss` projects the head (rows x largest Part B), for MFUMonitor."""
+        return part_b_index(batch["loss_mask"])[0].numel()
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss_sum, count = self.part_b_loss(batch)
         loss = loss_sum / count.clamp_min(1.0)
