@@ -25,6 +25,7 @@ from glm.data.seq2seq import (
     collate_seq2seq_packed,
 )
 from glm.tasks.seq2seq import Seq2SeqModule
+from glm.utils.validation import ConfigError
 
 S, T = 96, 24  # glm-tiny holds 512 positions; short enough for fast float64 forwards
 EPS = 0.1
@@ -229,7 +230,7 @@ def test_datamodule_packs_the_same_batches_into_fewer_rows(bert, tmp_path) -> No
 
 def test_bad_pack_value_names_data_pack(tmp_path) -> None:
     for bad in ("yes", 1, None):
-        with pytest.raises(TypeError, match=r"data\.pack: expected true/false"):
+        with pytest.raises(ConfigError, match=r"data\.pack: expected true/false"):
             Seq2SeqDataModule(str(tmp_path), object(), splits={"train": "x"}, pack=bad)
 
 

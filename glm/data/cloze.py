@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from glm.data.packing import checked_pack_flag
 from glm.data.superglue.examples import ClozeExample, DataError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
-from glm.utils.validation import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -401,9 +401,7 @@ class ClozeDataModule(L.LightningDataModule):
         pack: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(pack, bool):
-            raise ConfigError(f"data.pack: expected true/false, got {pack!r}")
-        self.pack = pack
+        self.pack = checked_pack_flag(pack)
         self.task = get_task(task)
         self.pattern_id = self.task.default_pattern if pattern_id is None else int(pattern_id)
         self.task.check_pattern(self.pattern_id)

@@ -34,6 +34,7 @@ import torch
 __all__ = [
     "PACKED_FIELDS",
     "PackingStats",
+    "checked_pack_flag",
     "pack_bins",
     "pack_samples",
     "packing_stats",
@@ -42,6 +43,16 @@ __all__ = [
 
 PACKED_FIELDS = ("input_ids", "targets", "loss_mask", "position_ids", "sep", "segment_ids", "sample_index")
 ORDERS = ("first_fit_decreasing", "sequential")
+
+
+def checked_pack_flag(pack: Any) -> bool:
+    """The ``data.pack`` switch of every datamodule, refused unless a real bool (a YAML string such as
+    ``"yes"`` would silently pack)."""
+    if not isinstance(pack, bool):
+        from glm.utils.validation import ConfigError
+
+        raise ConfigError(f"data.pack: expected true/false, got {pack!r}")
+    return pack
 
 
 def _field(sample: Any, name: str) -> Any:

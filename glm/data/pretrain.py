@@ -40,7 +40,6 @@ Decisions (documented here because the spec leaves them open):
 from __future__ import annotations
 
 import functools
-
 import glob
 import hashlib
 import json
@@ -70,6 +69,7 @@ from glm.data.masking import (
     sample_rng,
     sentence_end_from_tokenizer,
 )
+from glm.data.packing import checked_pack_flag
 
 log = logging.getLogger(__name__)
 
@@ -548,9 +548,7 @@ class PretrainDataModule(L.LightningDataModule):
             progress,
         )
         self.objective = _masking_config(objective)
-        if not isinstance(pack, bool):
-            raise ValueError(f"data.pack: expected true/false, got {pack!r}")
-        self.pack = pack
+        self.pack = checked_pack_flag(pack)
         self._tokenizer: Any = None
         self._files: list[Path] | None = None
         self.train_set: PretrainDataset | None = None

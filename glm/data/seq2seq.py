@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from glm.data.packing import checked_pack_flag
+
 log = logging.getLogger(__name__)
 
 CONTENT_PROMPT = " Content:"
@@ -397,9 +399,7 @@ class Seq2SeqDataModule(_Base):
         pack: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(pack, bool):  # a YAML string such as "yes" would silently pack
-            raise TypeError(f"data.pack: expected true/false, got {pack!r}")
-        self.pack = pack
+        self.pack = checked_pack_flag(pack)
         unknown = sorted(set(splits) - {"train", "val", "test"})
         if unknown:
             raise ValueError(f"data.splits: unknown stage(s) {unknown}; allowed: train, val, test")
