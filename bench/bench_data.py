@@ -27,6 +27,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from glm.data.cloze import ClozeDataModule
+from glm.data.cloze import ClozeDataModule, collate_cloze, collate_cloze_packed
 from glm.data.masking import GLMMasker, MaskingConfig, SpecialIds, sentence_end_from_tokenizer
 from glm.data.packing import pack_samples, packing_stats
 from glm.data.paths import require_data
 from glm.data.pretrain import PretrainDataset, TokenizedCorpus, collate_pretrain, read_documents
+from glm.data.seq2seq import Seq2SeqDataModule
 from glm.model import GLM, GLMConfig
+from glm.tasks.cloze import ClozeModule, cloze_loss
+from glm.tasks.seq2seq import Seq2SeqModule
 from glm.tokenizer import load_tokenizer
 
 BOOKS = ["1342-0.txt", "84-0.txt", "11-0.txt", "1400-0.txt", "2701-0.txt"]
@@ -176,6 +180,144 @@ def effective_tokens_per_s(
     }
 
 
+def interleaved_rates(
+    runs: dict[str, tuple[Callable[[dict], None], list[dict]]], real: int, rounds: int
+) -> dict:
+    """Median CPU seconds of running each variant's batches (one warm-up step each, variants interleaved
+    round by round) -> non-padding tokens/s of each and the packed/padded speedup."""
+    for step, batches in runs.values():
+        step(batches[0])
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, (step, batches) in runs.items():
+            t0 = time.process_time()
+            for b in batches:
+                step(b)
+            times[name].append(time.process_time() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "real_tokens": real,
+        "slots": {k: sum(int(b["input_ids"].numel()) for b in runs[k][1]) for k in runs},
+        "seconds": med,
+        "effective_tokens_per_s": {k: real / v for k, v in med.items()},
+        "packed_speedup": med["padded"] / med["packed"],
+    }
+
+
+def finetune_model(vocab: int) -> dict:
+    """2-layer glm-base-shaped backbone, dropout 0 (the packed/padded comparison needs equal arithmetic)."""
+    return {
+        "preset": "glm-base",
+        "num_layers": 2,
+        "vocab_size": vocab,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+
+
+def cloze_packing(tok, task: str, batch: int, batches: int, rounds: int) -> dict:
+    """`data.pack` for cloze finetuning through the real code: padding of the whole train split batched as
+    training batches it (the default collate pads to the batch's longest sequence; packed rows of
+    seq_length), and effective tokens/s of `ClozeModule.score` + loss + backward + AdamW on the first
+    `batches` batches, padded vs packed."""
+    dm = ClozeDataModule(task, tok, require_data("superglue").parent)
+    feats = list(dm.load_split("train"))
+    chunks = [feats[i : i + batch] for i in range(0, len(feats), batch)]
+    real_of = lambda cs: sum(len(s["input_ids"]) for c in cs for f in c for s in f.sequences)
+    collate = {
+        "padded": lambda c: collate_cloze(c, tok.pad_id),
+        "packed": lambda c: collate_cloze_packed(c, tok.pad_id, dm.seq_length),
+    }
+    real = real_of(chunks)
+    padding = {}
+    for name, fn in collate.items():
+        rows = slots = 0
+        for c in chunks:
+            ids = fn(c)["input_ids"]
+            rows, slots = rows + ids.shape[0] * (ids.shape[1] if ids.dim() == 3 else 1), slots + ids.numel()
+        padding[name] = {"rows": rows, "padding_fraction": 1.0 - real / slots}
+    torch.manual_seed(0)
+    module = ClozeModule(model=finetune_model(tok.vocab_size), optimizer={}, scheduler={}, task=task)
+    module.configure_model()
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=True)
+
+    def step(b: dict) -> None:
+        opt.zero_grad(set_to_none=True)
+        scores, gen = module.score(b)
+        cloze_loss(scores, b["label"], "cross_entropy", gen).backward()
+        opt.step()
+
+    timed = chunks[:batches]
+    runs = {k: (step, [fn(c) for c in timed]) for k, fn in collate.items()}
+    return {
+        "task": task,
+        "seq_length": dm.seq_length,
+        "batch": batch,
+        "examples": len(feats),
+        "padding": padding,
+        "timed_batches": len(timed),
+        **interleaved_rates(runs, real_of(timed), rounds),
+    }
+
+
+def seq2seq_packing(tok, samples: int, batch: int, batches: int, rounds: int) -> dict:
+    """`data.pack` for seq2seq through Seq2SeqDataModule / Seq2SeqModule.training_step on XSum pairs (S=608,
+    T=60, the xsum experiment's layout): the padded layout vs compact samples packed into rows of S+T."""
+    loaders = {}
+    for name, pack in (("padded", False), ("packed", True)):
+        dm = Seq2SeqDataModule(
+            str(require_data("xsum")),
+            tok,
+            {"train": "validation.jsonl"},
+            format="jsonl",
+            bad_rows="skip",
+            src_seq_length=608,
+            tgt_seq_length=60,
+            micro_batch_size=batch,
+            max_samples={"train": samples},
+            pack=pack,
+        )
+        dm.setup("fit")
+        torch.manual_seed(0)  # the same shuffled order of samples for both
+        loaders[name] = list(dm.train_dataloader())
+
+    def real(b: dict) -> int:  # non-padding tokens: Part A without its padding + the target slots
+        if "segment_ids" in b:
+            return int((b["segment_ids"] > 0).sum())
+        return int((b["input_ids"][:, :608] != tok.pad_id).sum() + b["loss_mask"].sum())
+
+    total = sum(real(b) for b in loaders["padded"])
+    assert total == sum(real(b) for b in loaders["packed"]), "padded and packed hold different samples"
+    padding = {
+        k: {
+            "rows": sum(b["input_ids"].shape[0] for b in v),
+            "padding_fraction": 1.0 - total / sum(b["input_ids"].numel() for b in v),
+        }
+        for k, v in loaders.items()
+    }
+    torch.manual_seed(0)
+    module = Seq2SeqModule(
+        model={**finetune_model(tok.vocab_size), "max_sequence_length": 1024}, optimizer={}, scheduler={}
+    )
+    module.configure_model()
+    module.log = lambda *a, **k: None  # no trainer attached
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-5, fused=True)
+
+    def step(b: dict) -> None:
+        opt.zero_grad(set_to_none=True)
+        module.training_step(b, 0).backward()
+        opt.step()
+
+    runs = {k: (step, v[:batches]) for k, v in loaders.items()}
+    return {
+        "samples": samples,
+        "batch": batch,
+        "padding": padding,
+        "timed_batches": batches,
+        **interleaved_rates(runs, sum(real(b) for b in loaders["padded"][:batches]), rounds),
+    }
+
+
 def stats_dict(lengths, seq: int, batch: int) -> dict:
     return {
         k: {"rows": v.rows, "padding_fraction": v.padding_fraction}
@@ -192,6 +334,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--corpus-samples", type=int, default=8, help="corpus samples in that measurement")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument(
+        "--finetune-batches", type=int, default=4, help="batches timed in the finetuning packing runs"
+    )
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -266,6 +411,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"effective tokens/s {name}: padded-to-longest {e['padded_to_longest']:.0f}, packed {e['packed']:.0f} "
             f"({r['packed_speedup']:.2f}x; {r['unpacked_steps']} vs {r['packed_steps']} steps)",
+            flush=True,
+        )
+    # ---- packing for finetuning, through the datamodules and task modules (data.pack) ----
+    res["finetuning_packing"] = {
+        "cloze_rte": cloze_packing(tok, "rte", 16, args.finetune_batches, args.rounds),
+        "seq2seq_xsum": seq2seq_packing(tok, 256, 16, args.finetune_batches, args.rounds),
+    }
+    for name, r in res["finetuning_packing"].items():
+        e = r["effective_tokens_per_s"]
+        print(
+            f"finetuning {name} (batch {r['batch']}): padding "
+            + ", ".join(
+                f"{k} {100 * v['padding_fraction']:.1f}% ({v['rows']} rows)" for k, v in r["padding"].items()
+            )
+            + f"; effective tokens/s padded {e['padded']:.0f}, packed {e['packed']:.0f} ({r['packed_speedup']:.2f}x, "
+            f"{r['timed_batches']} batches)",
             flush=True,
         )
     if args.json:
