@@ -72,8 +72,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from reference_glm import CausalGPT, ReferenceGLM
 
 from glm.model import GLM, GLMConfig
-from glm.tasks.base import _checkpoint_blocks
-from glm.tasks.pretrain import blank_infilling_loss, part_b_index
+from glm.tasks.base import _checkpoint_blocks, part_b_index
+from glm.tasks.pretrain import blank_infilling_loss
 from glm.utils.allocator import ALLOCATORS, set_host_allocator
 
 Batch = dict[str, torch.Tensor]

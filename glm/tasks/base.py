@@ -353,6 +353,16 @@ class GLMTaskModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
+def part_b_index(loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions with loss (Part B) of each row, left-aligned and padded with position 0: a ``[B, K]``
+    index for ``GLM.forward(logits_index=)`` and its ``[B, K]`` validity mask; K = the largest Part B."""
+    has_loss = loss_mask > 0
+    k = max(1, int(has_loss.sum(1).max()))
+    order = torch.argsort((~has_loss).to(torch.int8), dim=1, stable=True)[:, :k]
+    valid = torch.gather(has_loss, 1, order)
+    return torch.where(valid, order, torch.zeros_like(order)), valid
+
+
 def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     """True when torch's fused AdamW kernel takes every parameter: CUDA tensors (sharded or not) and plain
     CPU tensors. On CPU it makes the whole glm-base training step ~10% faster than the per-parameter loop

@@ -35,8 +35,7 @@ from torch import Tensor, nn
 from glm.data.cloze import IGNORE_INDEX
 from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
-from glm.tasks.base import GLMTaskModule
-from glm.tasks.pretrain import part_b_index
+from glm.tasks.base import GLMTaskModule, part_b_index
 
 log = logging.getLogger(__name__)
 

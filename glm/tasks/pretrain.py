@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glm.tasks.base import GLMTaskModule
+from glm.tasks.base import GLMTaskModule, part_b_index
 
 
 def blank_infilling_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -18,16 +18,6 @@ def blank_infilling_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> 
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     mask = loss_mask.reshape(-1).float()
     return (ce * mask).sum(), mask.sum()
-
-
-def part_b_index(loss_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """The positions with loss (Part B) of each row, left-aligned and padded with position 0: a ``[B, K]``
-    index for ``GLM.forward(logits_index=)`` and its ``[B, K]`` validity mask; K = the largest Part B."""
-    has_loss = loss_mask > 0
-    k = max(1, int(has_loss.sum(1).max()))
-    order = torch.argsort((~has_loss).to(torch.int8), dim=1, stable=True)[:, :k]
-    valid = torch.gather(has_loss, 1, order)
-    return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
 class PretrainModule(GLMTaskModule):

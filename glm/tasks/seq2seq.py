@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glm.generation import GenerationConfig, generate
-from glm.tasks.base import GLMTaskModule
+from glm.tasks.base import GLMTaskModule, part_b_index
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,6 @@ class Seq2SeqModule(GLMTaskModule):
         `[R, K]` of those positions in the rows. The tied head is projected at Part B only
         (`part_b_index`); padded batches (`sep [B]`) and packed ones (`segment_ids`, per-token `sep [R, L]`,
         data.pack) take the same path."""
-        from glm.tasks.pretrain import part_b_index
-
         index, valid = part_b_index(batch["loss_mask"])
         logits = self.model(
             batch["input_ids"],
