@@ -3,7 +3,7 @@
     python bench/bench_train.py [--layers 12] [--batch 2] [--seq 512] [--rounds 3] [--threads 1]
                                 [--allocator reuse|system] [--json OUT]
 
-One run takes about 6-8 minutes on the shared 2-core machine (`--layers 2 --batch 1` about 1 minute).
+One run takes about 12 minutes on the shared 2-core machine (`--layers 2 --batch 1` about 2 minutes).
 
 One training step = forward + loss + backward + AdamW step, fp32 unless stated, dropout 0 in every variant
 (so every variant runs the same arithmetic and the implementation decides the speed), on a pretraining-like
@@ -25,7 +25,8 @@ process on the same batch:
   glm_bf16         glm under torch.autocast("cpu", bfloat16)
   glm_ckpt         glm with activation checkpointing (glm.tasks.base._checkpoint_blocks)
 
-Timing: variants are interleaved round by round (one step each per round, after one warm-up step each);
+Timing: variants are interleaved round by round (per round and variant, `--settle-steps` untimed steps then
+one timed step; each round starts one variant later, so no variant always follows the same neighbour);
 figures are medians over rounds and ratios medians of the per-round ratios, so slow drift cancels. The
 development machine's 2 cores are shared by several engineers, so the figures are CPU seconds of this
 process (`time.process_time`) with one intra-op thread (`--threads 1`: every kernel, forward and backward,
@@ -323,6 +324,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument(
+        "--settle-steps",
+        type=int,
+        default=1,
+        help="untimed steps of a variant before its timed one, per round",
+    )
+    p.add_argument(
         "--threads", type=int, default=1, help="intra-op threads (1: CPU time is all in this thread)"
     )
     p.add_argument(
@@ -331,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-batch", type=int, default=2)
     p.add_argument("--attention-repeats", type=int, default=15)
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument(
+        "--only", default=None, help="comma-separated variants to time (e.g. glm for an allocator comparison)"
+    )
     p.add_argument(
         "--allocator", choices=ALLOCATORS, default="reuse", help="host malloc, as run.py's allocator key"
     )
@@ -387,14 +397,27 @@ def main(argv: list[str] | None = None) -> dict:
         "glm_bf16": make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data)), bf16=True),
         "glm_ckpt": make_step(ckpt, lambda: glm_loss(ckpt, data)),
     }
+    if args.only:
+        unknown = sorted(set(args.only.split(",")) - set(variants))
+        if unknown:
+            p.error(f"--only: unknown variant(s) {unknown}; known: {sorted(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
+        report_partial = True
+    else:
+        report_partial = False
     mm, mm_flops = matmul_ceiling_fn()
     times: dict[str, list[float]] = {name: [] for name in [*variants, "matmul"]}
     wall: dict[str, list[float]] = {name: [] for name in times}
     for fn in [*variants.values(), mm]:
         fn()  # warm-up
     start = time.perf_counter()
+    order = [*variants.items(), ("matmul", mm)]
     for r in range(args.rounds):
-        for name, fn in [*variants.items(), ("matmul", mm)]:
+        # each round starts one variant later, and each variant first takes untimed steps of its own, so no
+        # variant always follows the same neighbour (whose heap layout and caches it would inherit)
+        for name, fn in order[r % len(order) :] + order[: r % len(order)]:
+            for _ in range(args.settle_steps):
+                fn()
             c0, w0 = time.process_time(), time.perf_counter()
             fn()
             times[name].append(time.process_time() - c0)
@@ -415,6 +438,18 @@ def main(argv: list[str] | None = None) -> dict:
         "gpt": full_flops,
     }
     ceiling = mm_flops / med["matmul"]
+    if report_partial:  # a subset of the variants: their own figures only, no cross-variant ratios
+        res = {
+            "allocator": args.allocator if allocator_applied else "system",
+            "step_cpu_s_median": med,
+            "tokens_per_s": {k: tokens / v for k, v in med.items() if k != "matmul"},
+            "flops_vs_matmul_ceiling": {k: f / med[k] / ceiling for k, f in executed.items() if k in med},
+        }
+        print(json.dumps(res, indent=2))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(res, indent=2))
+        return res
     gemm = gemm_ceilings(cfg, tokens, head_tokens)
     res: dict = {
         "config": {
@@ -425,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict:
             "batch": B,
             "seq": S,
             "rounds": args.rounds,
+            "settle_steps": args.settle_steps,
             "threads": torch.get_num_threads(),
             "memory_layers": args.memory_layers,
             "memory_batch": args.memory_batch,
