@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=512)
     parser.add_argument("--runs", default="auto:bf16-mixed,auto:16-mixed,auto:32-true,fsdp:bf16-mixed")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--work-dir", default="/tmp/glm_gpu_checks", help="checkpoints of the ds runs")
+    parser.add_argument("--work-dir", default="outputs/gpu_checks", help="checkpoints of the ds runs")
     parser.add_argument("--compile-loss", action="store_true", help="compile the training loss too")
     parser.add_argument("--compile", action="store_true", help="per-block torch.compile (task.compile=true)")
     parser.add_argument("--accelerator", default="cuda", help="cpu only to smoke-test the script")

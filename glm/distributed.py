@@ -14,19 +14,19 @@ Activation checkpointing and per-block ``torch.compile`` (``task.activation_chec
 and never change state-dict keys.
 
 Multi-node DDP/FSDP: the processes are created outside Lightning (it then spawns nothing) and Lightning
-reads the standard environment. Checkpoints must go to a filesystem every node shares (``paths.output_dir``).
+reads the standard environment. Checkpoints must go to a filesystem every node shares (``paths.output_dir``; ``$SHARED_DIR`` below).
 With torchrun, on every node (``NODE_RANK`` = 0..N-1, ``MASTER_ADDR`` = node 0's address)::
 
     torchrun --nnodes=2 --nproc-per-node=8 --node-rank=$NODE_RANK \
         --master-addr=$MASTER_ADDR --master-port=29500 \
         run.py +experiment=pretrain_tiny hardware=[gpu,ddp,bf16] trainer.devices=8 trainer.num_nodes=2 \
-        hydra.run.dir=/shared/runs/glm-pretrain
+        hydra.run.dir=$SHARED_DIR/runs/glm-pretrain
 
 With SLURM (Lightning detects ``SLURM_*``; one task per GPU)::
 
     #SBATCH --nodes=2 --ntasks-per-node=8 --gpus-per-node=8
     srun python run.py +experiment=pretrain_tiny hardware=[gpu,ddp,bf16] trainer.devices=8 \
-        trainer.num_nodes=2 hydra.run.dir=/shared/runs/glm-pretrain
+        trainer.num_nodes=2 hydra.run.dir=$SHARED_DIR/runs/glm-pretrain
 
 Give ``hydra.run.dir`` explicitly so every process writes into the same run dir (a ``${now:...}`` dir
 would differ between nodes). To resume after a crash or a requeue, repeat the command with

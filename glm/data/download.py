@@ -12,7 +12,7 @@ Usage::
 
     python -m glm.data list [--verify]            # registry, with present/missing under the root
     python -m glm.data download superglue lambada # names or groups (see GROUPS); `all` for everything
-    python -m glm.data download gpt2 --root /big/disk/glm-data
+    python -m glm.data download gpt2 --root "$GLM_DATA_ROOT"   # or any dir: --root DIR
     python -m glm.data download all --mirror http://host:8000/   # same layout served elsewhere
 
 A file is fetched to a temporary file beside its target, hashed while streaming, and moved into
