@@ -14,7 +14,8 @@ Activation checkpointing and per-block ``torch.compile`` (``task.activation_chec
 and never change state-dict keys.
 
 Multi-node DDP/FSDP: the processes are created outside Lightning (it then spawns nothing) and Lightning
-reads the standard environment. Checkpoints must go to a filesystem every node shares (``paths.output_dir``; ``$SHARED_DIR`` below).
+reads the standard environment. Checkpoints must go to a filesystem every node shares (``paths.output_dir``;
+``$SHARED_DIR`` below).
 With torchrun, on every node (``NODE_RANK`` = 0..N-1, ``MASTER_ADDR`` = node 0's address)::
 
     torchrun --nnodes=2 --nproc-per-node=8 --node-rank=$NODE_RANK \
