@@ -73,7 +73,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from reference_glm import CausalGPT, ReferenceGLM
 
 from glm.model import GLM, GLMConfig
-from glm.tasks.base import _checkpoint_blocks, part_b_index
+from glm.tasks.base import _checkpoint_blocks, part_b_index, part_b_logits
 from glm.tasks.pretrain import blank_infilling_loss
 from glm.utils.allocator import ALLOCATORS, set_host_allocator
 
@@ -105,10 +105,8 @@ def glm_loss(model: GLM, data: Batch, part_b_head: bool = True, causal: bool = F
         logits = model(data["input_ids"], data["position_ids"], sep=sep).logits
         total, count = blank_infilling_loss(logits, data["targets"], data["loss_mask"])
         return total / count
-    index, valid = part_b_index(data["loss_mask"])
-    logits = model(data["input_ids"], data["position_ids"], sep=sep, logits_index=index).logits
-    mask = torch.gather(data["loss_mask"], 1, index) * valid
-    total, count = blank_infilling_loss(logits, torch.gather(data["targets"], 1, index), mask)
+    logits, targets, mask, _ = part_b_logits(model, {**data, "sep": sep})
+    total, count = blank_infilling_loss(logits, targets, mask)
     return total / count
 
 

@@ -273,9 +273,7 @@ def collate_seq2seq_packed(
     `glm.data.packing.pack_samples` (per-token `sep [R, L]`, `segment_ids`, `sample_index`)."""
     from glm.data.packing import pack_samples
 
-    if not samples:
-        raise ValueError("collate_seq2seq_packed: empty batch")
-    return pack_samples(samples, seq_length, pad_id)
+    return pack_samples(samples, seq_length, pad_id)  # an empty batch is refused there
 
 
 class Seq2SeqDataset(torch.utils.data.Dataset):

@@ -363,6 +363,21 @@ def part_b_index(loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
+def part_b_logits(model: GLM, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Run ``model`` on a padded or packed batch with the tied head projected at the loss positions only:
+    ``(logits [B, K, V], targets [B, K], loss mask [B, K], index [B, K])`` (see :func:`part_b_index`)."""
+    index, valid = part_b_index(batch["loss_mask"])
+    logits = model(
+        batch["input_ids"],
+        batch["position_ids"],
+        sep=batch["sep"],  # per token [B, L] in packed batches (data.pack), with segment_ids
+        segment_ids=batch.get("segment_ids"),
+        logits_index=index,
+    ).logits
+    mask = torch.gather(batch["loss_mask"], 1, index) * valid
+    return logits, torch.gather(batch["targets"], 1, index), mask, index
+
+
 def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     """True when torch's fused AdamW kernel takes every parameter: CUDA tensors (sharded or not) and plain
     CPU tensors. On CPU it makes the whole glm-base training step ~10% faster than the per-parameter loop

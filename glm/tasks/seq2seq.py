@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glm.generation import GenerationConfig, generate
-from glm.tasks.base import GLMTaskModule, part_b_index
+from glm.tasks.base import GLMTaskModule, part_b_logits
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +152,8 @@ class Seq2SeqModule(GLMTaskModule):
         `[R, K]` of those positions in the rows. The tied head is projected at Part B only
         (`part_b_index`); padded batches (`sep [B]`) and packed ones (`segment_ids`, per-token `sep [R, L]`,
         data.pack) take the same path."""
-        index, valid = part_b_index(batch["loss_mask"])
-        logits = self.model(
-            batch["input_ids"],
-            batch["position_ids"],
-            sep=batch["sep"],
-            segment_ids=batch.get("segment_ids"),
-            logits_index=index,
-        ).logits
-        mask = torch.gather(batch["loss_mask"], 1, index) * valid
-        per_tok = label_smoothed_token_loss(
-            logits, torch.gather(batch["targets"], 1, index), self.label_smoothing
-        )
-        return per_tok, mask, index
+        logits, targets, mask, index = part_b_logits(self.model, batch)
+        return label_smoothed_token_loss(logits, targets, self.label_smoothing), mask, index
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         per_tok, mask, _ = self.part_b_losses(batch)
