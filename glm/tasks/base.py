@@ -380,8 +380,8 @@ def part_b_logits(model: GLM, batch: Mapping[str, torch.Tensor]) -> tuple[torch.
 
 def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     """True when torch's fused AdamW kernel takes every parameter: CUDA tensors (sharded or not) and plain
-    CPU tensors. On CPU it makes the whole glm-base training step ~10% faster than the per-parameter loop
-    (bench/README.md); sharded CPU parameters (FSDP2 DTensors on gloo) keep the loop, which is tested."""
+    CPU tensors. On CPU the glm-base step at 2 x 512 is ~3% faster than with the per-parameter loop
+    (bench/README.md; the optimizer's share grows as the batch shrinks); sharded CPU parameters (FSDP2 DTensors on gloo) keep the loop, which is tested."""
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch built without distributed

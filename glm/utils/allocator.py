@@ -3,7 +3,7 @@
 A training step allocates and frees the same large buffers every step (activations, logits, gradients).
 glibc serves blocks above its mmap threshold with fresh ``mmap`` calls and gives them back with ``munmap``
 on free, so every step page-faults and zeroes those pages again: on this project's 2-core machines that is
-13-19% of a glm-base CPU step (bench/bench_train.py, ``--allocator``). ``reuse`` tells glibc
+15% of a glm-base CPU step (bench/bench_train.py ``--allocator system`` vs ``reuse``). ``reuse`` tells glibc
 to serve every block from its heap and to keep freed heap memory (``M_MMAP_MAX = 0``, a 2 GiB
 ``M_TRIM_THRESHOLD``): after the first step the same pages are reused. The process keeps its peak heap size
 until it exits, which is what a training job does anyway (tcmalloc and jemalloc, often preloaded for
