@@ -20,6 +20,7 @@ original gets from `input_ids.shape[-1]` when `input_ids` holds only generated t
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,7 @@ class GenerationConfig:
     @classmethod
     def for_tokenizer(cls, tokenizer: Any, **overrides: Any) -> GenerationConfig:
         """Config with `sop/eop/pad` ids taken from a `GLMTokenizer`."""
-        ids = dict(sop_id=tokenizer.sop_id, eop_id=tokenizer.eop_id, pad_id=tokenizer.pad_id)
+        ids = {"sop_id": tokenizer.sop_id, "eop_id": tokenizer.eop_id, "pad_id": tokenizer.pad_id}
         return cls(**{**ids, **overrides})
 
     def replace(self, **changes: Any) -> GenerationConfig:
@@ -247,6 +248,7 @@ def generate(
     sep: Tensor | int | None = None,
     context_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    may_stop: Callable[[bool], bool] | None = None,
 ) -> GenerationOutput:
     """Fill one blank per row: decode Part B after the Part-A context `input_ids [B, S]`.
 
@@ -254,13 +256,21 @@ def generate(
     position_ids: Part-A positions `[B, 2, S]` (default `0..S-1`, block 0). sep: Part-A length per row
     (default `S`: the whole context is bidirectional). context_mask: `[B, S]`, 1 = real token; rows
     padded on the right then decode as if alone (default: all visible, the original seq2seq behaviour).
+    may_stop: called once per step with whether every row is finished; decoding ends early only when it
+    returns True (default: as soon as every row is finished). Processes whose forward passes are
+    collectives (sharded parameters) pass one that agrees across processes, so all run the same number
+    of steps; the extra steps feed pad to finished rows and leave the results unchanged.
     Dispatches to beam search when `config.num_beams > 1`, else greedy / sampling.
     """
     if config.do_sample and generator is None and config.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
     if config.num_beams > 1:
-        return beam_search(model, input_ids, mask_positions, config, position_ids, sep, context_mask, generator)
-    return greedy_or_sample(model, input_ids, mask_positions, config, position_ids, sep, context_mask, generator)
+        return beam_search(
+            model, input_ids, mask_positions, config, position_ids, sep, context_mask, generator, may_stop
+        )
+    return greedy_or_sample(
+        model, input_ids, mask_positions, config, position_ids, sep, context_mask, generator, may_stop
+    )
 
 
 @torch.no_grad()
@@ -268,6 +278,7 @@ def greedy_or_sample(
     model: GLM, input_ids: Tensor, mask_positions: Tensor | int, config: GenerationConfig,
     position_ids: Tensor | None = None, sep: Tensor | int | None = None,
     context_mask: Tensor | None = None, generator: torch.Generator | None = None,
+    may_stop: Callable[[bool], bool] | None = None,
 ) -> GenerationOutput:
     """Greedy decoding (`do_sample=False`) or top-k/top-p/temperature sampling, batched.
 
@@ -300,7 +311,7 @@ def greedy_or_sample(
             if not done[row] and not is_stop[row]:
                 generated[row].append(int(nxt_cpu[row]))
         done |= is_stop
-        if bool(done.all()) or t + 1 == config.max_new_tokens:
+        if t + 1 == config.max_new_tokens or (may_stop or bool)(bool(done.all())):
             break
         feed = torch.where(done.to(nxt.device), torch.full_like(nxt, config.pad_id), nxt)
         logits = dec.advance(feed)
@@ -343,6 +354,7 @@ def beam_search(
     model: GLM, input_ids: Tensor, mask_positions: Tensor | int, config: GenerationConfig,
     position_ids: Tensor | None = None, sep: Tensor | int | None = None,
     context_mask: Tensor | None = None, generator: torch.Generator | None = None,
+    may_stop: Callable[[bool], bool] | None = None,
 ) -> GenerationOutput:
     """Batched beam search with the original bookkeeping (spec §9); see the module docstring."""
     position_ids, sep, mask_positions = _prepare(input_ids, position_ids, sep, mask_positions)
@@ -399,7 +411,7 @@ def beam_search(
                 next_scores[b, filled:] = DEAD_BEAM * 2
                 next_beams[b, filled:] = next_beams[b, 0]
             done[b] = hyps[b].is_done(float(next_scores[b].max()), cur_len=t)
-        if all(done):
+        if (may_stop or bool)(all(done)):
             break
         rows = (torch.arange(B)[:, None] * K + next_beams).reshape(-1)
         beam_tokens = [beam_tokens[int(r)] + [int(tok)] for r, tok in zip(rows, next_tokens.reshape(-1))]

@@ -11,6 +11,8 @@ SuperGLUE (values in [0, 1]):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -83,19 +85,21 @@ class ReCoRDMetric(Metric):
 class SuperGLUEMetrics(nn.Module):
     """The metric set of one SuperGLUE task; `compute()` returns `{"acc": ..., "f1": ..., ...}` floats."""
 
-    def __init__(self, task: str, num_classes: int) -> None:
+    def __init__(self, task: str, num_classes: int, **metric_kwargs: Any) -> None:
+        """`metric_kwargs` go to every torchmetrics metric (e.g. `sync_on_compute=False` when each process
+        already updates with the examples of all processes)."""
         super().__init__()
         self.task = task.lower()
         self.num_classes = num_classes
         if self.task == "record":
-            self.record = ReCoRDMetric()
+            self.record = ReCoRDMetric(**metric_kwargs)
             return
-        self.acc = MulticlassAccuracy(num_classes=max(num_classes, 2), average="micro")
+        self.acc = MulticlassAccuracy(num_classes=max(num_classes, 2), average="micro", **metric_kwargs)
         if self.task == "cb":
-            self.f1 = MulticlassF1Score(num_classes=num_classes, average="macro")
+            self.f1 = MulticlassF1Score(num_classes=num_classes, average="macro", **metric_kwargs)
         if self.task == "multirc":
-            self.f1a = BinaryF1Score()
-            self.em = GroupedExactMatch()
+            self.f1a = BinaryF1Score(**metric_kwargs)
+            self.em = GroupedExactMatch(**metric_kwargs)
 
     def update(
         self,

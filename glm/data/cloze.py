@@ -49,6 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from glm.data.packing import checked_pack_flag
+from glm.data.sharding import eval_sampler
 from glm.data.superglue.examples import ClozeExample, DataError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
 
@@ -379,7 +380,8 @@ class ClozeDataModule(L.LightningDataModule):
     `pattern_id` and `seq_length` default to the spec's task config (§7.2/§7.3). `max_*_examples` keep
     the first N examples of a split (tiny runs and tests). Examples longer than `seq_length` are
     truncated per spec §7.1; their number is logged per split. `pack` packs each batch's candidate
-    sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens).
+    sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens). Under
+    several processes the val/test/predict loaders give each rank its share (`glm.data.sharding`).
     """
 
     def __init__(
@@ -487,10 +489,15 @@ class ClozeDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         pad_to = self.seq_length if self.pad_to_seq_length else None
+        ds = self.load_split(split)
+        # evaluation under several processes: each rank scores its share (padded with repeats; ClozeModule
+        # drops them by example_idx)
+        sampler = None if shuffle else eval_sampler(ds, getattr(self, "trainer", None))
         return DataLoader(
-            self.load_split(split),
+            ds,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None),
             drop_last=False,

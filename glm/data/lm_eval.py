@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from glm.data.seq2seq import DataFormatError, _read_utf8_lines, resolve_tokenizer
+from glm.data.sharding import eval_sampler
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,13 @@ def collate_scored(samples: list[ScoredSample], pad_id: int = 0) -> dict[str, to
             "position_ids": torch.from_numpy(pos), "sep": torch.tensor([s.sep for s in samples])}
 
 
+def collate_indexed(items: list[tuple[int, ScoredSample]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """`collate_scored` of `(sample index, sample)` pairs plus `index [B]` (the sample's place in the split)."""
+    out = collate_scored([s for _, s in items], pad_id)
+    out["index"] = torch.tensor([i for i, _ in items], dtype=torch.long)
+    return out
+
+
 try:
     import lightning as L
 
@@ -211,7 +219,8 @@ class LMEvalDataModule(_Base):
     """Evaluation-only data for `kind` = `lambada` (jsonl with `text`) or `perplexity` (a text file, one
     document; `wikitext=True` detokenises it first). `max_samples` slices LAMBADA; a perplexity slice is
     taken with `max_lines` (the windows of a document are never cut, so the token counts stay exact). The samples are served as the `test` (and `validate`)
-    loader; `num_original_words` / `num_tokens` are exposed for the adjusted perplexity."""
+    loader; `num_original_words` / `num_tokens` are exposed for the adjusted perplexity. Batches carry `index`
+    (each sample's place in the list); with several processes each rank gets its share (`eval_sampler`)."""
 
     def __init__(self, path: str, tokenizer: Any, kind: str = "lambada", seq_length: int = 512,
                  overlap: int = 256, task_mask: bool = False, unidirectional: bool = False, wikitext: bool = False,
@@ -265,9 +274,12 @@ class LMEvalDataModule(_Base):
 
     def _loader(self):
         self.setup()
-        return torch.utils.data.DataLoader(self.samples, batch_size=self.micro_batch_size, shuffle=False,
+        indexed = list(enumerate(self.samples))
+        # several processes: each rank scores its share (padded with repeats; the module drops them by index)
+        return torch.utils.data.DataLoader(indexed, batch_size=self.micro_batch_size, shuffle=False,
+                                           sampler=eval_sampler(indexed, getattr(self, "trainer", None)),
                                            num_workers=self.num_workers,
-                                           collate_fn=functools.partial(collate_scored, pad_id=self.tokenizer.pad_id))
+                                           collate_fn=functools.partial(collate_indexed, pad_id=self.tokenizer.pad_id))
 
     def val_dataloader(self):
         return self._loader()

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from glm.data.packing import checked_pack_flag
+from glm.data.sharding import eval_sampler
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +371,8 @@ class Seq2SeqDataModule(_Base):
     under `data_dir` (a null split has no loop); `max_samples` optionally slices each stage. Validation/test
     batches carry Part A only plus `index` into `references(stage)` (they are decoded and scored with ROUGE,
     no teacher-forced loss). With several processes the training set is split between ranks (the run config
-    sets `use_distributed_sampler: false`); every rank decodes the whole evaluation split.
+    sets `use_distributed_sampler: false`), and so is each evaluation split (`glm.data.sharding.eval_sampler`:
+    every rank decodes its share; the module gathers the results by `index`).
 
     `pack` (`data.pack`): False = the original padded layout; True = compact (unpadded) samples, each
     training batch of `micro_batch_size` samples packed into rows of `src_seq_length + tgt_seq_length`
@@ -474,10 +476,12 @@ class Seq2SeqDataModule(_Base):
             collate = functools.partial(
                 _collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack
             )
+            # several processes: each rank decodes its share (padded with repeats; the task drops them)
             return torch.utils.data.DataLoader(
                 _Indexed(ds),
                 batch_size=batch_size,
                 shuffle=False,
+                sampler=eval_sampler(ds, getattr(self, "trainer", None)),
                 num_workers=self.num_workers,
                 collate_fn=collate,
             )

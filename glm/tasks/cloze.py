@@ -17,13 +17,16 @@ Outputs in `output_dir` (the run dir): `val_predictions.jsonl` (one line per val
 its scores) and `val_metrics.json` (`{"task", "pattern_id", "epoch", "main_metric", "optimized_metric",
 "val/<metric>": value, ...}`) after each validation epoch, and `test/<Task>.jsonl` in SuperGLUE
 submission format after `predict`. `metrics.json` belongs to `glm.pipeline.run` (the final values of
-every stage); the module never writes it.
+every stage); the module never writes it. Under several processes each rank scores its share of a split;
+the per-example records (scores, loss) are gathered by `example_idx` (`glm.tasks.evaluation`), so the
+metrics, `val/loss` and the files (written by rank 0) are those of one process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -36,12 +39,14 @@ from glm.data.cloze import IGNORE_INDEX
 from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
 from glm.tasks.base import GLMTaskModule, part_b_index
+from glm.tasks.evaluation import gather_by_index, log_gathered
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ClozeModule",
     "PromptEncoder",
+    "cloze_example_losses",
     "cloze_loss",
     "multi_token_scores",
     "prompt_slots",
@@ -125,6 +130,25 @@ def prompt_slots(prompt_mask: Tensor, segment_ids: Tensor | None = None) -> Tens
         # count at the start of each token's own sequence
         before = before - torch.where(starts, before, torch.zeros_like(before)).cummax(-1).values
     return torch.where(prompt_mask, before, torch.full_like(before, -1))
+
+
+def cloze_example_losses(
+    scores: Tensor, label: Tensor, kind: str = "cross_entropy", gen_logprob: Tensor | None = None
+) -> Tensor:
+    """Per-example `cloze_loss` terms `[B]` (float32; NaN where `label` is -100): their mean over the
+    labelled examples is `cloze_loss` up to rounding. Validation keeps them per example so that the loss of
+    a split shared between ranks counts every example once."""
+    if kind not in LOSSES:
+        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
+    valid = label != IGNORE_INDEX
+    safe = label.clamp(min=0)  # any class for the unlabelled rows; they become NaN below
+    out = scores.new_zeros(label.shape, dtype=torch.float32)
+    if kind in ("cross_entropy", "mix"):
+        out = out + F.cross_entropy(scores.float(), safe, reduction="none")
+    if kind in ("generative", "mix"):
+        lp = scores if gen_logprob is None else gen_logprob
+        out = out - lp.gather(1, safe.unsqueeze(1)).squeeze(1).float()
+    return out.masked_fill(~valid, float("nan"))
 
 
 def cloze_loss(
@@ -330,26 +354,31 @@ class ClozeModule(GLMTaskModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         scores, gen = self.score(batch)
-        if (batch["label"] != IGNORE_INDEX).any():
-            loss = cloze_loss(scores, batch["label"], self.loss_kind, gen)
-            self.log("val/loss", loss, batch_size=scores.size(0), sync_dist=True)
-        self._val_records.extend(self._records(batch, scores))
+        # the loss per example, averaged at the epoch end over the examples of every rank (each once)
+        losses = cloze_example_losses(scores, batch["label"], self.loss_kind, gen)
+        self._val_records.extend(self._records(batch, scores, losses))
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         scores, _ = self.score(batch)
         self._test_records.extend(self._records(batch, scores))
 
     @staticmethod
-    def _records(batch: dict[str, Tensor], scores: Tensor) -> list[dict[str, Any]]:
+    def _records(batch: dict[str, Tensor], scores: Tensor, losses: Tensor | None = None) -> list[dict[str, Any]]:
+        """One plain record per example (`example_idx`, the valid choices' `scores`, `best`, `loss` or None):
+        what the epoch end gathers from every rank."""
         valid = (
             batch["choice_mask"]
             if "verbalizer_ids" not in batch
             else torch.ones_like(scores, dtype=torch.bool)
         )
+        per_loss = [None] * scores.size(0) if losses is None else losses.cpu().tolist()
         out = []
-        for i, s, m in zip(batch["example_idx"].tolist(), scores.float().cpu(), valid.cpu(), strict=True):
+        for i, s, m, loss in zip(
+            batch["example_idx"].tolist(), scores.float().cpu(), valid.cpu(), per_loss, strict=True
+        ):
             s = s[m]
-            out.append({"example_idx": i, "scores": s.tolist(), "best": int(s.argmax())})
+            loss = None if loss is None or math.isnan(loss) else loss
+            out.append({"example_idx": i, "scores": s.tolist(), "best": int(s.argmax()), "loss": loss})
         return out
 
     # ---- epoch ends: metrics and files ----
@@ -367,11 +396,16 @@ class ClozeModule(GLMTaskModule):
 
     def on_validation_epoch_end(self) -> None:
         records, self._val_records = self._val_records, []
-        if not records or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:  # the same on every rank: no rank waits in the gather alone
+            return
+        # every rank's examples, each once (a padding sampler repeats some), in split order
+        records = gather_by_index(self, records, index=lambda r: r["example_idx"])
+        if not records:
             return
         dm = self._datamodule()
         task, examples = dm.task, dm.examples("val")
-        metrics = SuperGLUEMetrics(task.name, max(len(task.labels), 2))
+        # every rank already holds every example: torchmetrics must not sum the ranks' states again
+        metrics = SuperGLUEMetrics(task.name, max(len(task.labels), 2), sync_on_compute=False)
         group_ids: dict[Any, int] = {}
         lines = []
         for r in records:
@@ -402,7 +436,10 @@ class ClozeModule(GLMTaskModule):
             metrics.update(torch.tensor([pred_class]), torch.tensor([ex.label]), groups)
         values = metrics.compute()
         for k, v in values.items():
-            self.log(f"val/{k}", v, prog_bar=True, sync_dist=False)
+            log_gathered(self, f"val/{k}", v, prog_bar=True)
+        losses = [r["loss"] for r in records if r["loss"] is not None]
+        if losses:
+            log_gathered(self, "val/loss", math.fsum(losses) / len(losses))
         if self.trainer.is_global_zero:
             out = self._out_dir()
             out.mkdir(parents=True, exist_ok=True)
@@ -418,6 +455,7 @@ class ClozeModule(GLMTaskModule):
                 **{f"val/{k}": v for k, v in values.items()},
             }
             _atomic_write(out / "val_metrics.json", json.dumps(payload, indent=2) + "\n")
+        self.trainer.strategy.barrier("cloze_val_outputs")  # the files exist when any rank goes on
 
     def _log_prediction_table(self, lines: list[dict[str, Any]]) -> None:
         """The first `PREDICTION_TABLE_ROWS` validation predictions as a table, on loggers that take tables
@@ -439,6 +477,7 @@ class ClozeModule(GLMTaskModule):
 
     def on_predict_epoch_end(self) -> None:
         records, self._test_records = self._test_records, []
+        records = gather_by_index(self, records, index=lambda r: r["example_idx"])  # every rank's, each once
         dm = self._datamodule()
         task, examples = dm.task, dm.examples("test")
         preds = [
@@ -449,6 +488,7 @@ class ClozeModule(GLMTaskModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_jsonl(path, submission_lines(task.name, preds))
             log.info("wrote %d test predictions to %s", len(preds), path)
+        self.trainer.strategy.barrier("cloze_predict_outputs")
 
 
 def submission_lines(task: str, preds: list[tuple[Any, Any]]) -> list[dict[str, Any]]:

@@ -2,13 +2,16 @@
 
 Both read "scored samples" from `glm.data.lm_eval.LMEvalDataModule`: one forward pass per batch, then
 per sample the summed cross-entropy over the scored slots and whether the argmax equals the target at
-every scored slot. LAMBADA logs `{stage}/acc` (and `{stage}/loss`, mean CE per answer token); perplexity logs `{stage}/loss` (average per scored token),
-`{stage}/ppl` and `{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.pipeline.run` writes them to
-`metrics.json`.
+every scored slot. Those per-sample results are kept with the sample's index and gathered from every
+rank at the epoch end (`glm.tasks.evaluation.gather_by_index`): under several processes each rank scores
+its share, and the metrics are those of one process. LAMBADA logs `{stage}/acc` (and `{stage}/loss`, mean
+CE per answer token); perplexity logs `{stage}/loss` (average per scored token), `{stage}/ppl` and
+`{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.pipeline.run` writes them to `metrics.json`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from glm.data.lm_eval import perplexity
 from glm.tasks.base import GLMTaskModule
+from glm.tasks.evaluation import gather_by_index, log_gathered
 
 
 def score_samples(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -44,9 +48,9 @@ def check_positions(config: Any, largest: int, key: str) -> None:
 class LMEvalModule(GLMTaskModule):
     """Evaluation-only module (`run.py ... stages=[test]` or `[validate]`); the datamodule's `kind` picks
     the metric. It takes no optimizer or scheduler (there is nothing to train): a `fit` stage is refused
-    with a clear error in `setup`. Counts are summed on this process only (single-device evaluation)."""
+    with a clear error in `setup`. Counts and losses are summed over the samples of every rank, each once."""
 
-    def __init__(self, model: dict, pretrained: str | None = None, compile: bool = False) -> None:  # noqa: A002
+    def __init__(self, model: dict, pretrained: str | None = None, compile: bool = False) -> None:
         super().__init__(model=model, optimizer=None, scheduler=None, pretrained=pretrained, compile=compile)
         self._reset()
 
@@ -64,15 +68,29 @@ class LMEvalModule(GLMTaskModule):
         raise RuntimeError("LMEvalModule has no optimizer: it only evaluates")
 
     def _reset(self) -> None:
+        # per scored sample of this rank: (index in the split, summed CE, scored slots, all argmax correct)
+        self._records: list[tuple[int, float, int, bool]] = []
         self._loss, self._count, self._correct, self._samples = 0.0, 0, 0, 0
 
     def _step(self, batch: dict[str, Tensor]) -> None:
         logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
         ce, count, correct = score_samples(logits, batch["targets"], batch["loss_mask"])
-        self._loss += float(ce.sum())
-        self._count += int(count.sum())
-        self._correct += int(correct.sum())
-        self._samples += int(ce.shape[0])
+        if "index" in batch:
+            index = batch["index"].tolist()
+        else:  # a batch built without the datamodule: one process, samples numbered in the order seen
+            start = len(self._records)
+            index = list(range(start, start + ce.shape[0]))
+        self._records.extend(zip(index, ce.tolist(), count.tolist(), correct.tolist(), strict=True))
+
+    def _aggregate(self) -> None:
+        """The totals over the samples of every rank, each sample once (a collective: every rank calls it).
+        `math.fsum` makes the loss sum independent of the order and of how samples were batched."""
+        records = gather_by_index(self, self._records, index=lambda r: r[0])
+        self._records = []
+        self._loss = math.fsum(r[1] for r in records)
+        self._count = sum(int(r[2]) for r in records)
+        self._correct = sum(bool(r[3]) for r in records)
+        self._samples = len(records)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch)
@@ -81,7 +99,7 @@ class LMEvalModule(GLMTaskModule):
         self._step(batch)
 
     def compute(self) -> dict[str, float]:
-        """The metrics of what was scored so far (see the module docstring)."""
+        """The metrics of the totals that `_aggregate` summed (see the module docstring)."""
         dm = self.trainer.datamodule
         if dm.kind == "lambada":
             # loss: mean CE per answer token (a sanity number next to the accuracy; ln V for a random model)
@@ -97,13 +115,17 @@ class LMEvalModule(GLMTaskModule):
         return {"loss": r.avg_loss, "ppl": r.ppl, "adjusted_ppl": r.adjusted_ppl, "num_tokens": float(num_tokens)}
 
     def _finish(self, stage: str) -> None:
-        if self.trainer.sanity_checking or self._samples == 0:
+        if self.trainer.sanity_checking:  # the same on every rank: no rank waits in the gather alone
+            self._reset()
+            return
+        self._aggregate()
+        if self._samples == 0:
             self._reset()
             return
         values = self.compute()
         self._reset()
         for k, v in values.items():  # the pipeline writes these to metrics.json; float64 keeps every digit
-            self.log(f"{stage}/{k}", torch.tensor(v, dtype=torch.float64), sync_dist=False)
+            log_gathered(self, f"{stage}/{k}", torch.tensor(v, dtype=torch.float64))
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")

@@ -5,7 +5,9 @@ the target slots; this is exactly `torch.nn.functional.cross_entropy(..., label_
 Validation/test decode every source with `glm.generation` (the decoding settings of the experiment),
 drop eop/pad ids, detokenise and score ROUGE-1/2/Lsum F1 with `rouge_score` (stemming) in process,
 logged as `val/rouge1`, `val/rouge2`, `val/rougeL` (Lsum); test writes `test.jsonl.hyps` /
-`test.jsonl.refs` (one line each) into the run dir.
+`test.jsonl.refs` (one line each) into the run dir. Under several processes each rank decodes and scores
+its share of the split; the per-example results are gathered by example index (`glm.tasks.evaluation`),
+so the metrics and files are those of one process (written by rank 0).
 
 ROUGE post-processing (spec §8.3, the original `rouge_metric`): texts are split into sentences on
 `[SEP]` (else on sentence-final punctuation, so ROUGE-Lsum sees sentences); with `rouge_postprocess`
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from glm.generation import GenerationConfig, generate
 from glm.tasks.base import GLMTaskModule, part_b_logits
+from glm.tasks.evaluation import gather_by_index, log_gathered, world_size
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +89,26 @@ class RougeMetric:
     def __call__(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-        if not predictions:
-            return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeLsum": 0.0}
-        for pred, ref in zip(predictions, references):
-            p = split_sentences(pred)
-            if self.postprocess:
-                p = postprocess_prediction(p)
-            scores = self.scorer.score("\n".join(split_sentences(ref)), "\n".join(p))
+        return self.average([self.score_one(p, r) for p, r in zip(predictions, references)])
+
+    def score_one(self, prediction: str, reference: str) -> dict[str, float]:
+        """ROUGE-1/2/Lsum F1 of one example (`rougeL` is Lsum)."""
+        p = split_sentences(prediction)
+        if self.postprocess:
+            p = postprocess_prediction(p)
+        scores = self.scorer.score("\n".join(split_sentences(reference)), "\n".join(p))
+        return {"rouge1": scores["rouge1"].fmeasure, "rouge2": scores["rouge2"].fmeasure,
+                "rougeL": scores["rougeLsum"].fmeasure}
+
+    @staticmethod
+    def average(per_example: list[dict[str, float]]) -> dict[str, float]:
+        """Mean of `score_one` results, summed in the given order (0 for none)."""
+        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        for scores in per_example:
             for k in totals:
-                totals[k] += scores[k].fmeasure
-        n = len(predictions)
-        return {
-            "rouge1": totals["rouge1"] / n,
-            "rouge2": totals["rouge2"] / n,
-            "rougeL": totals["rougeLsum"] / n,
-        }
+                totals[k] += scores[k]
+        n = max(len(per_example), 1)
+        return {k: v / n for k, v in totals.items()}
 
 
 class Seq2SeqModule(GLMTaskModule):
@@ -133,7 +140,9 @@ class Seq2SeqModule(GLMTaskModule):
         self.rouge_postprocess = bool(rouge_postprocess)
         self.num_logged_samples = int(num_logged_samples)
         self.output_dir = output_dir
-        self._decoded: list[tuple[int, str]] = []
+        # (example index, hypothesis, its ROUGE scores) of what this rank decoded in the current loop
+        self._decoded: list[tuple[int, str, dict[str, float]]] = []
+        self._rouge: RougeMetric | None = None
 
     def setup(self, stage: str) -> None:
         from glm.tasks.lm_eval import check_positions
@@ -188,26 +197,45 @@ class Seq2SeqModule(GLMTaskModule):
             position_ids=batch["position_ids"],
             sep=batch["sep"],
             context_mask=batch.get("context_mask"),
+            may_stop=self._all_ranks_finished if world_size(self) > 1 else None,
         )
         drop = {tok.eop_id, tok.pad_id}  # spec §9: eop and pad removed before detokenising
         return [tok.decode([t for t in seq if t not in drop]).strip() for seq in out.sequences]
 
+    def _decode_and_score(self, batch: dict[str, Tensor], stage: str) -> None:
+        """Decode the batch and score each hypothesis here, on the rank that decoded it (under several
+        processes each rank does its share of both; `_finish` gathers the per-example results)."""
+        if self._rouge is None:
+            self._rouge = RougeMetric(self.rouge_postprocess)
+        refs = self.trainer.datamodule.references(stage)
+        for i, hyp in zip(batch["index"].tolist(), self.decode_batch(batch), strict=True):
+            self._decoded.append((i, hyp, self._rouge.score_one(hyp, refs[i])))
+
+    def _all_ranks_finished(self, finished: bool) -> bool:
+        """Whether every rank's batch is decoded (a collective, once per decoding step). With sharded
+        parameters (FSDP2) each forward pass gathers weights from all ranks, so a rank whose batch is done
+        keeps stepping (feeding pad) until all are; the ranks decode the same number of batches (the
+        evaluation sampler pads the split), so the calls pair up."""
+        flags = self.all_gather(torch.tensor([int(finished)], device=self.device))
+        return bool(flags.all())
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._decoded.extend(zip(batch["index"].tolist(), self.decode_batch(batch)))
+        self._decode_and_score(batch, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+        self._decode_and_score(batch, "test")
 
     def _finish(self, stage: str) -> dict[str, float]:
-        decoded, self._decoded = sorted(self._decoded), []
+        # every rank takes part (a collective), then all hold every example once, in split order
+        decoded, self._decoded = gather_by_index(self, self._decoded, index=lambda r: r[0]), []
         if not decoded:
             return {}
-        refs_all = self.trainer.datamodule.references("val" if stage == "val" else "test")
-        hyps = [h for _, h in decoded]
-        refs = [refs_all[i] for i, _ in decoded]
-        scores = RougeMetric(self.rouge_postprocess)(hyps, refs)
+        refs_all = self.trainer.datamodule.references(stage)
+        hyps = [h for _, h, _ in decoded]
+        refs = [refs_all[i] for i, _, _ in decoded]
+        scores = RougeMetric.average([s for _, _, s in decoded])
         for k, v in scores.items():
-            self.log(f"{stage}/{k}", v, prog_bar=k == "rouge1", sync_dist=False)
+            log_gathered(self, f"{stage}/{k}", v, prog_bar=k == "rouge1")
         if self.trainer.is_global_zero:
             out = Path(self.output_dir or self.trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -220,6 +248,7 @@ class Seq2SeqModule(GLMTaskModule):
                     "".join(r.replace("\n", " ") + "\n" for r in refs), "utf-8"
                 )
             self._log_table(stage, hyps, refs)
+        self.trainer.strategy.barrier("seq2seq_outputs")  # the files exist when the stage returns on any rank
         return scores
 
     def _log_table(self, stage: str, hyps: list[str], refs: list[str]) -> None:
