@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -108,7 +109,7 @@ def test_cached_step_logits_equal_full_forward():
 def test_one_beam_equals_greedy(length_penalty):
     model = tiny_model(3, vocab=11)
     ctx = torch.tensor(CONTEXTS)
-    for extra in (dict(), dict(min_new_tokens=4, no_repeat_ngram_size=2)):
+    for extra in ({}, {"min_new_tokens": 4, "no_repeat_ngram_size": 2}):
         c = cfg(max_new_tokens=10, length_penalty=length_penalty, **extra)
         greedy = greedy_or_sample(model, ctx, 1, c)
         beam = beam_search(model, ctx, 1, c.replace(num_beams=1))
@@ -279,7 +280,7 @@ class WordTok:
 
     pad_id = eos_id = 0
     unk_id, cls_id, sep_id, mask_id, smask_id, gmask_id, sop_id, eop_id, dblock_id = range(1, 10)
-    _special = {"[MASK]": 4, "[sMASK]": 5, "[gMASK]": 6}
+    _special: ClassVar[dict[str, int]] = {"[MASK]": 4, "[sMASK]": 5, "[gMASK]": 6}
 
     def __init__(self, words: str) -> None:
         self.vocab = {w: 10 + i for i, w in enumerate(words.split())}
@@ -327,3 +328,35 @@ def test_fill_blanks_left_to_right_equals_uncached_reference():
     # no mask in the text: [gMASK] is appended and the context has no eos after it
     assert build_blank_context(tok.encode("a b"), tok) == [2, 10, 11, 6]
     assert build_blank_context(tok.encode("a b"), tok, task_mask=False) == [2, 10, 11, 4, 0]
+
+
+class _EndsAfter(torch.nn.Module):
+    """The model, with eop made the clear favourite from the `after`-th forward pass on, so that a batch
+    finishes early; counts forward passes."""
+
+    def __init__(self, model: GLM, after: int) -> None:
+        super().__init__()
+        self.inner, self.after, self.calls = model, after, 0
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        self.calls += 1
+        if self.calls > self.after:
+            out.logits[..., EOP] += 100.0
+        return out
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_may_stop_keeps_stepping_without_changing_the_results(num_beams):
+    """Under sharded parameters every process must run as many forward passes as the others: a `may_stop`
+    that says "not yet" makes a finished batch keep stepping to max_new_tokens, with the same output."""
+    c = cfg(max_new_tokens=8, num_beams=num_beams, length_penalty=1.0)
+    early = _EndsAfter(tiny_model(5, vocab=11), after=3)
+    ref = generate(early, torch.tensor(CONTEXTS), torch.tensor([1, 2, 3]), c)
+    assert early.calls < 8  # the batch finished before max_new_tokens ...
+    asked: list[bool] = []
+    lockstep = _EndsAfter(tiny_model(5, vocab=11), after=3)
+    out = generate(lockstep, torch.tensor(CONTEXTS), torch.tensor([1, 2, 3]), c,
+                   may_stop=lambda finished: asked.append(finished) or False)
+    assert lockstep.calls == 8 and asked[-1] is True  # ... and kept stepping: prefill + 7 advances
+    assert out.sequences == ref.sequences and out.scores == ref.scores
