@@ -359,7 +359,9 @@ class GLM(nn.Module):
 
     def attention_impl(self, x: Tensor) -> str:
         """Kernel for this call. `auto`: flex on CUDA (when there is no attention dropout to apply),
-        sdpa elsewhere. Flex on CPU has no backward pass in torch, so it is inference-only there."""
+        sdpa elsewhere. Flex on CPU has no backward pass in torch, so it is inference-only there, and even
+        there compiled flex plus its per-batch block mask is 1.4-1.8x slower than sdpa on the development
+        CPU (bench/bench_flex_cpu.py), with a compilation for every new shape: `auto` keeps sdpa."""
         impl = self.config.attention
         dropout = self.training and self.config.attention_dropout > 0
         if impl == "auto":
