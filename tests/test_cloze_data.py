@@ -279,7 +279,7 @@ def test_copa_mirroring_and_multirc_and_wsc_splits():
     assert len(val) == 4848 and len({e.group for e in val}) == 953
     wsc = get_task("wsc")
     wtrain = wsc.read(wsc.path(ROOT, "train"), "train")
-    assert all(e.label == 1 and e.target == 0 and len(e.candidates) <= 9 for e in wtrain)
+    assert all(e.label == 1 and e.target == 0 and len(e.candidates) <= 10 for e in wtrain)
     wval = wsc.read(wsc.path(ROOT, "val"), "val")
     assert len(wval) == 104
     # the val example "Mark ... Pete" style: a False example lists the annotated true referent as a negative
@@ -287,6 +287,30 @@ def test_copa_mirroring_and_multirc_and_wsc_splits():
     assert (
         first.label == 0 and first.candidates[0] == "anyone" and "the government official" in first.candidates
     )
+
+
+def test_wsc_negative_candidates_grouped_by_nine(tmp_path):
+    # spec §7.2 (WSC-negative records): the `candidates` list is deduplicated exactly (first occurrence
+    # kept, nothing else dropped), and in training a list longer than 9 is split into groups of 9, the last
+    # group filled from the start of the list; span1 is candidate 0 of every group.
+    names = [f"n{i}" for i in range(1, 12)]  # 11 distinct negatives
+    cands = [{"text": c} for c in names[:3]] + [{"text": "n2"}, {"text": "Bo"}] + [{"text": c} for c in names[3:]]
+    rec = {
+        "text": "Bo saw Al because he was there .",
+        "label": True,
+        "target": {"span1_text": "Bo", "span2_text": "he", "span2_index": 3},
+        "candidates": cands,
+    }
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    wsc = get_task("wsc")
+    got = [e.candidates for e in wsc.read(path, "train")]
+    # deduplicated negatives: n1 n2 n3 Bo n4 .. n11 (12; the second n2 dropped, "Bo" kept as the original
+    # does); groups of 9: the first 9, then the last 3 filled with the first 6
+    negs = ["n1", "n2", "n3", "Bo", "n4", "n5", "n6", "n7", "n8", "n9", "n10", "n11"]
+    assert got == [["Bo", *negs[:9]], ["Bo", "n9", "n10", "n11", *negs[:6]]]
+    # evaluation keeps the whole deduplicated list after span1
+    assert [e.candidates for e in wsc.read(path, "val")] == [["Bo", *negs]]
 
 
 def test_collate_pads_candidates_and_length(bert):
