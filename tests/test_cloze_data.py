@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,31 @@ def test_record_training_candidates(gpt2):
     assert len(ex.candidates) == min(10, len(ents))
     assert set(ex.candidates[1:]) <= ents - set(golds) and len(set(ex.candidates)) == len(ex.candidates)
     assert examples == task.read(task.path(ROOT, "train"), "train")  # the Random(42) shuffle is reproducible
+
+
+def test_record_training_negatives_reshuffled_from_sorted_per_gold(tmp_path):
+    # spec §7.2: per gold answer, [gold] + 9 of the other entities, a random.Random(42) shuffle of the sorted
+    # non-answer list when it is longer than 9. The list is rebuilt sorted for each gold (as the original),
+    # so the second gold's shuffle starts from the sorted list again, not from the first gold's order.
+    names = ["Al", "Bo", *[f"E{i:02d}" for i in range(11)]]  # entities, sorted; Al and Bo are gold
+    text = " ".join(names)
+    spans, pos = [], 0
+    for n in names:
+        spans.append({"start": pos, "end": pos + len(n) - 1})
+        pos += len(n) + 1
+    rec = {
+        "passage": {"text": text, "entities": spans},
+        "qas": [{"query": "@placeholder won", "answers": [{"text": "Bo"}, {"text": "Al"}]}],
+    }
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    rng, want = random.Random(42), []
+    for gold in ("Al", "Bo"):  # golds in sorted order
+        others = sorted(names[2:])
+        rng.shuffle(others)
+        want.append([gold, *others[:9]])
+    task = get_task("record")
+    assert [e.candidates for e in task.read(path, "train")] == want
 
 
 def test_layout_single_token_bert(bert):

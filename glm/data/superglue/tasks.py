@@ -488,8 +488,9 @@ class ReCoRD(SuperGLUETask):
             fields = {"passage": text, "query": query}
             qidx = qa.get("idx", qi)
             if split == "train":
-                negatives = [e for e in entities if e not in golds]
                 for g in golds:
+                    # a fresh sorted list per gold answer (the original rebuilds it before each shuffle)
+                    negatives = [e for e in entities if e not in golds]
                     if len(negatives) > self.max_train_negatives:
                         self._shuffler.shuffle(negatives)
                     cands = [g] + negatives[: self.max_train_negatives]
