@@ -8,7 +8,7 @@ logged as `val/rouge1`, `val/rouge2`, `val/rougeL` (Lsum); test writes `test.jso
 `test.jsonl.refs` (one line each) into the run dir.
 
 ROUGE post-processing (spec §8.3, the original `rouge_metric`): texts are split into sentences on
-`[SEP]` (else on sentence-final punctuation, so ROUGE-Lsum sees sentences); with `rouge_postprocess`
+`[SEP]` only (a text without it is one sentence); with `rouge_postprocess`
 predicted sentences of at most 4 words are dropped and a predicted sentence is removed when more than
 70% of its word set already occurs in the earlier sentences (`|A & H| / |A|`, H = the words of every
 earlier sentence that passed the length filter, removed ones included, as in the original).
@@ -17,7 +17,6 @@ earlier sentence that passed the length filter, removed ones included, as in the
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,6 @@ from glm.generation import GenerationConfig, generate
 from glm.tasks.base import GLMTaskModule, part_b_logits
 
 log = logging.getLogger(__name__)
-
-_SENT_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def label_smoothed_token_loss(logits: Tensor, targets: Tensor, eps: float = 0.1) -> Tensor:
@@ -56,9 +53,10 @@ def masked_mean(per_tok: Tensor, mask: Tensor) -> Tensor:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a summary: on `[SEP]` when present (CNN/DM targets), else on . ! ? + whitespace."""
-    parts = text.split("[SEP]") if "[SEP]" in text else _SENT_END.split(text)
-    return [p.strip() for p in parts if p.strip()]
+    """Sentences of a summary for ROUGE: split on `[SEP]` only (spec §8.3; the BERT-tokenised CNN/DM
+    targets carry it). Text without `[SEP]` is one sentence, as in the original `rouge_metric`: its
+    length filter then sees the whole summary, and ROUGE-Lsum equals ROUGE-L on it."""
+    return [p.strip() for p in text.split("[SEP]") if p.strip()]
 
 
 def postprocess_prediction(sentences: list[str], min_words: int = 5, max_overlap: float = 0.7) -> list[str]:
