@@ -339,6 +339,20 @@ def test_wsc_negative_candidates_grouped_by_nine(tmp_path):
     assert [e.candidates for e in wsc.read(path, "val")] == [["Bo", *negs]]
 
 
+def test_wsc_pronoun_glued_to_punctuation_is_split_off_and_marked(tmp_path):
+    # spec §7.2: the word at span2_index is wrapped as *word*; the original splits a word that only starts
+    # with the pronoun (three training records have 'him,"'), so the marked text reads '*him* ,"'.
+    rec = {
+        "text": 'They paid for him," he said .',
+        "label": True,
+        "target": {"span1_text": "They", "span2_text": "him", "span2_index": 3},
+    }
+    path = tmp_path / "val.jsonl"
+    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    (ex,) = get_task("wsc").read(path, "val")
+    assert ex.fields["text"] == 'They paid for *him* ," he said .'
+
+
 def test_collate_pads_candidates_and_length(bert):
     dm = ClozeDataModule("wsc", bert, ROOT, max_eval_examples=4)
     feats = dm.load_split("val").features

@@ -706,6 +706,10 @@ class WSC(SuperGLUETask):
                 raise DataError(
                     f"{where}: field 'target.span2_index' = {index} is outside the text's {len(words)} words"
                 )
+            if words[index] != pronoun and words[index].startswith(pronoun):
+                # as the original: a word that only starts with the pronoun ('him,"') is split in two and
+                # the pronoun alone is marked ('*him* ,"')
+                words[index : index + 1] = [pronoun, words[index][len(pronoun) :]]
             words[index] = "*" + words[index] + "*"
             label = self.label_of(rec, where, split)
             if "candidates" in rec:
