@@ -107,6 +107,15 @@ def test_blank_sample_rejects_empty_target():
 def test_wikitext_detokenize():
     raw = " = Valkyria = \n The game 's 1 @,@ 000 @-@ page ( final ) guide , it said . \n"
     assert wikitext_detokenize(raw) == " = Valkyria =\nThe game's 1,000-page (final) guide, it said.\n"
+    # the rest of the original's wikitext_detokenizer, by hand, one rule at a time
+    assert wikitext_detokenize(" = = = Plot = = = \n") == " === Plot ===\n"
+    assert wikitext_detokenize("the players ' union") == "the players' union"  # "s '" -> "s'"
+    assert wikitext_detokenize("a { b } c") == "a {b} c"
+    assert wikitext_detokenize("at 30 \u00b0 C") == "at 30\u00b0C"
+    assert wikitext_detokenize("a ' quoted ' word") == "a 'quoted' word"
+    # quotes pair up left to right over any text, as in the original: "s '" -> "s'" (twice here), then the
+    # apostrophe of "players'" pairs with the one after "and" and both hug their content; the last is alone
+    assert wikitext_detokenize("the players ' union and ' others ' .") == "the players'union and' others' ."
 
 
 def test_real_lambada_file(tmp_path):

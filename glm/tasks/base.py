@@ -4,6 +4,10 @@ It holds plain-container hyperparameters only (so checkpoints load with ``torch.
 builds the backbone in :meth:`configure_model` (idempotent; FSDP2 shards it there when the strategy gives a
 device mesh), optionally loads pretrained weights, and sets up AdamW with decay / no-decay groups and the
 original GLM learning-rate schedule (spec §5.8, ``learning_rates.py::AnnealingLR``).
+
+Decision (spec §5.8 leaves it unconfirmed whether the DeepSpeed "Adam" of the original configs decays
+weights inside the Adam update or decoupled from it): decoupled decay, ``torch.optim.AdamW``, the
+behaviour of apex ``FusedAdam`` in the original's non-DeepSpeed path.
 """
 
 from __future__ import annotations
