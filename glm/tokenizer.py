@@ -341,7 +341,9 @@ class SentencePieceTokenizer(GLMTokenizer):
             if piece != SPECIAL_TOKENS[name]:
                 raise ValueError(
                     f"{self.model_file}: id {i} is {piece!r}, expected {SPECIAL_TOKENS[name]!r}; this model "
-                    "was not trained with glm.tokenizer.train_sentencepiece (fixed GLM special ids)"
+                    "was not trained with glm.tokenizer.train_sentencepiece (fixed GLM special ids); GLM's "
+                    "Chinese cog-pretrain.model loads as {'kind': 'glm_chinese', 'path': ..., "
+                    "'fix_command_token': ...}"
                 )
         if not sp.is_unknown(self.unk_id):
             raise ValueError(f"{self.model_file}: id {self.unk_id} is not the unknown piece")
