@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +42,9 @@ from glm.data.paths import require_data
 from glm.data.pretrain import PretrainDataset, TokenizedCorpus, collate_pretrain, read_documents
 from glm.data.seq2seq import Seq2SeqDataModule
 from glm.model import GLM, GLMConfig
+from glm.tasks.base import part_b_logits
 from glm.tasks.cloze import ClozeModule, cloze_loss
+from glm.tasks.pretrain import blank_infilling_loss
 from glm.tasks.seq2seq import Seq2SeqModule
 from glm.tokenizer import load_tokenizer
 
@@ -76,16 +77,15 @@ def masking_rate(ds: PretrainDataset, n: int, batch: int = 8) -> float:
 
 
 def train_step_fn(model: GLM):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    """One step as `PretrainModule` trains: the tied head at Part-B positions only (`part_b_logits`),
+    `blank_infilling_loss`, torch's fused AdamW; packed batches carry their `segment_ids`."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
 
-    def step(batch: dict, segment_ids=None) -> None:
+    def step(batch: dict) -> None:
         opt.zero_grad(set_to_none=True)
-        logits = model(
-            batch["input_ids"], batch["position_ids"], sep=batch["sep"], segment_ids=segment_ids
-        ).logits
-        nll = F.cross_entropy(logits.transpose(1, 2), batch["targets"], reduction="none")
-        loss = (nll * batch["loss_mask"]).sum() / batch["loss_mask"].sum().clamp_min(1)
-        loss.backward()
+        logits, targets, mask, _ = part_b_logits(model, batch)
+        total, count = blank_infilling_loss(logits, targets, mask)
+        (total / count.clamp_min(1)).backward()
         opt.step()
 
     return step
@@ -102,7 +102,7 @@ def model_samples_per_s(tok, seq: int, steps: int = 2) -> float:
     batch = {
         "input_ids": torch.randint(0, cfg.vocab_size, (1, seq), generator=g),
         "targets": torch.randint(0, cfg.vocab_size, (1, seq), generator=g),
-        "loss_mask": torch.ones(1, seq),
+        "loss_mask": (torch.arange(seq) >= int(0.85 * seq)).float()[None],  # loss on Part B
         "position_ids": torch.zeros(1, 2, seq, dtype=torch.long),
         "sep": torch.tensor([int(0.85 * seq)]),
     }
@@ -158,11 +158,11 @@ def effective_tokens_per_s(
 
     def run_packed() -> None:
         for b in packed_batches:
-            step(b, segment_ids=b["segment_ids"])
+            step(b)
 
     times: dict[str, list[float]] = {"padded_to_longest": [], "packed": []}
     step(unpacked[0])  # warm-up (one step each)
-    step(packed_batches[0], segment_ids=packed_batches[0]["segment_ids"])
+    step(packed_batches[0])
     for _ in range(rounds):
         for name, fn in (("padded_to_longest", run_unpacked), ("packed", run_packed)):
             t0 = time.process_time()

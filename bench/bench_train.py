@@ -1,12 +1,14 @@
 """CPU training-step benchmark of glm-base (12 layers, hidden 768, 12 heads, head dim 64, V 30592).
 
-    python bench/bench_train.py [--layers 12] [--batch 2] [--seq 512] [--rounds 3] [--threads 1]
-                                [--allocator reuse|system] [--json OUT]
+    python bench/bench_train.py [--preset glm-base] [--layers N] [--batch 2] [--seq 512] [--rounds 3]
+                                [--dropout 0.0] [--threads 1] [--allocator reuse|system] [--json OUT]
 
 One run takes about 12 minutes on the shared 2-core machine (`--layers 2 --batch 1` about 2 minutes).
+`--preset glm-large` gives the glm-large shape (24 x 1024, 16 heads); `--dropout 0.1` the original
+pretraining's hidden and attention dropout in every variant (then SDPA on CPU leaves its fused kernel).
 
 One training step = forward + loss + backward + AdamW step, fp32 unless stated, dropout 0 in every variant
-(so every variant runs the same arithmetic and the implementation decides the speed), on a pretraining-like
+unless `--dropout` (so every variant runs the same arithmetic and the implementation decides the speed), on a pretraining-like
 layout (Part A = 50-95% of each row, loss on Part B only, as the GLM objective has it). Variants, all in one
 process on the same batch:
 
@@ -318,7 +320,12 @@ def matmul_ceiling_fn(n: int = 2048) -> tuple[Callable[[], None], float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--layers", type=int, default=12, help="glm-base has 12")
+    p.add_argument("--preset", default="glm-base", help="GLMConfig preset giving the shape (glm-large: 24 x 1024)")
+    p.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
+    p.add_argument(
+        "--dropout", type=float, default=0.0,
+        help="hidden and attention dropout of every variant (the original pretraining used 0.1)",
+    )
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--rounds", type=int, default=3)
@@ -349,18 +356,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = GLMConfig.from_name(
-        "glm-base",
-        num_layers=args.layers,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
+        args.preset,
+        **({"num_layers": args.layers} if args.layers else {}),
+        hidden_dropout=args.dropout,
+        attention_dropout=args.dropout,
         max_sequence_length=max(512, args.seq),
     )
     B, S = args.batch, args.seq
     data = pretraining_batch(cfg, B, S)
     ids, pos, sep = data["input_ids"], data["position_ids"], data["sep"]
     print(
-        f"glm-base-shaped: {cfg.num_layers} layers (glm-base has 12), h={cfg.hidden_size}, heads="
-        f"{cfg.num_attention_heads}, V={cfg.vocab_size}; batch {B} x seq {S}; fp32, dropout 0; "
+        f"{args.preset}-shaped: {cfg.num_layers} layers, h={cfg.hidden_size}, heads="
+        f"{cfg.num_attention_heads}, V={cfg.vocab_size}; batch {B} x seq {S}; fp32, dropout {args.dropout}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator "
         f"{args.allocator if allocator_applied else 'system'}",
         flush=True,
@@ -374,8 +381,10 @@ def main(argv: list[str] | None = None) -> dict:
     _checkpoint_blocks(ckpt)
     gpt = CausalGPT(cfg)
     with torch.no_grad():  # the reference computes the same function before anything is timed
+        ours.eval(), ref.eval()  # (dropout off for the check)
         diff = (ref(ids, pos, sep) - ours(ids, pos, sep=sep).logits).abs().max().item()
         loss_diff = abs(glm_loss(ours, data).item() - reference_loss(ref, data).item())
+        ours.train(), ref.train()
     print(f"reference vs ours: max |logit diff| = {diff:.2e}, |loss diff| = {loss_diff:.2e}")
     assert diff < 1e-3 and loss_diff < 1e-4, (diff, loss_diff)
 
@@ -438,12 +447,20 @@ def main(argv: list[str] | None = None) -> dict:
         "gpt": full_flops,
     }
     ceiling = mm_flops / med["matmul"]
-    if report_partial:  # a subset of the variants: their own figures only, no cross-variant ratios
+
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of t_a / t_b measured in the same round (drifting load cancels)."""
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+    if report_partial:  # a subset of the variants: their own figures, and their step times over glm's
         res = {
             "allocator": args.allocator if allocator_applied else "system",
+            "preset": args.preset,
+            "dropout": args.dropout,
             "step_cpu_s_median": med,
             "tokens_per_s": {k: tokens / v for k, v in med.items() if k != "matmul"},
             "flops_vs_matmul_ceiling": {k: f / med[k] / ceiling for k, f in executed.items() if k in med},
+            "step_time_over_glm": {k: paired(k, "glm") for k in variants if k != "glm" and "glm" in variants},
         }
         print(json.dumps(res, indent=2))
         if args.json:
@@ -453,6 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
     gemm = gemm_ceilings(cfg, tokens, head_tokens)
     res: dict = {
         "config": {
+            "preset": args.preset,
+            "dropout": args.dropout,
             "layers": cfg.num_layers,
             "hidden": cfg.hidden_size,
             "heads": cfg.num_attention_heads,
@@ -479,10 +498,6 @@ def main(argv: list[str] | None = None) -> dict:
         "model_gemms": gemm,
         "train_gflops": {k: f / med[k] / 1e9 for k, f in executed.items()},
     }
-
-    def paired(a: str, b: str) -> float:
-        """Median over rounds of t_a / t_b measured in the same round (drifting load cancels)."""
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
     res["ratios"] = {
         "glm_mask_cost_vs_causal_mask": paired("glm", "glm_causal") - 1.0,

@@ -10,7 +10,9 @@ Beam search follows the original `generation_utils.py` bookkeeping (spec §9): i
 `[0, -1e9, ...]`, logits processors on `log_softmax`, `2 * beams` candidates (top-k or sampled),
 `[eop]` candidates ranked within the first `beams` close a hypothesis scored
 `sum_logprob / max(len, 1) ** length_penalty`, and the early-stop rule
-`worst_kept >= best_live_sum / cur_len ** length_penalty`.
+`worst_kept >= best_sum / cur_len ** length_penalty`, where `best_sum` is the highest of the step's
+`2 * beams` candidate scores, an `[eop]` candidate included (the original `BeamSearchScorer.process`
+passes `next_scores.max()`; the spec's "best live" reads it as the best not-yet-finished candidate).
 Decision (the spec leaves `cur_len` implicit): `cur_len` is the number of tokens generated *before*
 the current step (the length of a hypothesis closed at this step), floored at 1 -- the value the
 original gets from `input_ids.shape[-1]` when `input_ids` holds only generated tokens. With it a
@@ -339,11 +341,11 @@ class BeamHypotheses:
                 del self.beams[worst]
             self.worst_score = min(s for s, _ in self.beams)
 
-    def is_done(self, best_live_sum_logprobs: float, cur_len: int) -> bool:
+    def is_done(self, best_sum_logprobs: float, cur_len: int) -> bool:
         """Spec §9: done once full and no live beam can beat the worst kept hypothesis."""
         if len(self) < self.num_beams:
             return False
-        return self.worst_score >= best_live_sum_logprobs / (max(cur_len, 1) ** self.length_penalty)
+        return self.worst_score >= best_sum_logprobs / (max(cur_len, 1) ** self.length_penalty)
 
     def sorted(self) -> list[tuple[float, list[int]]]:
         return sorted(self.beams, key=lambda x: -x[0])
@@ -410,7 +412,9 @@ def beam_search(
             if filled < K:  # fewer live candidates than beams (tiny vocabularies): pad with dead beams
                 next_scores[b, filled:] = DEAD_BEAM * 2
                 next_beams[b, filled:] = next_beams[b, 0]
-            done[b] = hyps[b].is_done(float(next_scores[b].max()), cur_len=t)
+            # The original passes the best of all 2K candidate scores (an [eop] one included), not only
+            # the live beams': with a length penalty the two rules stop at different steps.
+            done[b] = hyps[b].is_done(float(cand_scores_cpu[b].max()), cur_len=t)
         if (may_stop or bool)(all(done)):
             break
         rows = (torch.arange(B)[:, None] * K + next_beams).reshape(-1)

@@ -181,6 +181,27 @@ def _save_config(cfg: DictConfig, path: Path) -> None:
     OmegaConf.save(cfg, path, resolve=True)
 
 
+def _tokenizer_follows_export(cfg: DictConfig) -> None:
+    """With ``task.pretrained=<export dir>`` the data is read with the export's ``tokenizer/``, the one its
+    weights were trained with: another tokenizer would feed the model other ids, silently (e.g. the
+    ``make demo`` export's sentencepiece vs the cloze configs' BERT default)."""
+    pretrained = cfg.task.get("pretrained")
+    if not pretrained or "tokenizer" not in cfg.data:
+        return
+    from glm.checkpoint.io import TOKENIZER_DIR
+
+    exported = Path(str(pretrained)).expanduser() / TOKENIZER_DIR
+    if not exported.is_dir():  # a bare state-dict file, or an export written without its tokenizer
+        return
+    configured = cfg.data.tokenizer
+    if isinstance(configured, str) and Path(configured).expanduser().resolve() == exported.resolve():
+        return
+    log.info("data.tokenizer: %s (task.pretrained's tokenizer; the config named %s)", exported,
+             OmegaConf.to_container(configured) if OmegaConf.is_config(configured) else configured)
+    with open_dict(cfg):
+        cfg.data.tokenizer = str(exported)
+
+
 def _vocab_follows_tokenizer(cfg: DictConfig, tokenizer: Any) -> None:
     """The model's vocabulary follows the tokenizer's padded size unless ``model.vocab_size`` is set.
 
@@ -220,6 +241,7 @@ def _export(module: L.LightningModule, tokenizer: Any, cfg: DictConfig, out_dir:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
     checked = validate(cfg, is_multirun=_is_multirun())
+    _tokenizer_follows_export(cfg)  # before the resume check compares data.* with the stored config
     set_host_allocator(cfg.get("allocator", "system"))  # before the data and the model allocate anything
     output_dir = Path(cfg.paths.output_dir)
     resume_from = _resolve_ckpt_path(cfg.ckpt_path, output_dir) if "fit" in cfg.stages else None

@@ -1,4 +1,4 @@
-"""GLM tokenizers: our own SentencePiece models, and the BERT / GPT-2 vocabularies of released GLMs.
+"""GLM tokenizers: our SentencePiece models and the released GLMs' BERT/GPT-2/RoBERTa/Chinese vocabularies.
 
 Every tokenizer implements :class:`GLMTokenizer` (docs/contracts.md): special-token ids as
 attributes (``pad_id == eos_id``), ``encode``/``decode`` without adding specials, and ``save(dir)``
@@ -45,8 +45,34 @@ Decisions (where the spec is silent):
 - ``decode(..., skip_special_tokens=True)`` drops every special id (unk included) and padding rows;
   with ``False`` specials are written as their strings and padding rows are still dropped.
 
-RoBERTa and Chinese GLM vocabularies are not available locally, so no wrapper exists for them yet;
-their id layouts are in spec §4.1.
+RoBERTa BPE (kind ``roberta``, glm-roberta-large) and GLM's Chinese SentencePiece (kind ``glm_chinese``,
+``cog-pretrain.model``) put their specials as follows, with V the vocabulary entries / N the pieces (the
+numbers are the released files': V = 50265, N = 50000):
+
+=========  =====================================  =========================================================
+name       roberta (entry in vocab.json)          glm_chinese: ``fix_command_token`` True / False
+=========  =====================================  =========================================================
+eos = pad  ``</s>`` 2 (also sep)                  N (50000)
+unk        ``<unk>`` 3                            N+4 (50004)
+cls        ``<s>`` 0                              N+2 (50002)
+sep        ``</s>`` 2                             N+1 (50001)
+mask       ``<mask>`` V-1 (50264)                 N+3 (50003)
+sop / eop  V, V+1 (50265, 50266)                  N+6, N+7 (50006, 50007); N+5 is unused
+gmask      V+2 (50267, task mask)                 N+9 (50009) / **N+7 (50007, = eop)**
+smask      V+3 (50268, task mask)                 N+8 (50008) / N+8 (50008)
+dblock     V+4 (50269; V+2 without task mask)     N+10 (50010) / N+9 (50009)
+padded V   50304                                  50048 / 50048
+=========  =====================================  =========================================================
+
+- RoBERTa: ``[CLS]``, ``<|endoftext|>``, ``[SEP]``, ``[UNK]``, ``[MASK]`` in text encode to the entries
+  above (text is respelled to ``<s>``, ``</s>``, ... first), so the entries written literally are
+  specials too, as in the Hugging Face port; decoding writes the entries (``<mask>``), not the labels.
+- glm_chinese: the model is used as released (its normaliser and dummy-prefix space); text is split at
+  command strings and each part encoded separately, as the original did, so round trips are not exact;
+  decoding with specials joins parts with single spaces as the original. The layout must be named
+  (``fix_command_token``): GLM-Large-Chinese True, the original GLM-10B-Chinese False, where
+  ``[gMASK]`` and ``<|endofpiece|>`` both encode to N+7 and N+7 decodes as ``[gMASK]`` (see
+  :class:`GLMChineseTokenizer`); the Hugging Face GLM-10B-Chinese weights take True.
 """
 
 from __future__ import annotations
@@ -55,12 +81,13 @@ import argparse
 import glob as globlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +95,7 @@ META_FILE = "tokenizer.json"
 SP_MODEL_FILE = "tokenizer.model"
 META_FORMAT = "glm-lightning-tokenizer"
 META_VERSION = 1
+CHINESE_MODEL_FILE = "cog-pretrain.model"  # the released name (chinese_sentencepiece/)
 VOCAB_MULTIPLE = 128  # --make-vocab-size-divisible-by (spec §4.1)
 
 # name -> command string, in the order of our SentencePiece ids 0..9 (docs/contracts.md).
@@ -100,6 +128,9 @@ class _Family:
     in_vocab: dict[str, str]
     appended: tuple[str, ...]
     lstrip: frozenset[str]
+    # Command strings whose vocabulary entry is spelled differently (RoBERTa: "[MASK]" is "<mask>"):
+    # text is respelled before encoding, because an added token cannot share an existing id.
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 _FAMILIES: dict[str, _Family] = {
@@ -112,6 +143,19 @@ _FAMILIES: dict[str, _Family] = {
         in_vocab={"eos": "<|endoftext|>"},
         appended=("sop", "eop", "cls", "mask", "sep", "unk", "gmask", "smask", "dblock"),
         lstrip=LSTRIP_NAMES,
+    ),
+    # GPT-2 byte-level BPE with RoBERTa's (fairseq) ids: the specials are its own <s>/</s>/<unk>/<mask>.
+    "roberta": _Family(
+        in_vocab={"cls": "<s>", "eos": "</s>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"},
+        appended=("sop", "eop", "gmask", "smask", "dblock"),
+        lstrip=LSTRIP_NAMES,
+        aliases={
+            "[CLS]": "<s>",
+            "<|endoftext|>": "</s>",
+            "[SEP]": "</s>",
+            "[UNK]": "<unk>",
+            "[MASK]": "<mask>",
+        },
     ),
 }
 
@@ -297,7 +341,9 @@ class SentencePieceTokenizer(GLMTokenizer):
             if piece != SPECIAL_TOKENS[name]:
                 raise ValueError(
                     f"{self.model_file}: id {i} is {piece!r}, expected {SPECIAL_TOKENS[name]!r}; this model "
-                    "was not trained with glm.tokenizer.train_sentencepiece (fixed GLM special ids)"
+                    "was not trained with glm.tokenizer.train_sentencepiece (fixed GLM special ids); GLM's "
+                    "Chinese cog-pretrain.model loads as {'kind': 'glm_chinese', 'path': ..., "
+                    "'fix_command_token': ...}"
                 )
         if not sp.is_unknown(self.unk_id):
             raise ValueError(f"{self.model_file}: id {self.unk_id} is not the unknown piece")
@@ -667,7 +713,7 @@ class GPT2Tokenizer(_HFTokenizer):
         tok = Tokenizer(models.BPE.from_file(str(self.vocab_json), str(self.merges_txt)))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
-        super().__init__(tok, "gpt2", str(self.vocab_json), task_mask, decoder_mask)
+        super().__init__(tok, self.kind, str(self.vocab_json), task_mask, decoder_mask)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         directory = Path(directory)
@@ -677,6 +723,189 @@ class GPT2Tokenizer(_HFTokenizer):
         meta = self._meta(
             vocab_file="vocab.json",
             merges_file="merges.txt",
+            task_mask=self.task_mask,
+            decoder_mask=self.decoder_mask,
+        )
+        _write_json_atomic(directory / META_FILE, meta)
+        return directory
+
+
+class RobertaTokenizer(GPT2Tokenizer):
+    """RoBERTa byte-level BPE (vocab.json with 50265 entries + merges.txt) with GLM specials (spec §4.1).
+
+    The vocabulary's own ``<s>``/``</s>``/``<unk>``/``<mask>`` are ENC/eos=pad=sep/unk/MASK; sop, eop,
+    then the task masks and dBLOCK are appended after the last entry. The GLM command strings
+    (``[CLS]``, ``<|endoftext|>``, ``[SEP]``, ``[UNK]``, ``[MASK]``) written in text encode to those
+    ids, as do the entries themselves (``<mask>`` ...), like the Hugging Face port's tokenizer.
+    """
+
+    kind = "roberta"
+
+    def __init__(
+        self,
+        vocab_json: str | os.PathLike[str],
+        merges_txt: str | os.PathLike[str],
+        task_mask: bool = True,
+        decoder_mask: bool = True,
+    ) -> None:
+        super().__init__(vocab_json, merges_txt, task_mask=task_mask, decoder_mask=decoder_mask)
+        aliases = _FAMILIES["roberta"].aliases
+        self._aliases = aliases
+        self._alias_re = re.compile("|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True)))
+
+    def _respell(self, text: str) -> str:
+        return self._alias_re.sub(lambda m: self._aliases[m.group()], text)
+
+    def encode(self, text: str) -> list[int]:
+        return super().encode(self._respell(text))
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return super().encode_batch([self._respell(t) for t in texts])
+
+
+# =================================================================================================
+# GLM Chinese SentencePiece (cog-pretrain.model: glm-large-chinese, glm-10b-chinese)
+# =================================================================================================
+def chinese_special_ids(
+    num_pieces: int, fix_command_token: bool, task_mask: bool = True, decoder_mask: bool = True
+) -> dict[str, int | None]:
+    """Special ids of the GLM Chinese tokenizer for a model of ``num_pieces`` pieces (spec §4.1).
+
+    All specials come after the pieces: eos=pad N, sep N+1, ENC N+2, MASK N+3, unk N+4, (N+5 unused),
+    sop N+6, eop N+7. Then ``fix_command_token=True`` (GLM-Large-Chinese) continues after eop: sMASK
+    N+8, gMASK N+9, dBLOCK N+10; ``False`` (GLM-10B-Chinese) continues *at* eop's id, the original's
+    counter being one short: gMASK N+7 (= eop), sMASK N+8, dBLOCK N+9, kept because its weights use it.
+    Without task masks dBLOCK takes the next slot (N+8 fixed; N+7 = eop unfixed, refused).
+    """
+    n = num_pieces
+    ids: dict[str, int | None] = dict.fromkeys(SPECIAL_NAMES)
+    ids.update(eos=n, sep=n + 1, cls=n + 2, mask=n + 3, unk=n + 4, sop=n + 6, eop=n + 7)
+    # The original's next-free counter is N+5 after the first five, +3 (fixed) or +2 after sop/eop.
+    nxt = n + 5 + (3 if fix_command_token else 2)
+    if task_mask:
+        first, second = ("smask", "gmask") if fix_command_token else ("gmask", "smask")
+        ids[first], ids[second] = nxt, nxt + 1
+        nxt += 2
+    if decoder_mask:
+        if nxt == ids["eop"]:  # only unfixed without task masks: dBLOCK would replace blocks by eop
+            raise ValueError(
+                "glm_chinese tokenizer: with fix_command_token=False and task_mask=False, [dBLOCK] would get "
+                f"eop's id {nxt}; set decoder_mask=False or fix_command_token=True"
+            )
+        ids["dblock"] = nxt
+    return ids
+
+
+class GLMChineseTokenizer(SentencePieceTokenizer):
+    """GLM's Chinese SentencePiece model (``cog-pretrain.model``) with the specials appended after its pieces.
+
+    The model is used as is (its own normaliser and dummy-prefix space), like the original: text is
+    split at command strings, each part encoded separately and the command ids put between; ``[MASK]``,
+    ``[sMASK]`` and ``[gMASK]`` absorb the whitespace on their left, whitespace-only text gives ``[]``
+    (spec §4.2). Characters the model lacks become the model's own unknown piece, as in the original;
+    ``unk_id`` (N+4) is what ``[UNK]`` written in text gives.
+
+    ``fix_command_token`` picks the layout (:func:`chinese_special_ids`): True for GLM-Large-Chinese,
+    False for the original GLM-10B-Chinese checkpoint, where gMASK and eop share id N+7: both strings
+    encode to it, and decoding it with ``skip_special_tokens=False`` writes ``[gMASK]`` (the original's
+    id -> command map keeps the later-registered gMASK), so a decoded eop reads as ``[gMASK]``. The Hugging
+    Face conversion of GLM-10B-Chinese copied row N+7 into N+9 (spec §4.1): its weights take the fixed
+    layout's gMASK/sMASK, i.e. ``fix_command_token=True``.
+    """
+
+    kind = "glm_chinese"
+
+    def __init__(
+        self,
+        model_file: str | os.PathLike[str],
+        *,
+        fix_command_token: bool,
+        task_mask: bool = True,
+        decoder_mask: bool = True,
+        num_threads: int = 2,
+    ) -> None:
+        self.fix_command_token = bool(fix_command_token)
+        self.task_mask = bool(task_mask)
+        self.decoder_mask = bool(decoder_mask)
+        super().__init__(model_file, num_threads=num_threads)  # loads the model, then calls _init_ids
+
+    def _init_ids(self) -> None:
+        n = self._sp.get_piece_size()
+        self.special_ids = chinese_special_ids(n, self.fix_command_token, self.task_mask, self.decoder_mask)
+        present = {k: v for k, v in self.special_ids.items() if v is not None}
+        self.num_text_tokens = max(present.values()) + 1  # the unused N+5 stays a real, empty id
+        # id -> command string; gmask comes after eop so the 10B layout's N+7 reads "[gMASK]" (class doc)
+        order = ("eos", "sep", "cls", "mask", "unk", "sop", "eop", "gmask", "smask", "dblock")
+        self._id_to_string = {present[k]: SPECIAL_TOKENS[k] for k in order if k in present}
+        self._string_to_id = {SPECIAL_TOKENS[k]: i for k, i in present.items()}
+        # by string, not id: the 10B layout's "<|endofpiece|>" shares gMASK's id but keeps its whitespace
+        self._lstrip_strings = frozenset(SPECIAL_TOKENS[k] for k in LSTRIP_NAMES if k in present)
+        strings = sorted(self._string_to_id, key=len, reverse=True)
+        self._command_re = re.compile("|".join(re.escape(s) for s in strings))
+
+    def encode(self, text: str) -> list[int]:
+        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (spec §4.2)
+            return []
+        out: list[int] = []
+        start = 0
+        for m in self._command_re.finditer(text):
+            part = text[start : m.start()]
+            if m.group() in self._lstrip_strings:
+                part = part.rstrip()
+            if part:
+                out.extend(self._sp.encode(part))
+            out.append(self._string_to_id[m.group()])
+            start = m.end()
+        if text[start:]:
+            out.extend(self._sp.encode(text[start:]))
+        return out
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        texts = list(texts)
+        out: list[list[int]] = [[] for _ in texts]
+        plain = [k for k, t in enumerate(texts) if t.strip() and not self._command_re.search(t)]
+        if plain:  # the common case in one multi-threaded call
+            for k, ids in zip(
+                plain, self._sp.encode([texts[k] for k in plain], num_threads=self._num_threads)
+            ):
+                out[k] = ids
+        done = set(plain)
+        for k, t in enumerate(texts):
+            if k not in done:
+                out[k] = self.encode(t)
+        return out
+
+    def _decode_real(self, ids: list[int], skip_special_tokens: bool) -> str:
+        # Runs of pieces are decoded by the model; command ids are written as their strings, joined
+        # by spaces as the original did (the model drops each run's leading dummy-prefix space).
+        n = self._sp.get_piece_size()
+        parts: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if i < n:
+                run.append(i)
+                continue
+            if run:
+                parts.append(self._sp.decode(run))
+                run = []
+            if i in self._id_to_string and not skip_special_tokens:
+                parts.append(self._id_to_string[i])
+        if run:
+            parts.append(self._sp.decode(run))
+        return " ".join(p for p in parts if p)
+
+    def _piece(self, i: int) -> str:
+        if i < self._sp.get_piece_size():
+            return self._sp.id_to_piece(i)
+        return self._id_to_string.get(i, "")  # the unused N+5 has no entry
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _copy_into(self.model_file, directory, SP_MODEL_FILE)
+        meta = self._meta(
+            model_file=SP_MODEL_FILE,
+            fix_command_token=self.fix_command_token,
             task_mask=self.task_mask,
             decoder_mask=self.decoder_mask,
         )
@@ -711,25 +940,49 @@ def _build(kind: str, path: Path, options: dict[str, Any], where: str) -> GLMTok
     if kind == "bert":
         vocab = path / options.get("vocab_file", "vocab.txt") if path.is_dir() else path
         return WordPieceTokenizer(vocab, **flags)
-    if kind == "gpt2":
+    if kind in ("gpt2", "roberta"):
         if not path.is_dir():
             raise ValueError(
-                f"{where}: 'path' of a gpt2 tokenizer must be the dir with vocab.json and merges.txt"
+                f"{where}: 'path' of a {kind} tokenizer must be the dir with vocab.json and merges.txt"
             )
         flags.pop("lowercase", None)
-        return GPT2Tokenizer(
+        return (GPT2Tokenizer if kind == "gpt2" else RobertaTokenizer)(
             path / options.get("vocab_file", "vocab.json"),
             path / options.get("merges_file", "merges.txt"),
             **flags,
         )
-    raise ValueError(f"{where}: field 'kind' is {kind!r}; expected sentencepiece, bert or gpt2")
+    if kind == "glm_chinese":
+        return _build_chinese(path, options, where)
+    raise ValueError(
+        f"{where}: field 'kind' is {kind!r}; expected sentencepiece, bert, gpt2, roberta or glm_chinese"
+    )
+
+
+def _build_chinese(path: Path, options: dict[str, Any], where: str) -> GLMChineseTokenizer:
+    # The layout cannot be guessed from the model file, and a wrong guess shifts gMASK silently.
+    fix = options.get("fix_command_token")
+    if fix is not True and fix is not False:
+        raise ValueError(
+            f"{where}: a glm_chinese tokenizer needs 'fix_command_token' true or false (got {fix!r}): "
+            "true for glm-large-chinese and the Hugging Face glm-10b-chinese, false for the original "
+            "glm-10b-chinese checkpoint"
+        )
+    if path.is_dir():
+        names = [options["model_file"]] if "model_file" in options else [SP_MODEL_FILE, CHINESE_MODEL_FILE]
+        found = [path / n for n in names if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{where}: {path} has none of {names}")
+        path = found[0]
+    flags = {k: bool(options[k]) for k in ("task_mask", "decoder_mask") if k in options}
+    return GLMChineseTokenizer(path, fix_command_token=fix, **flags)
 
 
 def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer) -> GLMTokenizer:
     """A tokenizer from a saved dir (its ``tokenizer.json``), a ``.model`` file, or a dict.
 
-    The dict form is ``{"kind": "sentencepiece" | "bert" | "gpt2", "path": ..., **options}`` with
-    options ``task_mask``/``decoder_mask`` (BERT, GPT-2) and ``lowercase`` (BERT). A dir's recorded
+    The dict form is ``{"kind": "sentencepiece" | "bert" | "gpt2" | "roberta" | "glm_chinese", "path": ...,
+    **options}`` with options ``task_mask``/``decoder_mask`` (all but sentencepiece), ``lowercase`` (BERT)
+    and ``fix_command_token`` (glm_chinese, required; its path is the ``.model`` file or its dir). A dir's recorded
     ids and sizes are checked against the rebuilt tokenizer, so a changed file is caught on load.
     """
     if isinstance(spec, GLMTokenizer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,31 @@ def test_record_training_candidates(gpt2):
     assert examples == task.read(task.path(ROOT, "train"), "train")  # the Random(42) shuffle is reproducible
 
 
+def test_record_training_negatives_reshuffled_from_sorted_per_gold(tmp_path):
+    # spec §7.2: per gold answer, [gold] + 9 of the other entities, a random.Random(42) shuffle of the sorted
+    # non-answer list when it is longer than 9. The list is rebuilt sorted for each gold (as the original),
+    # so the second gold's shuffle starts from the sorted list again, not from the first gold's order.
+    names = ["Al", "Bo", *[f"E{i:02d}" for i in range(11)]]  # entities, sorted; Al and Bo are gold
+    text = " ".join(names)
+    spans, pos = [], 0
+    for n in names:
+        spans.append({"start": pos, "end": pos + len(n) - 1})
+        pos += len(n) + 1
+    rec = {
+        "passage": {"text": text, "entities": spans},
+        "qas": [{"query": "@placeholder won", "answers": [{"text": "Bo"}, {"text": "Al"}]}],
+    }
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    rng, want = random.Random(42), []
+    for gold in ("Al", "Bo"):  # golds in sorted order
+        others = sorted(names[2:])
+        rng.shuffle(others)
+        want.append([gold, *others[:9]])
+    task = get_task("record")
+    assert [e.candidates for e in task.read(path, "train")] == want
+
+
 def test_layout_single_token_bert(bert):
     feat, _ex = first_val_feature("rte", bert, 0, seq_length=256)
     (seq,) = feat.sequences
@@ -279,7 +305,7 @@ def test_copa_mirroring_and_multirc_and_wsc_splits():
     assert len(val) == 4848 and len({e.group for e in val}) == 953
     wsc = get_task("wsc")
     wtrain = wsc.read(wsc.path(ROOT, "train"), "train")
-    assert all(e.label == 1 and e.target == 0 and len(e.candidates) <= 9 for e in wtrain)
+    assert all(e.label == 1 and e.target == 0 and len(e.candidates) <= 10 for e in wtrain)
     wval = wsc.read(wsc.path(ROOT, "val"), "val")
     assert len(wval) == 104
     # the val example "Mark ... Pete" style: a False example lists the annotated true referent as a negative
@@ -287,6 +313,44 @@ def test_copa_mirroring_and_multirc_and_wsc_splits():
     assert (
         first.label == 0 and first.candidates[0] == "anyone" and "the government official" in first.candidates
     )
+
+
+def test_wsc_negative_candidates_grouped_by_nine(tmp_path):
+    # spec §7.2 (WSC-negative records): the `candidates` list is deduplicated exactly (first occurrence
+    # kept, nothing else dropped), and in training a list longer than 9 is split into groups of 9, the last
+    # group filled from the start of the list; span1 is candidate 0 of every group.
+    names = [f"n{i}" for i in range(1, 12)]  # 11 distinct negatives
+    cands = [{"text": c} for c in names[:3]] + [{"text": "n2"}, {"text": "Bo"}] + [{"text": c} for c in names[3:]]
+    rec = {
+        "text": "Bo saw Al because he was there .",
+        "label": True,
+        "target": {"span1_text": "Bo", "span2_text": "he", "span2_index": 3},
+        "candidates": cands,
+    }
+    path = tmp_path / "train.jsonl"
+    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    wsc = get_task("wsc")
+    got = [e.candidates for e in wsc.read(path, "train")]
+    # deduplicated negatives: n1 n2 n3 Bo n4 .. n11 (12; the second n2 dropped, "Bo" kept as the original
+    # does); groups of 9: the first 9, then the last 3 filled with the first 6
+    negs = ["n1", "n2", "n3", "Bo", "n4", "n5", "n6", "n7", "n8", "n9", "n10", "n11"]
+    assert got == [["Bo", *negs[:9]], ["Bo", "n9", "n10", "n11", *negs[:6]]]
+    # evaluation keeps the whole deduplicated list after span1
+    assert [e.candidates for e in wsc.read(path, "val")] == [["Bo", *negs]]
+
+
+def test_wsc_pronoun_glued_to_punctuation_is_split_off_and_marked(tmp_path):
+    # spec §7.2: the word at span2_index is wrapped as *word*; the original splits a word that only starts
+    # with the pronoun (three training records have 'him,"'), so the marked text reads '*him* ,"'.
+    rec = {
+        "text": 'They paid for him," he said .',
+        "label": True,
+        "target": {"span1_text": "They", "span2_text": "him", "span2_index": 3},
+    }
+    path = tmp_path / "val.jsonl"
+    path.write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    (ex,) = get_task("wsc").read(path, "val")
+    assert ex.fields["text"] == 'They paid for *him* ," he said .'
 
 
 def test_collate_pads_candidates_and_length(bert):

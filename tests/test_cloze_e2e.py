@@ -334,7 +334,8 @@ def test_p_tuning_prompt_encoder_trains(freeze: bool) -> None:
 def test_demo_copa_finetunes_from_a_pretraining_export(compose_cfg, tmp_path: Path, capsys) -> None:
     """`make demo` part 2 on a quick pretraining (ci_tiny: glm-tiny shape, its own 2000-piece tokenizer):
     demo_copa's model group is the narrowed glm-small, so the run only works because the architecture and
-    the tokenizer come from the export; the validation accuracy is printed and lands in metrics.json."""
+    the tokenizer come from the export (the configured data.tokenizer names a path that does not exist here);
+    the validation accuracy is printed and lands in metrics.json."""
     import shutil
 
     import torch
@@ -349,8 +350,7 @@ def test_demo_copa_finetunes_from_a_pretraining_export(compose_cfg, tmp_path: Pa
     cfg = compose_cfg(
         "demo_copa",
         [
-            f"task.pretrained={export}",
-            f"data.tokenizer={export}/tokenizer",
+            f"task.pretrained={export}",  # no data.tokenizer: the data must follow the export's tokenizer
             "logger=none",
             "trainer.max_steps=3",
             "data.max_train_examples=16",
@@ -365,6 +365,7 @@ def test_demo_copa_finetunes_from_a_pretraining_export(compose_cfg, tmp_path: Pa
     out = tmp_path / "run"
     assert 0.0 <= metrics["val/acc"] <= 1.0
     assert json.loads((out / "metrics.json").read_text())["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert yaml_load(out / "config.yaml")["data"]["tokenizer"] == str(export / "tokenizer")
     assert "val/acc" in capsys.readouterr().out  # Lightning's validation table
 
     exported = yaml_load(export / "model_config.yaml")

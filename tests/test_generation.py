@@ -247,6 +247,30 @@ def test_beam_early_stop_rule_on_constructed_logits():
     assert out.hypotheses[0][1][0] == pytest.approx(float(row[3] + row[5]))
 
 
+def test_beam_done_check_uses_the_best_candidate_eop_included():
+    # The original's BeamSearchScorer.process calls is_done(next_scores.max(), cur_len): the best of all
+    # 2 * beams candidates, an [eop] one included. Hand trace, 2 beams, length penalty 1, tokens 3 and 2:
+    # step 0: p(3)=.6 p(eop)=.3 p(2)=.1 -> live [3], [2]; eop ranked 2nd closes [] at log .3.
+    # step 1: p(eop)=.6 p(3)=.35 p(2)=.05 -> ranks: eop after [3] (closes [3], log .6 + log .6), [3, 3],
+    #   eop after [2] (rank 3: ignored), [3, 2]. Kept: [3] = -1.022, [] = -1.204 (worst).
+    #   Best candidate = the closed [3] at -1.022 > worst: not done. (The best *live* beam [3, 3] at
+    #   -1.561 < worst would have stopped here and returned [3].)
+    # step 2+: p(eop)=.9 p(3)=.05 p(2)=.05 -> eop after [3, 3] closes it at (log .6 + log .35 + log .9) / 2
+    #   = -0.833, the new best; step 3 then finds nothing above the worst kept (-1.022) and stops.
+    def probs(step: int) -> torch.Tensor:
+        p = {1: {3: 0.6, 5: 0.3, 2: 0.1}, 2: {5: 0.6, 3: 0.35, 2: 0.05}}.get(step, {5: 0.9, 3: 0.05, 2: 0.05})
+        return torch.log(torch.tensor([p.get(t, 0.0) for t in range(8)], dtype=torch.float64))
+
+    model = Scripted(probs)
+    out = beam_search(model, torch.zeros(1, 2, dtype=torch.long), 1,
+                      GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=20, num_beams=2,
+                                       length_penalty=1.0))
+    assert out.sequences[0] == [3, 3]
+    assert out.scores[0] == pytest.approx((math.log(0.6) + math.log(0.35) + math.log(0.9)) / 2)
+    assert [s for _, s in out.hypotheses[0]] == [[3, 3], [3]]
+    assert model.calls == 4  # prefill ([sop]) + steps 1, 2, 3
+
+
 def test_top_k_top_p_filter_hand_case():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = ~torch.isinf(top_k_top_p_filter(logits, top_p=0.7))

@@ -107,6 +107,15 @@ def test_blank_sample_rejects_empty_target():
 def test_wikitext_detokenize():
     raw = " = Valkyria = \n The game 's 1 @,@ 000 @-@ page ( final ) guide , it said . \n"
     assert wikitext_detokenize(raw) == " = Valkyria =\nThe game's 1,000-page (final) guide, it said.\n"
+    # the rest of the original's wikitext_detokenizer, by hand, one rule at a time
+    assert wikitext_detokenize(" = = = Plot = = = \n") == " === Plot ===\n"
+    assert wikitext_detokenize("the players ' union") == "the players' union"  # "s '" -> "s'"
+    assert wikitext_detokenize("a { b } c") == "a {b} c"
+    assert wikitext_detokenize("at 30 \u00b0 C") == "at 30\u00b0C"
+    assert wikitext_detokenize("a ' quoted ' word") == "a 'quoted' word"
+    # quotes pair up left to right over any text, as in the original: "s '" -> "s'" (twice here), then the
+    # apostrophe of "players'" pairs with the one after "and" and both hug their content; the last is alone
+    assert wikitext_detokenize("the players ' union and ' others ' .") == "the players'union and' others' ."
 
 
 def test_real_lambada_file(tmp_path):
@@ -265,3 +274,34 @@ def test_lm_eval_bad_input_named_and_truncation_counted(tmp_path):
     t.write_text("word\n")
     with pytest.raises(DataFormatError, match=r"doc.txt: perplexity needs a document of at least 2 tokens, got 1"):
         LMEvalDataModule(str(t), WordIds(), kind="perplexity", seq_length=8, overlap=2).setup("test")
+
+
+def test_lambada_on_a_pretraining_export_takes_its_architecture_and_tokenizer(compose_cfg, tmp_path):
+    """`task.pretrained=<export>` with another model group (glm-base) and the experiment's data tokenizer
+    (BERT): the export's model_config.yaml and tokenizer/ win, so the 2-step ci_tiny model is evaluated
+    on its own 2000-piece vocabulary (near-uniform loss ln V_export, not ln 30592)."""
+    import shutil
+
+    import yaml
+
+    from glm.data.paths import need_shared_data
+    from glm.pipeline import run
+
+    need_shared_data("gutenberg/11-0.txt", "Gutenberg book")
+    need_shared_data("lambada/lambada_test.jsonl", "LAMBADA test")
+    run(compose_cfg("ci_tiny", ["logger=none", "trainer.max_steps=2", "trainer.val_check_interval=2"]))
+    export = tmp_path / "export"
+    shutil.move(tmp_path / "run" / "export", export)
+    shutil.rmtree(tmp_path / "run")
+    exported = yaml.safe_load((export / "model_config.yaml").read_text())
+
+    cfg = compose_cfg("lambada_zeroshot", ["model=glm_base", "logger=none", "callbacks.progress=null",
+                                           f"task.pretrained={export}",
+                                           "data.max_samples=6", "data.micro_batch_size=6"])
+    assert cfg.model.preset == "glm-base" and cfg.data.tokenizer.kind == "bert"  # what the config alone says
+    m = run(cfg)
+    assert m["test/num_samples"] == 6
+    assert exported["vocab_size"] < 3000
+    assert m["test/loss"] == pytest.approx(math.log(exported["vocab_size"]), abs=0.3)
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert stored["data"]["tokenizer"] == str(export / "tokenizer")

@@ -19,6 +19,7 @@ from glm.data.masking import (
     MaskedSample,
     MaskingConfig,
     SpecialIds,
+    _allocate,  # the spec §5.3 placement, checked on a hand case
     build_sentence_end,
     collate_masked,
     layout_spans,
@@ -26,6 +27,7 @@ from glm.data.masking import (
     place_spans,
     sample_rng,
     sentence_candidates,
+    span_length_pmf,
     split_short,
 )
 from glm.data.paths import need_shared_data
@@ -263,6 +265,46 @@ def test_offset_formula_hand_example_and_exhaustive():
         if sp[-1][1] <= s0 + doc and all(sp[j + 1][0] >= sp[j][1] + 1 for j in range(2)):
             want.add(sp)
     assert got == want and len(got) == math.comb(hi + 3, 3)
+
+
+def test_span_length_pmf_by_hand():
+    # spec §5.3: Poisson(3) restricted to 1 .. max_block_length - 1 and renormalised.
+    # Cap 4 (lengths 1..3): weights 3^k / k! = 3, 4.5, 4.5 -> / 12.
+    np.testing.assert_allclose(span_length_pmf(3.0, 4), [0.25, 0.375, 0.375], rtol=1e-12)
+    # Default cap 40: 39 lengths; the mass above 39 is ~1e-29, so P(1) = 3 / (e^3 - 1).
+    pmf = span_length_pmf(3.0, 40)
+    assert pmf.shape == (39,) and pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    assert pmf[0] == pytest.approx(3 / (math.e**3 - 1), rel=1e-12)
+    assert pmf[1] / pmf[0] == pytest.approx(1.5) and pmf[2] / pmf[1] == pytest.approx(1.0)
+
+
+def test_lengths_drawn_until_the_budget_is_reached():
+    # spec §5.3: draw until the sum reaches the budget; only the last draw may overshoot.
+    masker = GLMMasker(MaskingConfig.from_name("span"), IDS, np.zeros(300, bool))
+    for i in range(300):
+        lengths = masker._draw_lengths(76, sample_rng(9, 0, i), single=False)
+        assert lengths[:-1].sum() < 76 <= lengths.sum() and lengths.min() >= 1 and lengths.max() <= 39
+
+
+def test_allocation_hand_case_shortest_first_and_offset_range():
+    # Two documents (spec §5.3): A = 7 maskable tokens at 1..7, B = 20 at 10..29. Lengths in list order
+    # [1, 2, 3]. A (shorter) first: budget int(0.15 * 7) = 1 -> takes [1]; 1 + 2 > 1 stops it. B (longest)
+    # takes the rest while m + k - 1 <= 20: [2, 3]. Offsets: A from {0..7-1-1+1} = {0..6};
+    # B: two sorted draws from {0..20-5-2+1} = {0..14}, span 1 at 10 + o1, span 2 at 10 + o2 + 2 + 1.
+    lengths = np.array([1, 2, 3])
+    a_off, b_off = Counter(), set()
+    for i in range(3000):
+        spans = _allocate(lengths, np.array([1, 10]), np.array([7, 20]), 0.15, sample_rng(5, 0, i))
+        (a0, a1), (b0, b1), (c0, c1) = spans.tolist()
+        assert a1 - a0 == 1 and 1 <= a0 <= 7
+        assert (b1 - b0, c1 - c0) == (2, 3)
+        o1, o2 = b0 - 10, c0 - 10 - 3
+        assert 0 <= o1 <= o2 <= 14
+        a_off[a0 - 1] += 1
+        b_off.add((o1, o2))
+    # every offset value is drawn, the upper end included, about uniformly
+    assert sorted(a_off) == list(range(7)) and min(a_off.values()) > 3000 / 7 * 0.8
+    assert len(b_off) == math.comb(15 + 1, 2)  # all sorted pairs from {0..14}
 
 
 def test_sentence_candidates_hand_example():

@@ -66,8 +66,9 @@ def original_mask(sep, batch, length, memory_length):
     return m[:, None]
 
 
-def reference_forward(sd, cfg, ids, pos, sep, mems=None):
-    """Returns (logits, new_mems) computed like the 2021 code, in the dtype of `sd`."""
+def reference_forward(sd, cfg, ids, pos, sep, mems=None, matrix=None):
+    """Returns (logits, new_mems) computed like the 2021 code, in the dtype of `sd`; `matrix` is an
+    explicit 0/1 `[B, 1, L, M+L]` mask used instead of the one built from `sep`."""
     h, n = cfg.hidden_size, cfg.num_attention_heads
     d = h // n
     B, L = ids.shape
@@ -75,7 +76,7 @@ def reference_forward(sd, cfg, ids, pos, sep, mems=None):
     x = sd["word_embeddings.weight"][ids]
     x = x + sd["transformer.position_embeddings.weight"][pos[:, 0]]
     x = x + sd["transformer.block_position_embeddings.weight"][pos[:, 1]]
-    m = original_mask(sep, B, L, M).to(x.dtype)
+    m = (original_mask(sep, B, L, M) if matrix is None else matrix).to(x.dtype)
     new_mems = [x]
     for i in range(cfg.num_layers):
         p = lambda k: sd[f"transformer.layers.{i}.{k}"]  # noqa: E731
@@ -153,6 +154,44 @@ def test_sep_forms_agree():
     explicit = model(ids, pos, attention_mask=original_mask(torch.tensor([4, 4]), 2, ids.shape[1], 0)).logits
     torch.testing.assert_close(scalar, per_sample, rtol=0, atol=0)
     torch.testing.assert_close(explicit, per_sample, rtol=1e-6, atol=1e-6)
+
+
+def test_original_calling_convention_dispatches_sep_and_matrix():
+    """The original's third argument is a sep (one element or [B]) or an explicit matrix (spec §2)."""
+    model = make_model().double()
+    ids, pos, sep = glm_inputs()
+    expected = model(ids, pos, sep=sep).logits
+    matrix = original_mask(sep, *ids.shape, 0).double()
+    torch.testing.assert_close(model(ids, pos, attention_mask=sep).logits, expected, rtol=0, atol=0)
+    torch.testing.assert_close(model(ids, pos, matrix).logits, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model(ids, pos, attention_mask=torch.tensor(5)).logits,
+                               model(ids, pos, sep=5).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"attention_mask must be .* got shape \(3, 12, 12\)"):
+        model(ids, pos, attention_mask=matrix[:, 0])
+
+
+def test_query_row_with_no_visible_key_gets_uniform_weights_as_the_original():
+    """An all-zero row of an explicit matrix: every score is the -65504 fill, so the original averages
+    all values there (spec §1.3); SDPA alone would return zeros."""
+    model = make_model(attention="sdpa").double()
+    ids, pos, sep = glm_inputs()
+    matrix = original_mask(sep, *ids.shape, 0).double()
+    matrix[0, 0, 3] = 0.0  # query 3 of sample 0 sees nothing
+    matrix[2, 0, 7] = 0.0
+    ref, _ = reference_forward(model.state_dict(), model.config, ids, pos, sep, matrix=matrix)
+    torch.testing.assert_close(model(ids, pos, attention_mask=matrix).logits, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_key_padding_mask_is_broadcast_over_queries():
+    """A `[B, L]` mask is the Hugging Face port's key padding mask (spec §12.3): bidirectional over the
+    keys it marks."""
+    model = make_model().double()
+    ids, pos, _ = glm_inputs()
+    keys = torch.ones(3, ids.shape[1], dtype=torch.long)
+    keys[1, -4:] = 0
+    matrix = keys[:, None, None, :].expand(-1, 1, ids.shape[1], -1).double()
+    ref, _ = reference_forward(model.state_dict(), model.config, ids, pos, None, matrix=matrix)
+    torch.testing.assert_close(model(ids, pos, attention_mask=keys).logits, ref, rtol=1e-10, atol=1e-10)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -161,11 +161,27 @@ def test_label_smoothed_loss_matches_float64_hand_formula():
 def test_rouge_sentences_postprocess_and_scores():
     from glm.tasks.seq2seq import RougeMetric, postprocess_prediction, split_sentences
 
-    assert split_sentences("One two. Three four! Five") == ["One two.", "Three four!", "Five"]
-    assert split_sentences("a b [SEP] c d.") == ["a b", "c d."]
+    # spec §8.3: sentences come from [SEP] only; a text without it is one sentence
+    assert split_sentences("One two. Three four! Five") == ["One two. Three four! Five"]
+    assert split_sentences("a b [SEP] c d. e f") == ["a b", "c d. e f"]
+    # so the <= 4 words filter sees the whole summary: "He died. He was 90." (5 words) is kept whole, and
+    # "He died." alone would be dropped
+    rouge = RougeMetric()
+    assert rouge(["He died. He was 90."], ["He died. He was 90."]) == pytest.approx(
+        {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    )
+    assert rouge(["He died."], ["He died."]) == pytest.approx({"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0})
     kept = postprocess_prediction(["too short here", "the cat sat on the mat", "the cat sat on a mat",
                                    "dogs run in the park"])
     assert kept == ["the cat sat on the mat", "dogs run in the park"]  # 5/6 words overlap -> removed
+    # spec §8.3: overlap with the earlier sentences together. C shares 2/5 words with A and 2/5 with B but
+    # 4/5 = 0.8 > 0.7 with A and B: removed. E's words {alpha, zeta, lambda, mu}: 3/4 = 0.75 seen only
+    # because the removed C brought "lambda" (the original's history keeps every earlier sentence): removed.
+    # F: {alpha, pi, xi, omicron}: 1/4 -> kept; the short "tiny pi xi" is dropped first and adds nothing
+    # (counted, it would make F 3/4 = 0.75 and remove it).
+    a, b = "alpha beta gamma delta epsilon", "zeta eta theta iota kappa"
+    c, e, f = "Alpha beta zeta eta lambda", "alpha zeta lambda mu lambda", "alpha pi xi omicron omicron"
+    assert postprocess_prediction([a, "tiny pi xi", b, c, e, f]) == [a, b, f]
     rouge = RougeMetric(postprocess=False)
     same = rouge(["the cat sat on the mat ."], ["the cat sat on the mat ."])
     assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})

@@ -149,20 +149,41 @@ def perplexity_windows(tokens: list[int], tok: Any, seq_length: int, overlap: in
     return out
 
 
-_WIKI_RULES = [  # WikiText tokenisation marks -> plain text (the detokenised file is one document, §10.2)
-    (" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."), (" : ", ": "), (" ; ", "; "), (" . ", ". "),
-    (" ! ", "! "), (" ? ", "? "), (" , ", ", "), ("= = = =", "===="), ("= = =", "==="), ("= =", "=="),
-    (" \n", "\n"), ("\n ", "\n"), (" N ", " 1 "), (" 's", "'s"),
+# WikiText tokenisation marks -> plain text (the detokenised file is one document, spec §10.2): the original's
+# `tasks/language_model/detokenizer.py::wikitext_detokenizer`, the same steps in the same order (the order
+# matters: the quote rules run before the heading and newline rules). ("re", a, b) is a regex substitution.
+_WIKI_STEPS: list[tuple[str, str, str]] = [
+    ("str", "s '", "s'"),  # contractions
+    ("re", r"/' [0-9]/", r"/'[0-9]/"),
+    ("str", " @-@ ", "-"),  # number separators
+    ("str", " @,@ ", ","),
+    ("str", " @.@ ", "."),
+    ("str", " : ", ": "),  # punctuation
+    ("str", " ; ", "; "),
+    ("str", " . ", ". "),
+    ("str", " ! ", "! "),
+    ("str", " ? ", "? "),
+    ("str", " , ", ", "),
+    ("re", r"\(\s*([^\)]*?)\s*\)", r"(\1)"),  # brackets and quotes hug their content
+    ("re", r"\[\s*([^\]]*?)\s*\]", r"[\1]"),
+    ("re", r"{\s*([^}]*?)\s*}", r"{\1}"),
+    ("re", r'"\s*([^"]*?)\s*"', r'"\1"'),
+    ("re", r"'\s*([^']*?)\s*'", r"'\1'"),
+    ("str", "= = = =", "===="),  # headings
+    ("str", "= = =", "==="),
+    ("str", "= =", "=="),
+    ("str", " \u00b0 ", "\u00b0"),  # degree sign
+    ("str", " \n", "\n"),
+    ("str", "\n ", "\n"),
+    ("str", " N ", " 1 "),
+    ("str", " 's", "'s"),
 ]
 
 
 def wikitext_detokenize(text: str) -> str:
-    """Undo WikiText's spacing conventions (number separators `@-@`, spaced punctuation and brackets)."""
-    for a, b in _WIKI_RULES:
-        text = text.replace(a, b)
-    text = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", text)
-    text = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", text)
-    text = re.sub(r'"\s*([^"]*?)\s*"', r'"\1"', text)
+    """Undo WikiText's spacing conventions (number separators `@-@`, spaced punctuation, brackets, quotes)."""
+    for kind, a, b in _WIKI_STEPS:
+        text = re.sub(a, b, text) if kind == "re" else text.replace(a, b)
     return text
 
 

@@ -89,12 +89,27 @@ def build_block_mask(
     return create_block_mask(glm_mask, batch_size, None, query_length, M + query_length, device=device)
 
 
-def _explicit_mask(attention_mask: Tensor, key_length: int) -> Tensor:
-    """An explicit 0/1 or bool mask `[B, 1, L, >= M+L]` -> bool, last M+L columns (spec §2)."""
-    if attention_mask.dim() != 4:
-        raise ValueError(f"explicit attention_mask must be [B, 1, L, M+L], got shape {tuple(attention_mask.shape)}")
+def _explicit_mask(attention_mask: Tensor, query_length: int, key_length: int) -> Tensor:
+    """An explicit 0/1 or bool mask -> bool `[B, 1, L, M+L]` (True = may attend).
+
+    `[B, 1, L, >= M+L]` is the original's matrix form (its last M+L columns are used, spec §2);
+    `[B, M+L]` is the Hugging Face port's key padding mask, broadcast over queries (spec §12.3).
+    """
+    if attention_mask.dim() == 2 and attention_mask.shape[1] == key_length:
+        attention_mask = attention_mask[:, None, None, :].expand(-1, 1, query_length, -1)
+    if attention_mask.dim() != 4 or attention_mask.shape[-1] < key_length or attention_mask.shape[2] != query_length:
+        raise ValueError(
+            f"attention_mask must be a sep ([B] or one element), an explicit [B, 1, L, M+L] = "
+            f"[B, 1, {query_length}, {key_length}] matrix or a [B, {key_length}] key padding mask; "
+            f"got shape {tuple(attention_mask.shape)}"
+        )
     mask = attention_mask[..., -key_length:]
     return mask if mask.dtype == torch.bool else mask > 0.5
+
+
+def _is_sep(mask: Tensor, batch_size: int) -> bool:
+    """The original's dispatch (spec §2): one element or a `[B]` vector is a sep, anything else a matrix."""
+    return mask.numel() == 1 or (mask.dim() == 1 and mask.numel() == batch_size)
 
 
 @dataclass
@@ -344,7 +359,9 @@ class GLM(nn.Module):
 
     def attention_impl(self, x: Tensor) -> str:
         """Kernel for this call. `auto`: flex on CUDA (when there is no attention dropout to apply),
-        sdpa elsewhere. Flex on CPU has no backward pass in torch, so it is inference-only there."""
+        sdpa elsewhere. Flex on CPU has no backward pass in torch, so it is inference-only there, and even
+        there compiled flex plus its per-batch block mask is 1.4-1.8x slower than sdpa on the development
+        CPU (bench/bench_flex_cpu.py), with a compilation for every new shape: `auto` keeps sdpa."""
         impl = self.config.attention
         dropout = self.training and self.config.attention_dropout > 0
         if impl == "auto":
@@ -386,7 +403,9 @@ class GLM(nn.Module):
 
         position_ids: `[B, 2, L]` (row 0 positions, row 1 block positions); None gives `arange(L)` / 0.
         sep: per-sample Part-A length `[B]` or one int (spec §2); None = 0 = causal. Ignored when an
-             explicit `attention_mask [B, 1, L, M+L]` (True/1 = may attend) is given.
+             explicit `attention_mask [B, 1, L, M+L]` (True/1 = may attend) is given. As in the
+             original, a sep given as `attention_mask` and a matrix given as `sep` are both understood;
+             a `[B, M+L]` attention_mask is a key padding mask (the Hugging Face port's form).
         cache: keys/values of earlier positions; they are visible to every new query. With
              `use_cache=True` the returned `out.cache` holds them plus this call's positions.
         segment_ids: `[B, L]` sample index of each token in packed rows (then `sep` is per token `[B, L]`).
@@ -402,13 +421,22 @@ class GLM(nn.Module):
         elif position_ids.shape != (B, 2, L):
             raise ValueError(f"position_ids must have shape [B, 2, L] = {[B, 2, L]}, got {list(position_ids.shape)}")
         past_len = cache.length if cache is not None else 0
+        # the original's calling convention `forward(ids, position_ids, attention_mask)` passes a sep or an
+        # explicit matrix in the same argument (spec §2): route each to where it belongs
+        if torch.is_tensor(sep) and sep.dim() == 4:
+            sep, attention_mask = None, sep
+        if attention_mask is not None and _is_sep(attention_mask, B):
+            sep, attention_mask = attention_mask, None
         x = self.transformer.embedding_dropout(self.embed(input_ids, position_ids, inputs_embeds))
         impl = self.attention_impl(x)
         # the mask is built once per batch and shared by all layers
         if attention_mask is not None:
-            if impl == "flex":
+            if impl == "flex" and self.config.attention == "flex":
                 raise ValueError("attention='flex' takes sep/segment_ids, not an explicit attention_mask")
-            mask = _explicit_mask(attention_mask.to(device), past_len + L)
+            mask = _explicit_mask(attention_mask.to(device), L, past_len + L)
+            # a query row that may attend nowhere gets uniform weights in the original (every score is the
+            # same -65504 fill); SDPA returns zeros there, so such batches take the original's arithmetic
+            impl = "eager" if not bool(mask.any(-1).all()) else ("sdpa" if impl == "flex" else impl)
         elif impl == "flex":
             mask = build_block_mask(sep, B, L, past_len, device, segment_ids)
         else:

@@ -4,12 +4,18 @@ It holds plain-container hyperparameters only (so checkpoints load with ``torch.
 builds the backbone in :meth:`configure_model` (idempotent; FSDP2 shards it there when the strategy gives a
 device mesh), optionally loads pretrained weights, and sets up AdamW with decay / no-decay groups and the
 original GLM learning-rate schedule (spec §5.8, ``learning_rates.py::AnnealingLR``).
+
+Decision (spec §5.8 leaves it unconfirmed whether the DeepSpeed "Adam" of the original configs decays
+weights inside the Adam update or decoupled from it): decoupled decay, ``torch.optim.AdamW``, the
+behaviour of apex ``FusedAdam`` in the original's non-DeepSpeed path.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,6 +23,8 @@ import torch
 from torch import nn
 
 from glm.model import GLM, GLMConfig
+
+log = logging.getLogger(__name__)
 
 # Allowed keys of the optimizer / scheduler dicts, with their types (checked at start-up, before any work).
 OPTIMIZER_KEYS: dict[str, tuple[type, ...]] = {
@@ -177,6 +185,19 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# GLMConfig fields that are training-time choices, not architecture: kept from the run when the
+# architecture comes from an export dir (see GLMTaskModule._architecture_from_export)
+RUN_FIELDS = frozenset(
+    {
+        "hidden_dropout",
+        "attention_dropout",
+        "attention",
+        "softmax_in_fp32",
+        "initializer_range",
+        "embedding_grad_scale",
+    }
+)
+
 class GLMTaskModule(L.LightningModule):
     """Base of the GLM task modules (pretraining, cloze, seq2seq, LM evaluation).
 
@@ -204,12 +225,42 @@ class GLMTaskModule(L.LightningModule):
         self.optimizer_config = normalize_optimizer(_plain(optimizer))
         self.scheduler_config = normalize_scheduler(_plain(scheduler))
         self.pretrained = pretrained
+        self._architecture_from_export()
         self.compile_blocks = bool(compile)
         self.activation_checkpointing = bool(activation_checkpointing)
         self.model: GLM | None = None
         self.skipped_steps = 0  # optimizer steps the fp16 grad scaler skipped (inf/nan gradients)
 
     # ---- model ----
+    def _architecture_from_export(self) -> None:
+        """When `pretrained` is an export dir, its `model_config.yaml` fixes the architecture.
+
+        Decision: the weights only fit the shape they were trained with, so every shape field (layers,
+        widths, heads, V, positions, norm/MLP kind) comes from the export; the run's training-time
+        fields (`RUN_FIELDS`: dropouts, attention kernel, softmax precision, init range, embedding
+        gradient scale) stay as the run's model group sets them. Differences are logged, and the
+        effective config replaces `hparams["model"]` so a checkpoint of this run rebuilds the same model.
+        """
+        if not self.pretrained:
+            return
+        from glm.checkpoint.io import CONFIG_FILE, is_export_dir
+        from glm.model import GLMConfig
+
+        if not is_export_dir(self.pretrained):
+            return
+        exported = GLMConfig.from_file(Path(self.pretrained) / CONFIG_FILE).to_dict()
+        current = self.glm_config.to_dict()
+        merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
+        changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}
+        if changed:
+            log.info(
+                "architecture from the export %s (run's model group -> export): %s",
+                self.pretrained,
+                ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()),
+            )
+        self.glm_config = GLMConfig.from_dict(merged)
+        self.hparams["model"] = merged
+
     def configure_model(self) -> None:
         """Build the backbone once (Lightning may call this for every stage in one process)."""
         if self.model is not None:

@@ -55,18 +55,6 @@ __all__ = [
 
 PAD_SCORE = -10000.0
 PREDICTION_TABLE_ROWS = 20  # validation predictions shown as a W&B table per validation epoch
-# GLMConfig fields that are training-time choices, not architecture: kept from the run when the
-# architecture comes from an export dir (see ClozeModule._architecture_from_export)
-RUN_FIELDS = frozenset(
-    {
-        "hidden_dropout",
-        "attention_dropout",
-        "attention",
-        "softmax_in_fp32",
-        "initializer_range",
-        "embedding_grad_scale",
-    }
-)
 LOSSES = ("cross_entropy", "generative", "mix")
 
 
@@ -225,7 +213,6 @@ class ClozeModule(GLMTaskModule):
         super().__init__(
             model=model, optimizer=optimizer, scheduler=scheduler, pretrained=pretrained, **kwargs
         )
-        self._architecture_from_export()
         if loss not in LOSSES:
             raise ValueError(f"task.loss must be one of {LOSSES}, got {loss!r}")
         self.task_name, self.loss_kind, self.length_penalty = task.lower(), loss, float(length_penalty)
@@ -239,35 +226,6 @@ class ClozeModule(GLMTaskModule):
         self._test_records: list[dict[str, Any]] = []
 
     # ---- model ----
-    def _architecture_from_export(self) -> None:
-        """When `pretrained` is an export dir, its `model_config.yaml` fixes the architecture.
-
-        Decision: the weights only fit the shape they were trained with, so every shape field (layers,
-        widths, heads, V, positions, norm/MLP kind) comes from the export; the run's training-time
-        fields (`RUN_FIELDS`: dropouts, attention kernel, softmax precision, init range, embedding
-        gradient scale) stay as the run's model group sets them. Differences are logged, and the
-        effective config replaces `hparams["model"]` so a checkpoint of this run rebuilds the same model.
-        """
-        if not self.pretrained:
-            return
-        from glm.checkpoint.io import CONFIG_FILE, is_export_dir
-        from glm.model import GLMConfig
-
-        if not is_export_dir(self.pretrained):
-            return
-        exported = GLMConfig.from_file(Path(self.pretrained) / CONFIG_FILE).to_dict()
-        current = self.glm_config.to_dict()
-        merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
-        changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}
-        if changed:
-            log.info(
-                "architecture from the export %s (run's model group -> export): %s",
-                self.pretrained,
-                ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()),
-            )
-        self.glm_config = GLMConfig.from_dict(merged)
-        self.hparams["model"] = merged
-
     def configure_model(self) -> None:
         super().configure_model()
         if self.p_tuning.get("enabled") and self.prompt_encoder is None:

@@ -10,16 +10,15 @@ its share of the split; the per-example results are gathered by example index (`
 so the metrics and files are those of one process (written by rank 0).
 
 ROUGE post-processing (spec §8.3, the original `rouge_metric`): texts are split into sentences on
-`[SEP]` (else on sentence-final punctuation, so ROUGE-Lsum sees sentences); with `rouge_postprocess`
+`[SEP]` only (a text without it is one sentence); with `rouge_postprocess`
 predicted sentences of at most 4 words are dropped and a predicted sentence is removed when more than
-70% of its word set already occurs in one earlier kept sentence (decision: overlap measured as
-`|A & B| / |A|` for the later sentence A).
+70% of its word set already occurs in the earlier sentences (`|A & H| / |A|`, H = the words of every
+earlier sentence that passed the length filter, removed ones included, as in the original).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,6 @@ from glm.tasks.base import GLMTaskModule, part_b_logits
 from glm.tasks.evaluation import gather_by_index, log_gathered, world_size
 
 log = logging.getLogger(__name__)
-
-_SENT_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def label_smoothed_token_loss(logits: Tensor, targets: Tensor, eps: float = 0.1) -> Tensor:
@@ -59,21 +56,26 @@ def masked_mean(per_tok: Tensor, mask: Tensor) -> Tensor:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a summary: on `[SEP]` when present (CNN/DM targets), else on . ! ? + whitespace."""
-    parts = text.split("[SEP]") if "[SEP]" in text else _SENT_END.split(text)
-    return [p.strip() for p in parts if p.strip()]
+    """Sentences of a summary for ROUGE: split on `[SEP]` only (spec §8.3; the BERT-tokenised CNN/DM
+    targets carry it). Text without `[SEP]` is one sentence, as in the original `rouge_metric`: its
+    length filter then sees the whole summary, and ROUGE-Lsum equals ROUGE-L on it."""
+    return [p.strip() for p in text.split("[SEP]") if p.strip()]
 
 
 def postprocess_prediction(sentences: list[str], min_words: int = 5, max_overlap: float = 0.7) -> list[str]:
-    """Drop sentences of fewer than `min_words` words and near-duplicates of earlier kept sentences."""
+    """Drop sentences of fewer than `min_words` words, then every sentence whose (lower-cased) word set has
+    more than `max_overlap` of its words among the words of all earlier sentences (spec §8.3: "earlier
+    ones"; as the original `remove_duplicate`, the earlier sentences include removed duplicates, not the
+    short ones dropped first)."""
     kept: list[str] = []
+    seen: set[str] = set()
     for s in sentences:
-        words = set(s.lower().split())
         if len(s.split()) < min_words:
             continue
-        if any(len(words & set(k.lower().split())) / max(len(words), 1) > max_overlap for k in kept):
-            continue
-        kept.append(s)
+        words = set(s.lower().split())
+        if len(words & seen) / len(words) <= max_overlap:
+            kept.append(s)
+        seen |= words
     return kept
 
 

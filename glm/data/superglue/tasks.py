@@ -488,8 +488,9 @@ class ReCoRD(SuperGLUETask):
             fields = {"passage": text, "query": query}
             qidx = qa.get("idx", qi)
             if split == "train":
-                negatives = [e for e in entities if e not in golds]
                 for g in golds:
+                    # a fresh sorted list per gold answer (the original rebuilds it before each shuffle)
+                    negatives = [e for e in entities if e not in golds]
                     if len(negatives) > self.max_train_negatives:
                         self._shuffler.shuffle(negatives)
                     cands = [g] + negatives[: self.max_train_negatives]
@@ -659,15 +660,17 @@ class WSC(SuperGLUETask):
 
     The spec's setting (`--wsc-negative`) reads a `WSC-negative` variant whose records carry a
     `candidates` list; the shared data is plain SuperGLUE WSC. When a record has a `candidates` field it
-    is used as is. Otherwise the negatives of an example are, in this order, deduplicated
+    is used as the original does: exact duplicates dropped (first occurrence kept), nothing else removed.
+    Otherwise the negatives of an example are, in this order, deduplicated
     case-insensitively and excluding the example's own span1 (and any phrase sharing its last word) and
     its pronoun:
       1. the `span1_text` of every other record of the same file with the same text (annotated noun
          phrases of that very sentence; this is what makes a `False` example's true referent a
          candidate, so validation is meaningful), then
       2. `wsc_heuristic_noun_phrases(text)`: determiner + next word and non-initial capitalised words.
-    Training keeps only `True` examples (label index 0 = span1); more than 8 negatives are split into
-    groups of 8 (span1 + 8 = 9 candidates, the last group filled from the start of the list).
+    Training keeps only `True` examples (label index 0 = span1); more than 9 negatives are split into
+    groups of 9 (span1 + 9 = 10 candidates, the last group filled from the start of the list): the
+    original splits its `candidates` list, which holds the negatives only (spec §7.2).
     Prediction: `True` iff candidate 0 (span1) scores highest. An example with no negative at all is
     kept (its prediction is always `True`) and counted in the log.
     """
@@ -677,7 +680,7 @@ class WSC(SuperGLUETask):
     multi_token = True
     default_pattern, pattern_ids = 2, (0, 1, 2)
     seq_length = 128
-    max_train_negatives = 8
+    max_train_negatives = 9  # negatives per training example (span1 comes on top)
 
     def label_key(self, value):
         return str(value) if isinstance(value, bool) else repr(value)
@@ -703,13 +706,18 @@ class WSC(SuperGLUETask):
                 raise DataError(
                     f"{where}: field 'target.span2_index' = {index} is outside the text's {len(words)} words"
                 )
+            if words[index] != pronoun and words[index].startswith(pronoun):
+                # as the original: a word that only starts with the pronoun ('him,"') is split in two and
+                # the pronoun alone is marked ('*him* ,"')
+                words[index : index + 1] = [pronoun, words[index][len(pronoun) :]]
             words[index] = "*" + words[index] + "*"
             label = self.label_of(rec, where, split)
             if "candidates" in rec:
                 raw = [self.text(c["text"] if isinstance(c, dict) else c) for c in rec["candidates"]]
+                negatives = list(dict.fromkeys(raw))  # exact duplicates only, order kept
             else:
                 raw = [s for s in by_text[text]] + wsc_heuristic_noun_phrases(text)
-            negatives = self._dedup(raw, span1, pronoun)
+                negatives = self._dedup(raw, span1, pronoun)
             no_negatives += not negatives
             fields = {"text": " ".join(words), "pronoun": pronoun, "span1": span1}
             base = {"fields": fields, "label": label, "submit_idx": rec.get("idx"), "source": where}
