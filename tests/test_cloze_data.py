@@ -521,3 +521,23 @@ def test_multi_token_verbalizer_rejected(bert):
 def test_unknown_pattern_id(bert):
     with pytest.raises(ValueError, match="unknown pattern id 7"):
         ClozeDataModule("copa", bert, ROOT, pattern_id=7)
+
+
+def test_training_split_is_shared_between_ranks(bert, monkeypatch):
+    """Under N processes each rank trains on a disjoint share of the epoch's shuffle (padded with repeats
+    so the ranks run the same number of steps), not on the same batches as the others."""
+    from types import SimpleNamespace
+
+    _need_data()
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    dm = ClozeDataModule("rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=4)
+    seen = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        seen.append([i for b in dm.train_dataloader() for i in b["example_idx"].tolist()])
+    assert [len(s) for s in seen] == [6, 6]
+    assert len(set(seen[0]) & set(seen[1])) == 1  # the one repeat that pads 11 to 12
+    assert set(seen[0]) | set(seen[1]) == set(range(11))
+    assert seen[0] != sorted(seen[0]) or seen[1] != sorted(seen[1])  # shuffled
+    dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
+    assert sorted(i for b in dm.train_dataloader() for i in b["example_idx"].tolist()) == list(range(11))

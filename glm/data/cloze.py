@@ -49,7 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sharding import eval_sampler
+from glm.data.sharding import eval_sampler, train_sampler
 from glm.data.superglue.examples import ClozeExample, DataError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
 
@@ -490,13 +490,14 @@ class ClozeDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         pad_to = self.seq_length if self.pad_to_seq_length else None
         ds = self.load_split(split)
-        # evaluation under several processes: each rank scores its share (padded with repeats; ClozeModule
-        # drops them by example_idx)
-        sampler = None if shuffle else eval_sampler(ds, getattr(self, "trainer", None))
+        # several processes: each rank trains on its share of the shuffle, and scores its share of an
+        # evaluation split (padded with repeats; ClozeModule drops them by example_idx)
+        trainer = getattr(self, "trainer", None)
+        sampler = train_sampler(ds, trainer) if shuffle else eval_sampler(ds, trainer)
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=_Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None),

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sharding import eval_sampler
+from glm.data.sharding import eval_sampler, train_sampler
 
 log = logging.getLogger(__name__)
 
@@ -495,14 +495,9 @@ class Seq2SeqDataModule(_Base):
 
     def train_dataloader(self):
         ds = self._load("train", True)
-        trainer = getattr(self, "trainer", None)
-        world = int(getattr(trainer, "world_size", 1) or 1)
-        if world == 1:
+        sampler = train_sampler(ds, getattr(self, "trainer", None))
+        if sampler is None:
             return self._loader(ds, self.micro_batch_size, True, False)
-        # Lightning calls set_epoch on this sampler every epoch, so each epoch is a new shuffle
-        sampler = torch.utils.data.DistributedSampler(
-            ds, num_replicas=world, rank=int(trainer.global_rank), shuffle=True, seed=0
-        )
         return torch.utils.data.DataLoader(
             ds,
             batch_size=self.micro_batch_size,
