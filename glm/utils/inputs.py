@@ -24,6 +24,7 @@ __all__ = [
     "check_file",
     "decode_utf8",
     "iter_jsonl",
+    "json_key_line",
     "jsonl_lines",
     "load_json",
     "parse_json_object",
@@ -143,6 +144,14 @@ def load_json(path: str | os.PathLike[str], what: str) -> Any:
         raise DataFormatError(
             f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})"
         ) from None
+
+
+def json_key_line(text: str, key: str) -> int | None:
+    """The 1-based line where `"key":` first appears in a JSON text (to place a field error), if any."""
+    i = text.find(json.dumps(key) + ":")
+    if i < 0:
+        i = text.find(json.dumps(key) + " :")
+    return None if i < 0 else text.count("\n", 0, i) + 1
 
 
 def _json_type(value: Any) -> str:
