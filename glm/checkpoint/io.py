@@ -130,6 +130,11 @@ def safe_load(
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location=map_location, weights_only=not trust, mmap=mmap and is_zip)
     except pickle.UnpicklingError as err:
+        if not is_zip and not _looks_like_pickle(path):
+            # random bytes also fail as "Weights only load failed"; that message would blame their content
+            raise CheckpointError(
+                f"{path}: not a torch checkpoint (neither the zip nor the legacy pickle format, {size} bytes)"
+            ) from None
         if "Weights only load failed" in str(err):
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -148,6 +153,11 @@ def safe_load(
             else ("not a torch checkpoint (neither the zip nor the legacy pickle format), or truncated")
         )
         raise CheckpointError(f"{path}: {kind} ({size} bytes): {type(err).__name__}: {err}") from None
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 starts with
 
 
 def _looks_like_partial_zip(path: Path) -> bool:
