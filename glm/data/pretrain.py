@@ -70,7 +70,7 @@ from glm.data.masking import (
     sentence_end_from_tokenizer,
 )
 from glm.data.packing import checked_pack_flag
-from glm.utils.inputs import SkipLog, iter_jsonl, read_text, require
+from glm.utils.inputs import MissingInputError, SkipLog, iter_jsonl, read_text, require
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,9 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if Path(m).is_file()]
         if not matches and Path(pattern).is_dir():
-            raise IsADirectoryError(f"data.files: {pattern!r} is a directory; give files or a glob")
+            raise MissingInputError(f"data.files: {pattern!r} is a directory; give files or a glob")
         if not matches:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"data.files: {pattern!r} matches no file (check GLM_DATA_ROOT / paths.data_dir)"
             )
         out.extend(Path(m).absolute() for m in matches)

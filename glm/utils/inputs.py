@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "DataFormatError",
+    "MissingInputError",
     "SkipLog",
     "as_object",
     "check_file",
@@ -38,15 +39,19 @@ class DataFormatError(ValueError):
     """A malformed input file: the message names the file, the (1-based) line and the field."""
 
 
+class MissingInputError(FileNotFoundError):
+    """An input path that does not exist or is not a regular file; the message names it."""
+
+
 def check_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
     """`path` as a `Path` if it is a readable regular file; else an error naming it and `what` it is."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what}: {path} does not exist{hint}")
+        raise MissingInputError(f"{what}: {path} does not exist{hint}")
     if path.is_dir():
-        raise IsADirectoryError(f"{what}: {path} is a directory, expected a file")
+        raise MissingInputError(f"{what}: {path} is a directory, expected a file")
     if not path.is_file():
-        raise DataFormatError(f"{what}: {path} is not a regular file")
+        raise MissingInputError(f"{what}: {path} is not a regular file")
     if not os.access(path, os.R_OK):
         raise PermissionError(f"{what}: {path} is not readable (permission denied)")
     return path
