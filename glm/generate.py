@@ -76,10 +76,10 @@ def read_input(source: str) -> list[str]:
     """The lines of an input file; a missing file or non-UTF-8 bytes end the program naming file and line."""
     from glm.utils.inputs import read_lines
 
+    if not Path(source).exists():
+        raise SystemExit(f"glm.generate: input={source}: no such file")
     try:
         return read_lines(Path(source), "input")
-    except FileNotFoundError:
-        raise SystemExit(f"glm.generate: input={source}: no such file") from None
     except (OSError, ValueError) as err:
         raise SystemExit(f"glm.generate: {err}") from None
 
