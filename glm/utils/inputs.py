@@ -9,7 +9,6 @@ endings are accepted everywhere; a NUL byte in a text file is refused (it means 
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import os
@@ -103,8 +102,7 @@ def jsonl_lines(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, 
     path = check_file(path, what)
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            if lineno == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
+            # decode_utf8 drops a BOM; one at the start of a later line (files joined with cat) goes too
             yield lineno, decode_utf8(raw, path, lineno).rstrip("\r\n")
 
 
