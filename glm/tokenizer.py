@@ -300,12 +300,12 @@ class SentencePieceTokenizer(GLMTokenizer):
         for name, i in self.special_ids.items():
             piece = sp.id_to_piece(i) if i < self.num_text_tokens else None
             if piece != SPECIAL_TOKENS[name]:
-                raise ValueError(
+                raise DataFormatError(
                     f"{self.model_file}: id {i} is {piece!r}, expected {SPECIAL_TOKENS[name]!r}; this model "
                     "was not trained with glm.tokenizer.train_sentencepiece (fixed GLM special ids)"
                 )
         if not sp.is_unknown(self.unk_id):
-            raise ValueError(f"{self.model_file}: id {self.unk_id} is not the unknown piece")
+            raise DataFormatError(f"{self.model_file}: id {self.unk_id} is not the unknown piece")
 
     def __getstate__(self) -> dict[str, Any]:
         # SentencePieceProcessor is not reliably picklable: ship the model bytes (DataLoader workers).
@@ -563,7 +563,7 @@ class _HFTokenizer(GLMTokenizer):
         for name, entry in fam.in_vocab.items():
             i = tok.token_to_id(entry)
             if i is None:
-                raise ValueError(f"{source}: vocabulary has no {entry!r} entry (needed as the {name} token)")
+                raise DataFormatError(f"{source}: vocabulary has no {entry!r} entry (the {name} token)")
             ids[name] = i
         appended = [
             n
@@ -573,7 +573,7 @@ class _HFTokenizer(GLMTokenizer):
         base = tok.get_vocab_size(with_added_tokens=False)
         for k, name in enumerate(appended):
             if tok.token_to_id(SPECIAL_TOKENS[name]) is not None:
-                raise ValueError(f"{source}: {SPECIAL_TOKENS[name]!r} is already in the vocabulary")
+                raise DataFormatError(f"{source}: {SPECIAL_TOKENS[name]!r} is already in the vocabulary")
             ids[name] = base + k
         # Register every special (existing entries keep their ids) so each is one token in text.
         names = list(fam.in_vocab) + appended
@@ -750,9 +750,10 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     path = directory / META_FILE
     meta = load_json(path, "tokenizer metadata")
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise ValueError(f"{path}: not a glm-lightning tokenizer file (field 'format' != {META_FORMAT!r})")
+        what = f"field 'format' != {META_FORMAT!r}"
+        raise DataFormatError(f"{path}: not a glm-lightning tokenizer file ({what})")
     if meta.get("version") != META_VERSION:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: field 'version' is {meta.get('version')!r}; this code reads {META_VERSION}"
         )
     return meta
@@ -814,7 +815,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
             ("num_text_tokens", tok.num_text_tokens),
         ):
             if field in meta and meta[field] != actual:
-                raise ValueError(
+                raise DataFormatError(
                     f"{path / META_FILE}: field {field!r} is {meta[field]}, but the files give {actual}"
                 )
         return tok

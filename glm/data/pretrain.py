@@ -70,7 +70,7 @@ from glm.data.masking import (
     sentence_end_from_tokenizer,
 )
 from glm.data.packing import checked_pack_flag
-from glm.utils.inputs import MissingInputError, SkipLog, iter_jsonl, read_text, require
+from glm.utils.inputs import DataFormatError, MissingInputError, SkipLog, iter_jsonl, read_text, require
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_documents(
             docs.append(text)
         return docs
     if suffix not in (".txt", ".text", ""):
-        raise ValueError(f"{path}: unsupported corpus file type {suffix!r}; use .txt or .jsonl")
+        raise DataFormatError(f"{path}: unsupported corpus file type {suffix!r}; use .txt or .jsonl")
     text = read_text(path, "pretraining corpus").replace("\r", "\n")
     if document_split == "file":
         return [text.strip()]

@@ -39,7 +39,7 @@ class DataFormatError(ValueError):
 
 
 class MissingInputError(FileNotFoundError):
-    """An input path that does not exist or is not a regular file; the message names it."""
+    """An input path that cannot be read as a file (absent, a directory, unreadable); the message names it."""
 
 
 def check_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
@@ -52,7 +52,7 @@ def check_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
     if not path.is_file():
         raise MissingInputError(f"{what}: {path} is not a regular file")
     if not os.access(path, os.R_OK):
-        raise PermissionError(f"{what}: {path} is not readable (permission denied)")
+        raise MissingInputError(f"{what}: {path} is not readable (permission denied)")
     return path
 
 
