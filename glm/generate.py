@@ -74,14 +74,13 @@ def load(ckpt: str, tokenizer: str | None = None, device: str = "cpu") -> tuple[
 
 def read_input(source: str) -> list[str]:
     """The lines of an input file; a missing file or non-UTF-8 bytes end the program naming file and line."""
-    from glm.data.seq2seq import DataFormatError, _read_utf8_lines
+    from glm.utils.inputs import read_lines
 
-    path = Path(source)
-    if not path.is_file():
+    if not Path(source).exists():
         raise SystemExit(f"glm.generate: input={source}: no such file")
     try:
-        return _read_utf8_lines(path)
-    except DataFormatError as err:
+        return read_lines(Path(source), "input")
+    except (OSError, ValueError) as err:
         raise SystemExit(f"glm.generate: {err}") from None
 
 

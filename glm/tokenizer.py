@@ -91,6 +91,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glm.utils.inputs import DataFormatError, check_file, load_json, read_lines
+
 META_FILE = "tokenizer.json"
 SP_MODEL_FILE = "tokenizer.model"
 META_FORMAT = "glm-lightning-tokenizer"
@@ -325,10 +327,13 @@ class SentencePieceTokenizer(GLMTokenizer):
     def __init__(self, model_file: str | os.PathLike[str], num_threads: int = 2) -> None:
         import sentencepiece as spm
 
-        self.model_file = Path(model_file)
-        if not self.model_file.is_file():
-            raise FileNotFoundError(f"sentencepiece model not found: {self.model_file}")
-        self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        self.model_file = check_file(model_file, "sentencepiece model")
+        if self.model_file.stat().st_size == 0:
+            raise DataFormatError(f"{self.model_file}: empty file, not a sentencepiece model")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        except (RuntimeError, OSError) as err:  # sentencepiece's own parse errors name no file
+            raise DataFormatError(f"{self.model_file}: not a sentencepiece model ({err})") from None
         self._num_threads = num_threads
         self._init_ids()
 
@@ -339,14 +344,14 @@ class SentencePieceTokenizer(GLMTokenizer):
         for name, i in self.special_ids.items():
             piece = sp.id_to_piece(i) if i < self.num_text_tokens else None
             if piece != SPECIAL_TOKENS[name]:
-                raise ValueError(
+                raise DataFormatError(
                     f"{self.model_file}: id {i} is {piece!r}, expected {SPECIAL_TOKENS[name]!r}; this model "
                     "was not trained with glm.tokenizer.train_sentencepiece (fixed GLM special ids); GLM's "
                     "Chinese cog-pretrain.model loads as {'kind': 'glm_chinese', 'path': ..., "
                     "'fix_command_token': ...}"
                 )
         if not sp.is_unknown(self.unk_id):
-            raise ValueError(f"{self.model_file}: id {self.unk_id} is not the unknown piece")
+            raise DataFormatError(f"{self.model_file}: id {self.unk_id} is not the unknown piece")
 
     def __getstate__(self) -> dict[str, Any]:
         # SentencePieceProcessor is not reliably picklable: ship the model bytes (DataLoader workers).
@@ -604,7 +609,7 @@ class _HFTokenizer(GLMTokenizer):
         for name, entry in fam.in_vocab.items():
             i = tok.token_to_id(entry)
             if i is None:
-                raise ValueError(f"{source}: vocabulary has no {entry!r} entry (needed as the {name} token)")
+                raise DataFormatError(f"{source}: vocabulary has no {entry!r} entry (the {name} token)")
             ids[name] = i
         appended = [
             n
@@ -614,7 +619,7 @@ class _HFTokenizer(GLMTokenizer):
         base = tok.get_vocab_size(with_added_tokens=False)
         for k, name in enumerate(appended):
             if tok.token_to_id(SPECIAL_TOKENS[name]) is not None:
-                raise ValueError(f"{source}: {SPECIAL_TOKENS[name]!r} is already in the vocabulary")
+                raise DataFormatError(f"{source}: {SPECIAL_TOKENS[name]!r} is already in the vocabulary")
             ids[name] = base + k
         # Register every special (existing entries keep their ids) so each is one token in text.
         names = list(fam.in_vocab) + appended
@@ -648,6 +653,64 @@ class _HFTokenizer(GLMTokenizer):
         return self._tok.id_to_token(i)
 
 
+# The vocabulary files are read here rather than by `tokenizers`' own `from_file`, whose errors name
+# neither the file nor the line (and which would read a BOM into the first token).
+def read_wordpiece_vocab(path: Path) -> dict[str, int]:
+    """BERT ``vocab.txt``: token -> id, the id being the 0-based line. A blank line or a repeated token
+    inside the file would shift or lose ids, so both are errors naming the line; trailing blank lines go."""
+    lines = read_lines(path, "BERT vocab file")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    vocab: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        token = line.rstrip()
+        if not token:
+            raise DataFormatError(f"{path}:{i + 1}: empty token (token ids are line numbers)")
+        if token in vocab:
+            raise DataFormatError(f"{path}:{i + 1}: token {token!r} repeats line {vocab[token] + 1}")
+        vocab[token] = i
+    if not vocab:
+        raise DataFormatError(f"{path}: empty vocabulary")
+    return vocab
+
+
+def read_bpe_vocab(path: Path) -> dict[str, int]:
+    """GPT-2 ``vocab.json``: a JSON object token -> id whose ids are exactly 0..n-1."""
+    vocab = load_json(path, "GPT-2 vocab.json")
+    if not isinstance(vocab, dict) or not vocab:
+        got = type(vocab).__name__
+        raise DataFormatError(f"{path}: expected a non-empty JSON object token -> id, got {got}")
+    bad = next(((k, v) for k, v in vocab.items() if type(v) is not int), None)
+    if bad is not None:
+        raise DataFormatError(f"{path}: field {bad[0]!r} must be an integer id, got {bad[1]!r:.40}")
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        gap = next((i for i, v in enumerate(ids) if v != i), len(ids))
+        raise DataFormatError(
+            f"{path}: ids must be 0..{len(ids) - 1} once each; id {gap} is missing or repeated"
+        )
+    return vocab
+
+
+def read_bpe_merges(path: Path, vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """GPT-2 ``merges.txt``: one ``left right`` pair per line (a ``#version`` header and blank lines
+    skipped); both parts and their concatenation must be vocabulary tokens."""
+    merges: list[tuple[str, str]] = []
+    for n, line in enumerate(read_lines(path, "GPT-2 merges.txt"), start=1):
+        if (n == 1 and line.startswith("#version")) or not line.strip():
+            continue
+        parts = line.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise DataFormatError(f"{path}:{n}: expected two tokens separated by a space, got {line!r:.80}")
+        for token in (*parts, parts[0] + parts[1]):
+            if token not in vocab:
+                raise DataFormatError(f"{path}:{n}: token {token!r} of merge {line!r} is not in vocab.json")
+        merges.append((parts[0], parts[1]))
+    if not merges:
+        raise DataFormatError(f"{path}: no merge rules")
+    return merges
+
+
 class WordPieceTokenizer(_HFTokenizer):
     """BERT WordPiece (``bert-base-uncased`` vocab.txt) with GLM specials (spec §4.1)."""
 
@@ -662,13 +725,10 @@ class WordPieceTokenizer(_HFTokenizer):
     ) -> None:
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-        self.vocab_file = Path(vocab_file)
-        if not self.vocab_file.is_file():
-            raise FileNotFoundError(f"BERT vocab file not found: {self.vocab_file}")
+        self.vocab_file = check_file(vocab_file, "BERT vocab file")
         self.lowercase = lowercase
-        tok = Tokenizer(
-            models.WordPiece.from_file(str(self.vocab_file), unk_token="[UNK]", max_input_chars_per_word=100)
-        )
+        vocab = read_wordpiece_vocab(self.vocab_file)
+        tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         # Same pipeline as the BERT basic tokenizer the original used: clean text, split CJK chars,
         # lowercase + strip accents (uncased), split on whitespace and punctuation.
         tok.normalizer = normalizers.BertNormalizer(
@@ -706,11 +766,10 @@ class GPT2Tokenizer(_HFTokenizer):
     ) -> None:
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-        self.vocab_json, self.merges_txt = Path(vocab_json), Path(merges_txt)
-        for f in (self.vocab_json, self.merges_txt):
-            if not f.is_file():
-                raise FileNotFoundError(f"GPT-2 tokenizer file not found: {f}")
-        tok = Tokenizer(models.BPE.from_file(str(self.vocab_json), str(self.merges_txt)))
+        self.vocab_json = check_file(vocab_json, "GPT-2 tokenizer file")
+        self.merges_txt = check_file(merges_txt, "GPT-2 tokenizer file")
+        vocab = read_bpe_vocab(self.vocab_json)
+        tok = Tokenizer(models.BPE(vocab, read_bpe_merges(self.merges_txt, vocab)))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
         super().__init__(tok, self.kind, str(self.vocab_json), task_mask, decoder_mask)
@@ -918,14 +977,12 @@ class GLMChineseTokenizer(SentencePieceTokenizer):
 # =================================================================================================
 def _read_meta(directory: Path) -> dict[str, Any]:
     path = directory / META_FILE
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    meta = load_json(path, "tokenizer metadata")
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT:
-        raise ValueError(f"{path}: not a glm-lightning tokenizer file (field 'format' != {META_FORMAT!r})")
+        what = f"field 'format' != {META_FORMAT!r}"
+        raise DataFormatError(f"{path}: not a glm-lightning tokenizer file ({what})")
     if meta.get("version") != META_VERSION:
-        raise ValueError(
+        raise DataFormatError(
             f"{path}: field 'version' is {meta.get('version')!r}; this code reads {META_VERSION}"
         )
     return meta
@@ -1011,7 +1068,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
             ("num_text_tokens", tok.num_text_tokens),
         ):
             if field in meta and meta[field] != actual:
-                raise ValueError(
+                raise DataFormatError(
                     f"{path / META_FILE}: field {field!r} is {meta[field]}, but the files give {actual}"
                 )
         return tok

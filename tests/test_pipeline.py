@@ -176,9 +176,9 @@ def test_failure_writes_marker(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
-    assert r.returncode != 0
-    marker = (run_dir / "FAILED").read_text()
-    assert "FileNotFoundError" in marker and "corpus_*.txt" in marker
+    assert r.returncode != 0 and "Input error: data.files: '/nonexistent/corpus_*.txt'" in r.stderr
+    marker = (run_dir / "FAILED").read_text()  # the traceback is kept here, not printed
+    assert "MissingInputError" in marker and "corpus_*.txt" in marker
     assert "corpus_*.txt" in (run_dir / "run.log").read_text()
 
 

@@ -158,7 +158,7 @@ def test_read_documents_paragraphs_and_jsonl_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"b.jsonl:2: missing field 'text'"):
         read_documents(bad)
     bad.write_text('{"text": "ok"}\n\n{oops\n')
-    with pytest.raises(ValueError, match=r"b.jsonl:3: not valid JSON"):
+    with pytest.raises(ValueError, match=r"b.jsonl:3: malformed JSON"):
         read_documents(bad)
 
 

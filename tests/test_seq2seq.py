@@ -113,7 +113,7 @@ def test_jsonl_fields_and_errors(tmp_path):
     assert [e.source for e in ex] == ["d1", "d3"] and stats["skipped"] == 1
     assert [e.where for e in ex] == [f"{p}:1", f"{p}:3"]
     p = write(tmp_path / "y.jsonl", '{"src": "a", "tgt": "b"}\n{not json\n')
-    with pytest.raises(DataFormatError, match=r"y.jsonl:2: \(invalid JSON"):
+    with pytest.raises(DataFormatError, match=r"y.jsonl:2: \(malformed JSON"):
         read_examples(p, source_field="src", target_field="tgt")
     assert read_examples(p, source_field="src", target_field="tgt", max_samples=1)[0].target == "b"
 

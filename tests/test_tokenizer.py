@@ -216,7 +216,7 @@ def test_load_rejects_edited_metadata_and_foreign_models(sp, tmp_path):
     with pytest.raises(ValueError, match="special_ids"):
         load_tokenizer(saved)
     (saved / "tokenizer.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"tokenizer\.json:1: not valid JSON"):
+    with pytest.raises(ValueError, match=r"tokenizer\.json:1: malformed JSON"):
         load_tokenizer(saved)
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)

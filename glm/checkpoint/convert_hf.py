@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from glm.checkpoint.io import CheckpointError, atomic_save, atomic_write_text, is_backbone_key, safe_load
 from glm.model import GLMConfig
+from glm.utils.inputs import json_key_line, load_json, read_text
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,16 @@ _REQUIRED = ("hidden_size", "num_attention_heads", "max_sequence_length")
 
 
 def hf_config_to_glm(
-    hf: Mapping[str, Any], *, source: str = HF_CONFIG, gelu_approximate: str = "tanh"
+    hf: Mapping[str, Any],
+    *,
+    source: str = HF_CONFIG,
+    gelu_approximate: str = "tanh",
+    line_of: Callable[[str], int | None] = lambda key: None,
 ) -> GLMConfig:
-    """Map a HF `config.json` dict onto GLMConfig (dropouts: output -> hidden, attention -> attention)."""
+    """Map a HF `config.json` dict onto GLMConfig (dropouts: output -> hidden, attention -> attention);
+    `line_of(key)` places a bad field's message at its line of the file."""
+    if not isinstance(hf, Mapping):
+        raise CheckpointError(f"{source}: expected a JSON object of config fields, got {type(hf).__name__}")
     missing = [k for k in _REQUIRED if k not in hf]
     if "num_layers" not in hf and "num_hidden_layers" not in hf:
         missing.insert(0, "num_layers")
@@ -69,17 +77,28 @@ def hf_config_to_glm(
         log.warning(
             "%s: spell_length=%s: P-tuning prompt weights are not converted", source, hf["spell_length"]
         )
+    layers_key = "num_layers" if "num_layers" in hf else "num_hidden_layers"
+
+    def number(key: str, kind: type, default: Any = None) -> Any:
+        value = hf.get(key, default)
+        # int("abc") / int(None) / int([2]) would fail without naming the field; bool is not a size
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (kind is int and not float(value).is_integer()):
+            where = f"{source}:{line_of(key)}" if line_of(key) else source
+            raise CheckpointError(f"{where}: field {key!r} must be {kind.__name__}, got {value!r:.40}")
+        return kind(value)
+
     try:
         return GLMConfig(
             name=str(hf.get("_name_or_path") or "hf-glm").rstrip("/").split("/")[-1] or "hf-glm",
-            num_layers=int(hf.get("num_layers", hf.get("num_hidden_layers"))),
-            hidden_size=int(hf["hidden_size"]),
-            num_attention_heads=int(hf["num_attention_heads"]),
-            vocab_size=int(hf.get("vocab_size", 30592)),  # the HF port's default (spec §12.2)
-            max_sequence_length=int(hf["max_sequence_length"]),
-            hidden_dropout=float(out),
-            attention_dropout=float(hf.get("attention_dropout_prob", 0.1)),
-            initializer_range=float(hf.get("initializer_range", 0.02)),
+            num_layers=number(layers_key, int),
+            hidden_size=number("hidden_size", int),
+            num_attention_heads=number("num_attention_heads", int),
+            vocab_size=number("vocab_size", int, 30592),  # the HF port's default (spec §12.2)
+            max_sequence_length=number("max_sequence_length", int),
+            hidden_dropout=number("output_dropout_prob", float, 0.1),
+            attention_dropout=number("attention_dropout_prob", float, 0.1),
+            initializer_range=number("initializer_range", float, 0.02),
             gelu_approximate=gelu_approximate,
         )
     except (TypeError, ValueError) as err:
@@ -121,8 +140,10 @@ def _weight_files(directory: Path) -> list[Path]:
         index = directory / index_name
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                weight_map = load_json(index, "weight index")["weight_map"]
+                if not isinstance(weight_map, dict):
+                    raise TypeError("'weight_map' is not an object")
+            except (ValueError, KeyError, TypeError) as err:
                 raise CheckpointError(
                     f"{index}: not a weight index (need a 'weight_map' object): {err}"
                 ) from None
@@ -152,10 +173,16 @@ def load_hf(path: str | Path, *, gelu_approximate: str = "tanh") -> tuple[GLMCon
     if not (directory / HF_CONFIG).is_file():
         raise CheckpointError(f"{directory}: no {HF_CONFIG}; not a Hugging Face model directory")
     try:
-        hf = json.loads((directory / HF_CONFIG).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{directory / HF_CONFIG}: invalid JSON: {err}") from None
-    config = hf_config_to_glm(hf, source=str(directory / HF_CONFIG), gelu_approximate=gelu_approximate)
+        hf = load_json(directory / HF_CONFIG, "Hugging Face config")
+        text = read_text(directory / HF_CONFIG, "Hugging Face config")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+    config = hf_config_to_glm(
+        hf,
+        source=str(directory / HF_CONFIG),
+        gelu_approximate=gelu_approximate,
+        line_of=lambda key: json_key_line(text, key),
+    )
     state_dict: dict[str, Tensor] = {}
     dropped: list[str] = []
     for file in _weight_files(directory):

@@ -51,6 +51,7 @@ from glm.checkpoint.io import (
     safe_load,
 )
 from glm.model import GLMConfig
+from glm.utils.inputs import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,24 @@ def is_original_dir(path: str | Path) -> bool:
     )
 
 
+def read_tracker(tracker: Path) -> str:
+    """The tag `latest_checkpointed_iteration.txt` names: one line, an iteration number or `release`."""
+    try:
+        lines = [line.strip() for line in read_lines(tracker, "checkpoint tracker")]
+    except (OSError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+    tags = [(n, line) for n, line in enumerate(lines, start=1) if line]
+    if not tags:
+        raise CheckpointError(f"{tracker}: empty; expected an iteration number or 'release'")
+    if len(tags) > 1:
+        n, extra = tags[1]
+        raise CheckpointError(f"{tracker}:{n}: unexpected second line {extra!r}; expected one tag")
+    n, tag = tags[0]
+    if tag in (".", "..") or "/" in tag or "\\" in tag:  # the tag must name a directory right here
+        raise CheckpointError(f"{tracker}:{n}: tag {tag!r} is not a directory name")
+    return tag
+
+
 def original_shard_files(path: str | Path) -> list[Path]:
     """The per-rank files of an original checkpoint, ordered by rank; `path` is a root, tag dir or file."""
     path = Path(path)
@@ -93,10 +112,8 @@ def original_shard_files(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
     tag_dir = path
-    if (path / TRACKER_FILE).is_file():
-        tag = (path / TRACKER_FILE).read_text().strip()
-        if not tag:
-            raise CheckpointError(f"{path / TRACKER_FILE}: empty; expected an iteration number or 'release'")
+    if (path / TRACKER_FILE).exists():
+        tag = read_tracker(path / TRACKER_FILE)
         tag_dir = path / tag
         if not tag_dir.is_dir():
             raise CheckpointError(f"{path / TRACKER_FILE}: names tag {tag!r} but {tag_dir} does not exist")

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from glm.model import GLM, GLMConfig
+from glm.utils.inputs import read_text
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,11 @@ def safe_load(
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location=map_location, weights_only=not trust, mmap=mmap and is_zip)
     except pickle.UnpicklingError as err:
+        if not is_zip and not _looks_like_pickle(path):
+            # random bytes also fail as "Weights only load failed"; that message would blame their content
+            raise CheckpointError(
+                f"{path}: not a torch checkpoint (neither the zip nor the legacy pickle format, {size} bytes)"
+            ) from None
         if "Weights only load failed" in str(err):
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -147,6 +153,11 @@ def safe_load(
             else ("not a torch checkpoint (neither the zip nor the legacy pickle format), or truncated")
         )
         raise CheckpointError(f"{path}: {kind} ({size} bytes): {type(err).__name__}: {err}") from None
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # the PROTO opcode every pickle since protocol 2 starts with
 
 
 def _looks_like_partial_zip(path: Path) -> bool:
@@ -244,6 +255,57 @@ def _run_config_yaml(run_config: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(run_config))
 
 
+def read_model_config(path: str | Path) -> GLMConfig:
+    """An export's `model_config.yaml` as a `GLMConfig`; a bad file is a `CheckpointError` naming the file,
+    the line and the field. Fields left out take GLMConfig's defaults (or the `preset`'s), with a warning."""
+    import dataclasses
+
+    import yaml  # comes with omegaconf
+
+    path = Path(path)
+    try:
+        text = read_text(path, "model config")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(str(err)) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise CheckpointError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+    if values is None:
+        raise CheckpointError(f"{path}: empty file; expected the GLMConfig fields ({CONFIG_FILE})")
+    if not isinstance(values, dict):
+        got = type(values).__name__
+        raise CheckpointError(f"{path}:1: expected a mapping of GLMConfig fields, got {got}")
+    lines: dict[str, int] = {}
+    for key, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+        if str(key.value) in lines:  # YAML keeps the last silently
+            line = key.start_mark.line + 1
+            raise CheckpointError(f"{path}:{line}: field {key.value!r} repeats line {lines[str(key.value)]}")
+        lines[str(key.value)] = key.start_mark.line + 1
+    known = set(GLMConfig.field_names())
+    unknown = [k for k in values if k not in known and k != "preset"]
+    if unknown:
+        line = lines.get(str(unknown[0]), 1)
+        raise CheckpointError(f"{path}:{line}: unknown field {unknown[0]!r}; known: {sorted(known)}")
+    try:
+        config = GLMConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        msg = str(err)
+        # GLMConfig's checks name the field; place the message at that field's line
+        hits = [(msg.find(k), k) for k in map(str, values) if re.search(rf"\b{re.escape(k)}\b", msg)]
+        field_name = min(hits)[1] if hits else None
+        where = f"{path}:{lines[field_name]}" if field_name in lines else str(path)
+        located = f"{where}: field {field_name!r}: {msg}" if field_name else f"{where}: {msg}"
+        raise CheckpointError(located) from None
+    missing = sorted({f.name for f in dataclasses.fields(GLMConfig)} - set(values))
+    if missing and "preset" not in values:
+        log.warning("%s: fields %s missing; using GLMConfig defaults for them", path, missing)
+    return config
+
+
 def is_export_dir(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and (path / MODEL_FILE).is_file() and (path / CONFIG_FILE).is_file()
@@ -260,10 +322,7 @@ def load_export(
                 f"{directory}: not an export directory (no {name}); expected "
                 f"{MODEL_FILE} + {CONFIG_FILE} [+ {TOKENIZER_DIR}/, {RUN_CONFIG_FILE}]"
             )
-    try:
-        config = GLMConfig.from_file(directory / CONFIG_FILE)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from None
+    config = read_model_config(directory / CONFIG_FILE)
     sd = _as_state_dict(safe_load(directory / MODEL_FILE, map_location), directory / MODEL_FILE)
     check_state_dict(sd, config, source=str(directory / MODEL_FILE))
     tokenizer = None
@@ -442,6 +501,7 @@ __all__ = [
     "is_export_dir",
     "load_export",
     "load_pretrained_into",
+    "read_model_config",
     "read_weights",
     "safe_load",
 ]

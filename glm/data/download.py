@@ -482,8 +482,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def file_status(entry: RemoteFile, root: Path, verify: bool = False) -> str:
-    """``ok`` | ``missing`` | ``wrong size`` | ``wrong sha256`` (the hash only when ``verify``)."""
+    """``ok`` | ``missing`` | ``not a file`` | ``wrong size`` | ``wrong sha256`` (hash: ``verify`` only)."""
     path = root / entry.target
+    if path.exists() and not path.is_file():
+        return "not a file"
     if not path.is_file():
         return "missing"
     if path.stat().st_size != entry.size:
@@ -524,6 +526,8 @@ def fetch(
     """
     root = Path(root) if root is not None else data_root()
     dest = root / entry.target
+    if dest.exists() and not dest.is_file():
+        raise DownloadError(f"{dest} exists but is not a regular file (a directory?); remove it first")
     if dest.is_file():
         actual = sha256_file(dest)
         if actual == entry.sha256:

@@ -16,7 +16,6 @@ Perplexity window i:     `[CLS] prompt [mask] | [sop] text[:-1]` (no eos), targe
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import re
@@ -28,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from glm.data.seq2seq import DataFormatError, _read_utf8_lines, resolve_tokenizer
+from glm.data.seq2seq import resolve_tokenizer
 from glm.data.sharding import eval_sampler
+from glm.utils.inputs import DataFormatError, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +102,21 @@ def lambada_sample(context_ids: list[int], answer_ids: list[int], tok: Any, seq_
 def read_lambada(path: str | Path, max_samples: int | None = None, field: str = "text") -> list[tuple[str, str]]:
     """`(context, last word)` per jsonl line; malformed lines raise naming file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"LAMBADA data: {path} does not exist")
     out = []
-    for i, line in enumerate(_read_utf8_lines(path), start=1):
+    for i, line in jsonl_lines(path, "LAMBADA data"):
         where = f"{path}:{i}"
         if not line.strip():
             raise DataFormatError(f"{where}: empty line (expected a JSON object with {field!r})")
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataFormatError(f"{where}: invalid JSON ({err.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get(field), str) or not rec[field].strip():
-            raise DataFormatError(f"{where}: field {field!r} missing or empty")
+        rec = parse_json_object(line, where)
+        if field not in rec:
+            raise DataFormatError(f"{where}: field {field!r} missing")
+        if not isinstance(rec[field], str) or not rec[field].strip():
+            raise DataFormatError(f"{where}: field {field!r} must be non-empty text, got {rec[field]!r:.80}")
         out.append(split_lambada(rec[field]))
         if max_samples is not None and len(out) >= max_samples:
             break
+    if not out and max_samples != 0:
+        raise DataFormatError(f"{path}: no LAMBADA records (empty file)")
     return out
 
 
@@ -276,9 +275,7 @@ class LMEvalDataModule(_Base):
             self.samples = [lambada_sample(c, a, tok, self.seq_length, self.task_mask, self.unidirectional, self.stats)
                             for c, a in zip(contexts, answers)]
         else:
-            if not self.path.is_file():
-                raise FileNotFoundError(f"perplexity data: {self.path} does not exist")
-            lines = _read_utf8_lines(self.path)
+            lines = read_lines(self.path, "perplexity data")
             if self.max_lines is not None:
                 lines = lines[: self.max_lines]
             raw = "\n".join(lines)

@@ -70,6 +70,7 @@ from glm.data.masking import (
     sentence_end_from_tokenizer,
 )
 from glm.data.packing import checked_pack_flag
+from glm.utils.inputs import DataFormatError, MissingInputError, SkipLog, iter_jsonl, read_text, require
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +94,10 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
         pattern = os.fspath(pattern)
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if Path(m).is_file()]
+        if not matches and Path(pattern).is_dir():
+            raise MissingInputError(f"data.files: {pattern!r} is a directory; give files or a glob")
         if not matches:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"data.files: {pattern!r} matches no file (check GLM_DATA_ROOT / paths.data_dir)"
             )
         out.extend(Path(m).absolute() for m in matches)
@@ -102,28 +105,27 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
-def read_documents(path: Path, document_split: str = "paragraph", text_field: str = "text") -> list[str]:
-    """The documents of one ``.txt`` or ``.jsonl`` file (see the module docstring for the rules)."""
+def read_documents(
+    path: Path, document_split: str = "paragraph", text_field: str = "text", skips: SkipLog | None = None
+) -> list[str]:
+    """The documents of one ``.txt`` or ``.jsonl`` file (see the module docstring for the rules).
+
+    With ``skips``, a jsonl record whose text is blank is left out and recorded there (file:line).
+    """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         docs = []
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict) or text_field not in row:
-                    raise ValueError(f"{path}:{line_no}: missing field {text_field!r} (data.text_field)")
-                if not isinstance(row[text_field], str):
-                    raise TypeError(f"{path}:{line_no}: field {text_field!r} is not a string")
-                docs.append(row[text_field])
+        for line_no, row in iter_jsonl(path, "pretraining corpus", allow_empty=True):
+            where = f"{path}:{line_no}"
+            text = require(row, text_field, where, str)  # the field named by data.text_field
+            if skips is not None and not text.strip():
+                skips.add(where, f"field {text_field!r} is blank")
+                continue
+            docs.append(text)
         return docs
     if suffix not in (".txt", ".text", ""):
-        raise ValueError(f"{path}: unsupported corpus file type {suffix!r}; use .txt or .jsonl")
-    text = path.read_text(encoding="utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+        raise DataFormatError(f"{path}: unsupported corpus file type {suffix!r}; use .txt or .jsonl")
+    text = read_text(path, "pretraining corpus").replace("\r", "\n")
     if document_split == "file":
         return [text.strip()]
     if document_split != "paragraph":
@@ -222,21 +224,26 @@ def _tokenize_into(
     chunks: list[np.ndarray] = []
     lengths: list[int] = []
     skipped = 0
+    # jsonl records without text and documents that encode to no token are dropped: counted and logged
+    # once; empty paragraphs of a .txt file (runs of blank lines) hold nothing and are only counted
+    skips = SkipLog("corpus", "empty documents")
     total_bytes = sum(p.stat().st_size for p in files)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenising corpus", disable=not progress)
     for path in files:
-        docs = read_documents(path, document_split, text_field)
+        docs = read_documents(path, document_split, text_field, skips)
         kept = [d for d in docs if d.strip()]
         skipped += len(docs) - len(kept)
         for start in range(0, len(kept), 4096):
-            for ids in tok.encode_batch(kept[start : start + 4096]):
+            for k, ids in enumerate(tok.encode_batch(kept[start : start + 4096]), start):
                 if not ids:
-                    skipped += 1
+                    skips.add(f"{path} (document {k})", "encodes to no token")
                     continue
                 chunks.append(np.asarray(ids, dtype=dtype))
                 lengths.append(len(ids))
         bar.update(path.stat().st_size)
     bar.close()
+    skips.report(log)
+    skipped += skips.count
     if skipped:
         log.info("corpus: skipped %d empty documents", skipped)
     if not lengths:

@@ -29,7 +29,6 @@ Part B  [sop] target[:-1]                                  n = len(target) <= T,
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import torch
 
 from glm.data.packing import checked_pack_flag
 from glm.data.sharding import eval_sampler, train_sampler
+from glm.utils.inputs import DataFormatError, SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,6 @@ _PTB = {
 }
 
 
-class DataFormatError(ValueError):
-    """A malformed input file: the message names the file, the (1-based) line and the field."""
-
-
 def undo_ptb(text: str) -> str:
     """Undo PTB escapes (`-lrb-` -> `(`, two backquotes / quotes -> `"`) and `<S_SEP>` -> `[SEP]`."""
     return " ".join(_PTB.get(word, _PTB.get(word.lower(), word)) for word in text.split(" "))
@@ -75,20 +71,6 @@ class Seq2SeqExample:
     source: str
     target: str
     where: str  # "file:line", for messages
-
-
-def _read_utf8_lines(path: Path) -> list[str]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {err.start}: {err.reason})") from None
-    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first line's text
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline
-    return [ln.rstrip("\r") for ln in lines]
 
 
 def read_examples(
@@ -117,28 +99,29 @@ def read_examples(
     if fmt == "lines":
         src_path, tgt_path = Path(f"{path}.source"), Path(f"{path}.target")
         for p in (src_path, tgt_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"seq2seq data: {p} does not exist")
-        src, tgt = _read_utf8_lines(src_path), _read_utf8_lines(tgt_path)
+            check_file(p, "seq2seq data")
+        src, tgt = read_lines(src_path, "seq2seq data"), read_lines(tgt_path, "seq2seq data")
         if len(src) != len(tgt):
-            raise DataFormatError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
+            longer = src_path if len(src) > len(tgt) else tgt_path
+            raise DataFormatError(
+                f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
+                f"{longer}:{min(len(src), len(tgt)) + 1} is the first line without a partner"
+            )
         for i, (s, t) in enumerate(zip(src, tgt), start=1):
             # "where" names the source file, or the target file when only the target line is bad
             rows.append((s, t, f"{tgt_path}:{i}" if s.strip() and not t.strip() else f"{src_path}:{i}", ""))
     elif fmt == "jsonl":
-        if not path.is_file():
-            raise FileNotFoundError(f"seq2seq data: {path} does not exist")
-        for i, line in enumerate(_read_utf8_lines(path), start=1):
+        for i, line in jsonl_lines(path, "seq2seq data"):
             where = f"{path}:{i}"
             if not line.strip():
                 rows.append((None, None, where, "(empty line)"))
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                rows.append((None, None, where, f"(invalid JSON: {err.msg})"))
+                rec = parse_json_object(line, where)
+            except DataFormatError as err:  # a bad row like any other: raised or skipped below
+                rows.append((None, None, where, f"({str(err).removeprefix(where + ': ')})"))
                 continue
-            missing = [f for f in (source_field, target_field) if not isinstance(rec, dict) or f not in rec]
+            missing = [f for f in (source_field, target_field) if f not in rec]
             if missing:
                 rows.append((None, None, where, f"field {missing[0]!r} missing"))
                 continue
@@ -152,6 +135,7 @@ def read_examples(
     else:
         raise ValueError(f"seq2seq data format must be 'lines', 'jsonl' or 'auto', got {fmt!r}")
     out: list[Seq2SeqExample] = []
+    skips = SkipLog(str(path))
     for source, target, where, problem in rows:
         if not problem:
             if not source or not source.strip():
@@ -162,12 +146,14 @@ def read_examples(
             if bad_rows == "raise":
                 raise DataFormatError(f"{where}: {problem} (set bad_rows=skip to skip such rows)")
             stats["skipped"] += 1
+            skips.add(where, problem)
             continue
         out.append(Seq2SeqExample(source, target, where))
         if max_samples is not None and len(out) >= max_samples:
             break
-    if stats["skipped"]:
-        log.warning("%s: skipped %d bad rows", path, stats["skipped"])
+    skips.report(log)
+    if not out and max_samples != 0:
+        raise DataFormatError(f"{path}: no usable examples ({len(rows)} rows, {skips.count} skipped as bad)")
     return out
 
 

@@ -243,12 +243,11 @@ class GLMTaskModule(L.LightningModule):
         """
         if not self.pretrained:
             return
-        from glm.checkpoint.io import CONFIG_FILE, is_export_dir
-        from glm.model import GLMConfig
+        from glm.checkpoint.io import CONFIG_FILE, is_export_dir, read_model_config
 
         if not is_export_dir(self.pretrained):
             return
-        exported = GLMConfig.from_file(Path(self.pretrained) / CONFIG_FILE).to_dict()
+        exported = read_model_config(Path(self.pretrained) / CONFIG_FILE).to_dict()
         current = self.glm_config.to_dict()
         merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
         changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}

@@ -51,6 +51,14 @@ def teardown() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def _is_input_error(err: BaseException) -> bool:
+    """Bad input files (not bugs): run.py prints their message as one line, without a traceback."""
+    from glm.checkpoint.io import CheckpointError
+    from glm.utils.inputs import DataFormatError, MissingInputError
+
+    return isinstance(err, (DataFormatError, MissingInputError, CheckpointError))
+
+
 def task_wrapper(fn: F) -> F:
     """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` with it, re-raise.
     Always: ``wandb.finish(exit_code)`` and :func:`teardown`."""
@@ -63,7 +71,10 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            log.error("run failed:\n%s", text)
+            if _is_input_error(err):  # the message names file, line and field; the trace goes to FAILED only
+                log.error("run failed: %s", err)
+            else:
+                log.error("run failed:\n%s", text)
             out = _output_dir(cfg)
             if out is not None:
                 try:

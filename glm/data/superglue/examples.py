@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from glm.utils.inputs import DataFormatError, check_file, iter_jsonl, require
 
 __all__ = [
     "ClozeExample",
@@ -19,8 +20,8 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
-    """A bad input record; the message names the file, the line and the field."""
+# One error class for every reader (glm.utils.inputs); the old name stays for callers and tests.
+DataError = DataFormatError
 
 
 @dataclass
@@ -63,29 +64,16 @@ def strip_final_punctuation(text: str) -> str:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (1-based line number, record); a malformed line raises `DataError` naming file and line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: SuperGLUE file not found (is GLM_DATA_ROOT / paths.data_dir set?)")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
-
-
-def require(record: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
-    """`record[key]`, or a `DataError` naming `where` (path:line) and the (dotted) field."""
-    name = key.rsplit(".", 1)[-1]
-    if name not in record:
-        raise DataError(f"{where}: missing field {key!r}")
-    value = record[name]
-    if kind is not None and not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DataError(f"{where}: field {key!r} must be {expected}, got {type(value).__name__} {value!r}")
-    return value
+    """Yield (1-based line number, record); a malformed line or an empty file raises `DataError` naming
+    the file and line. Two records with the same top-level `idx` are an error too: the submission file
+    and the per-question metric groups are keyed by it."""
+    seen: dict[Any, int] = {}
+    hint = " (is GLM_DATA_ROOT / paths.data_dir set?)"
+    check_file(path, "SuperGLUE file", hint)
+    for lineno, record in iter_jsonl(path, "SuperGLUE"):
+        if "idx" in record:
+            idx = require(record, "idx", f"{path}:{lineno}", int)
+            if idx in seen:
+                raise DataError(f"{path}:{lineno}: field 'idx' = {idx} repeats line {seen[idx]}")
+            seen[idx] = lineno
+        yield lineno, record

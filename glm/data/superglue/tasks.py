@@ -24,6 +24,7 @@ from glm.data.superglue.examples import (
     require,
     strip_final_punctuation,
 )
+from glm.utils.inputs import as_object
 
 log = logging.getLogger(__name__)
 
@@ -357,12 +358,14 @@ class MultiRC(SuperGLUETask):
         out = []
         for qi, q in enumerate(questions):
             qwhere = f"{where} (passage.questions[{qi}])"
+            as_object(q, f"passage.questions[{qi}]", where)
             question = self.text(require(q, "question", qwhere, str))
             answers = require(q, "answers", qwhere, list)
             if not answers:
                 raise DataError(f"{qwhere}: empty candidate list (field 'answers')")
             for ai, a in enumerate(answers):
                 awhere = f"{where} (passage.questions[{qi}].answers[{ai}])"
+                as_object(a, f"passage.questions[{qi}].answers[{ai}]", where)
                 answer = self.text(require(a, "text", awhere, str))
                 label = self.label_of(a, awhere, split)
                 fields = {"passage": text, "question": question, "answer": answer}
@@ -469,6 +472,11 @@ class ReCoRD(SuperGLUETask):
         for i, e in enumerate(spans):
             start = require(e, f"passage.entities[{i}].start", where, int)
             end = require(e, f"passage.entities[{i}].end", where, int)  # inclusive end (ReCoRD convention)
+            if not 0 <= start <= end < len(raw):  # a slice would clip or wrap silently
+                raise DataError(
+                    f"{where}: field 'passage.entities[{i}]' = [{start}, {end}] is not a span of the "
+                    f"{len(raw)}-character passage text (0 <= start <= end < length)"
+                )
             entities.add(self.text(raw[start : end + 1]))
         entities.discard("")
         if not entities:
@@ -478,13 +486,17 @@ class ReCoRD(SuperGLUETask):
         out = []
         for qi, qa in enumerate(require(rec, "qas", where, list)):
             qwhere = f"{where} (qas[{qi}])"
+            as_object(qa, f"qas[{qi}]", where)
             query = self.text(require(qa, "query", qwhere, str))
             if "@placeholder" not in query:
                 raise DataError(f"{qwhere}: field 'query' has no '@placeholder'")
             answers_field = qa.get("answers")
             if answers_field is None and split != "test":
                 raise DataError(f"{qwhere}: missing field 'answers'")
-            golds = sorted({self.text(require(a, "text", qwhere, str)) for a in answers_field or []})
+            if answers_field is not None:
+                require(qa, "answers", qwhere, list)
+            answers = enumerate(answers_field or [])
+            golds = sorted({self.text(require(a, f"answers[{ai}].text", qwhere, str)) for ai, a in answers})
             fields = {"passage": text, "query": query}
             qidx = qa.get("idx", qi)
             if split == "train":
@@ -713,7 +725,10 @@ class WSC(SuperGLUETask):
             words[index] = "*" + words[index] + "*"
             label = self.label_of(rec, where, split)
             if "candidates" in rec:
-                raw = [self.text(c["text"] if isinstance(c, dict) else c) for c in rec["candidates"]]
+                raw = [
+                    self.text(c if isinstance(c, str) else require(c, f"candidates[{ci}].text", where, str))
+                    for ci, c in enumerate(require(rec, "candidates", where, list))
+                ]
                 negatives = list(dict.fromkeys(raw))  # exact duplicates only, order kept
             else:
                 raw = [s for s in by_text[text]] + wsc_heuristic_noun_phrases(text)
