@@ -373,13 +373,22 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
+    known = ["glm", "glm_eager", "glm_causal", "glm_full_head", "reference", "gpt", "glm_adamw_loop", "glm_bf16",
+             "glm_ckpt"]
+    wanted = args.only.split(",") if args.only else known
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        p.error(f"--only: unknown variant(s) {unknown}; known: {sorted(known)}")
     ours = GLM(cfg)
     ref = ReferenceGLM(cfg)
     ref.load_state_dict(ours.state_dict())
-    ckpt = GLM(cfg)
-    ckpt.load_state_dict(ours.state_dict())
-    _checkpoint_blocks(ckpt)
-    gpt = CausalGPT(cfg)
+    ckpt = gpt = None  # built only when timed (a glm-large model with its AdamW state is ~5 GB)
+    if "glm_ckpt" in wanted:
+        ckpt = GLM(cfg)
+        ckpt.load_state_dict(ours.state_dict())
+        _checkpoint_blocks(ckpt)
+    if "gpt" in wanted:
+        gpt = CausalGPT(cfg)
     with torch.no_grad():  # the reference computes the same function before anything is timed
         ours.eval(), ref.eval()  # (dropout off for the check)
         diff = (ref(ids, pos, sep) - ours(ids, pos, sep=sep).logits).abs().max().item()
@@ -395,25 +404,21 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    variants = {
-        "glm": make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data))),
-        "glm_eager": make_step(ours, with_attention("eager", lambda: glm_loss(ours, data))),
-        "glm_causal": make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data, causal=True))),
-        "glm_full_head": make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data, False))),
-        "reference": make_step(ref, lambda: reference_loss(ref, data), fused=False),
-        "gpt": make_step(gpt, lambda: gpt_loss(gpt, data)),
-        "glm_adamw_loop": make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data)), fused=False),
-        "glm_bf16": make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data)), bf16=True),
-        "glm_ckpt": make_step(ckpt, lambda: glm_loss(ckpt, data)),
+    builders: dict[str, Callable[[], Callable[[], None]]] = {
+        "glm": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data))),
+        "glm_eager": lambda: make_step(ours, with_attention("eager", lambda: glm_loss(ours, data))),
+        "glm_causal": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data, causal=True))),
+        "glm_full_head": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data, False))),
+        "reference": lambda: make_step(ref, lambda: reference_loss(ref, data), fused=False),
+        "gpt": lambda: make_step(gpt, lambda: gpt_loss(gpt, data)),
+        "glm_adamw_loop": lambda: make_step(
+            ours, with_attention("sdpa", lambda: glm_loss(ours, data)), fused=False
+        ),
+        "glm_bf16": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data)), bf16=True),
+        "glm_ckpt": lambda: make_step(ckpt, lambda: glm_loss(ckpt, data)),
     }
-    if args.only:
-        unknown = sorted(set(args.only.split(",")) - set(variants))
-        if unknown:
-            p.error(f"--only: unknown variant(s) {unknown}; known: {sorted(variants)}")
-        variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
-        report_partial = True
-    else:
-        report_partial = False
+    variants = {name: builders[name]() for name in known if name in wanted}
+    report_partial = bool(args.only)
     mm, mm_flops = matmul_ceiling_fn()
     times: dict[str, list[float]] = {name: [] for name in [*variants, "matmul"]}
     wall: dict[str, list[float]] = {name: [] for name in times}
