@@ -35,6 +35,28 @@ def _losses(run_dir: Path) -> dict[int, str]:
     return out
 
 
+def _assert_same_end(full: Path, resumed: Path, steps: int, resumed_at: int) -> None:
+    """The resumed run's last.ckpt equals the uninterrupted run's bit for bit (weights, AdamW moments, the
+    schedule) and every train/loss it logged is the uninterrupted run's, to the last printed digit."""
+    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == steps
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on CPU
+    sa_all, sb_all = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert sa_all.keys() == sb_all.keys()
+    for sa, sb in zip(sa_all.values(), sb_all.values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == steps
+
+    ref, got = _losses(full), _losses(resumed)
+    assert sorted(ref) == list(range(steps))
+    assert all(s in got for s in range(resumed_at, steps)), sorted(got)
+    for step in got:
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     need_data("gutenberg/11-0.txt")
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -56,28 +78,62 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     log = (crashed / "run.log").read_text()
     assert "resuming from" in log and f"continues epoch 0 after {EVERY} batches" in log
 
-    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(last, map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == STEPS
-    assert set(a["state_dict"]) == set(b["state_dict"])
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on CPU
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == STEPS
-
-    # losses logged after the resume point are the uninterrupted run's, to the last printed digit
-    ref, got = _losses(full), _losses(crashed)
-    assert sorted(ref) == list(range(STEPS))
-    assert all(s in got for s in range(EVERY, STEPS)), sorted(got)
-    for step in got:
-        assert got[step] == ref[step], (step, got[step], ref[step])
+    _assert_same_end(full, crashed, STEPS, EVERY)
 
     # W&B: one id per run dir, reused by the resumed process (two offline run dirs, same id)
     run_id = (crashed / "wandb_run_id").read_text().strip()
     assert run_id and run_id != (full / "wandb_run_id").read_text().strip()
     offline = sorted(p.name for p in (crashed / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), offline
+
+
+# Cloze finetuning: 22 RTE examples in batches of 4 = 6 batches an epoch (the last one short); glm-tiny
+# keeps its dropout of 0.1, so the resumed run also needs the restored RNG state to match.
+CLOZE_STEPS, CLOZE_EVERY, CLOZE_KILL_AT = 8, 2, 5  # last.ckpt at step 4 (mid-epoch 0); killed after step 5
+CLOZE = [
+    "+experiment=superglue_rte",
+    "model=glm_tiny",
+    "logger=[csv]",
+    "stages=[fit]",
+    "callbacks.progress=null",
+    "trainer.enable_model_summary=false",
+    f"trainer.max_steps={CLOZE_STEPS}",
+    "trainer.log_every_n_steps=1",
+    f"callbacks.checkpoint.every_n_train_steps={CLOZE_EVERY}",
+    "data.max_train_examples=22",
+    "data.max_eval_examples=4",
+    "data.micro_batch_size=4",
+    "data.global_batch_size=4",
+    "data.eval_batch_size=4",
+    "data.seq_length=128",
+]
+
+
+@pytest.mark.slow  # three ~25 s processes on a loaded 2-core machine
+def test_cloze_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    """The same promise for finetuning: killed inside epoch 0, resumed from the step-4 checkpoint, the run
+    finishes epoch 0 (its short last batch included) and 2 steps of epoch 1 exactly as a run that never
+    stopped."""
+    need_data("superglue/RTE/train.jsonl")
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    r = run_cli([*CLOZE, f"hydra.run.dir={full}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    kill = [
+        "+callbacks.crash._target_=tests.scripts.crash.KillAtStep",
+        f"+callbacks.crash.step={CLOZE_KILL_AT}",
+    ]
+    r = run_cli([*CLOZE, f"hydra.run.dir={crashed}", *kill], tmp_path)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    saved = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resume_at = CLOZE_KILL_AT - CLOZE_KILL_AT % CLOZE_EVERY
+    assert saved["global_step"] == resume_at
+    state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert state["batches_done"] == resume_at and state["epoch"] == 0 and state["num_samples"] == 22
+
+    r = run_cli([*CLOZE, f"hydra.run.dir={crashed}", "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert f"continues epoch 0 after {resume_at} batches" in (crashed / "run.log").read_text()
+    _assert_same_end(full, crashed, CLOZE_STEPS, resume_at)
 
 
 def _refusal(cfg, tmp_path: Path) -> str:

@@ -21,7 +21,9 @@
   fetcher pulls one batch ahead of the step that is running when a checkpoint is written. On load, the
   sampler skips that many batches of the epoch's order, so the batches after the resume point are exactly
   the ones an uninterrupted run sees. A changed layout cannot continue the same order mid-epoch and is
-  refused, naming the field.
+  refused, naming the field. Iterating the loader leaves the global torch RNG alone (its worker seeds come
+  from a private generator seeded by (seed, epoch)), so the dropout masks after a resume, drawn from the RNG
+  state the checkpoint restored, are the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 log = logging.getLogger(__name__)
@@ -114,10 +117,20 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        # `iter(DataLoader)` draws its workers' base seed from `generator`, or else from the global torch
+        # RNG; a resumed run restores that RNG before its first `iter()` and an uninterrupted one draws at
+        # the epoch start, so the global draw would shift every later dropout mask. A private generator
+        # reseeded per epoch in `__iter__` keeps the global RNG untouched and the worker seeds per epoch.
+        kwargs.setdefault("generator", torch.Generator())
         super().__init__(*args, **kwargs)
         if not isinstance(self.sampler, EpochIndexSampler):
             raise TypeError("ResumableDataLoader needs an EpochIndexSampler")
         self._progress = progress
+
+    def __iter__(self) -> Any:
+        s = self.sampler
+        self.generator.manual_seed(int(np.random.SeedSequence([s.seed, 4, s.epoch]).generate_state(1)[0]))
+        return super().__iter__()
 
     def _layout(self) -> dict[str, int]:
         s = self.sampler
