@@ -87,53 +87,68 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), offline
 
 
-# Cloze finetuning: 22 RTE examples in batches of 4 = 6 batches an epoch (the last one short); glm-tiny
-# keeps its dropout of 0.1, so the resumed run also needs the restored RNG state to match.
-CLOZE_STEPS, CLOZE_EVERY, CLOZE_KILL_AT = 8, 2, 5  # last.ckpt at step 4 (mid-epoch 0); killed after step 5
-CLOZE = [
-    "+experiment=superglue_rte",
+# Finetuning: glm-tiny keeps its dropout of 0.1, so the resumed run also needs the restored RNG state to
+# match. 8 steps over two epochs, last.ckpt every 2 steps, killed after step 5 (inside epoch 0 for both):
+# cloze 22 RTE examples in batches of 4 = 6 batches an epoch, seq2seq 14 XSum pairs = 4 batches (the last
+# one short in both).
+FT_STEPS, FT_EVERY, FT_KILL_AT = 8, 2, 3
+FT_COMMON = [
     "model=glm_tiny",
     "logger=[csv]",
     "stages=[fit]",
     "callbacks.progress=null",
     "trainer.enable_model_summary=false",
-    f"trainer.max_steps={CLOZE_STEPS}",
+    f"trainer.max_steps={FT_STEPS}",
     "trainer.log_every_n_steps=1",
-    f"callbacks.checkpoint.every_n_train_steps={CLOZE_EVERY}",
-    "data.max_train_examples=22",
-    "data.max_eval_examples=4",
+    f"callbacks.checkpoint.every_n_train_steps={FT_EVERY}",
     "data.micro_batch_size=4",
     "data.global_batch_size=4",
     "data.eval_batch_size=4",
-    "data.seq_length=128",
 ]
+FINETUNE = {
+    "cloze": (
+        "superglue/RTE/train.jsonl",
+        22,
+        [
+            "+experiment=superglue_rte",
+            "data.max_train_examples=22",
+            "data.max_eval_examples=4",
+            "data.seq_length=128",
+        ],
+    ),
+    "seq2seq": (
+        "xsum/validation.jsonl",
+        14,
+        ["+experiment=xsum", "data.max_samples.train=14", "data.src_seq_length=64", "data.tgt_seq_length=16"],
+    ),
+}
 
 
-@pytest.mark.slow  # three ~25 s processes on a loaded 2-core machine
-def test_cloze_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
-    """The same promise for finetuning: killed inside epoch 0, resumed from the step-4 checkpoint, the run
-    finishes epoch 0 (its short last batch included) and 2 steps of epoch 1 exactly as a run that never
+@pytest.mark.slow  # three subprocess runs: 40-50 s each task at load 2, cloze 108 s at load 5-6 (2 cores)
+@pytest.mark.parametrize("task", sorted(FINETUNE))
+def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, task: str) -> None:
+    """The same promise for finetuning: killed inside epoch 0, resumed from the step-2 checkpoint, the run
+    finishes epoch 0 (its short last batch included) and goes into epoch 1 exactly as a run that never
     stopped."""
-    need_data("superglue/RTE/train.jsonl")
+    data_file, n_train, overrides = FINETUNE[task]
+    need_data(data_file)
+    args = [*overrides, *FT_COMMON]
     full, crashed = tmp_path / "full", tmp_path / "crashed"
-    r = run_cli([*CLOZE, f"hydra.run.dir={full}"], tmp_path)
+    r = run_cli([*args, f"hydra.run.dir={full}"], tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
-    kill = [
-        "+callbacks.crash._target_=tests.scripts.crash.KillAtStep",
-        f"+callbacks.crash.step={CLOZE_KILL_AT}",
-    ]
-    r = run_cli([*CLOZE, f"hydra.run.dir={crashed}", *kill], tmp_path)
+    kill = ["+callbacks.crash._target_=tests.scripts.crash.KillAtStep", f"+callbacks.crash.step={FT_KILL_AT}"]
+    r = run_cli([*args, f"hydra.run.dir={crashed}", *kill], tmp_path)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     saved = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    resume_at = CLOZE_KILL_AT - CLOZE_KILL_AT % CLOZE_EVERY
+    resume_at = FT_KILL_AT - FT_KILL_AT % FT_EVERY
     assert saved["global_step"] == resume_at
     state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    assert state["batches_done"] == resume_at and state["epoch"] == 0 and state["num_samples"] == 22
+    assert state["batches_done"] == resume_at and state["epoch"] == 0 and state["num_samples"] == n_train
 
-    r = run_cli([*CLOZE, f"hydra.run.dir={crashed}", "ckpt_path=last"], tmp_path)
+    r = run_cli([*args, f"hydra.run.dir={crashed}", "ckpt_path=last"], tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
     assert f"continues epoch 0 after {resume_at} batches" in (crashed / "run.log").read_text()
-    _assert_same_end(full, crashed, CLOZE_STEPS, resume_at)
+    _assert_same_end(full, crashed, FT_STEPS, resume_at)
 
 
 def _refusal(cfg, tmp_path: Path) -> str:
