@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sampling import resumable_train_loader
+from glm.data.sampling import ResumableDataLoader, resumable_train_loader
 from glm.data.sharding import eval_sampler
 
 log = logging.getLogger(__name__)
@@ -474,7 +474,7 @@ class Seq2SeqDataModule(_Base):
             )
         return functools.partial(collate_seq2seq, pad_id=pad)
 
-    def _eval_loader(self, ds: Seq2SeqDataset, batch_size: int):
+    def _eval_loader(self, ds: Seq2SeqDataset, batch_size: int) -> torch.utils.data.DataLoader:
         collate = functools.partial(_collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack)
         # several processes: each rank decodes its share (padded with repeats; the task drops them)
         return torch.utils.data.DataLoader(
@@ -486,7 +486,7 @@ class Seq2SeqDataModule(_Base):
             collate_fn=collate,
         )
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> ResumableDataLoader:
         # each rank its share of the epoch's seeded shuffle, resumable mid-epoch (glm.data.sampling)
         return resumable_train_loader(
             self._load("train", True), self, self.micro_batch_size, self._train_collate(), self.num_workers
