@@ -151,6 +151,38 @@ def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path,
     _assert_same_end(full, crashed, FT_STEPS, resume_at)
 
 
+@pytest.mark.slow  # three 2-process runs, ~25 s each at load 2
+def test_two_process_cloze_resumed_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
+    """2-process DDP (gloo, CPU), dropout on: 21 examples padded to 22 = 11 per rank, 6 batches of 2 per
+    rank. A run stopped after step 2 (mid-epoch; last.ckpt written there) and resumed to step 5 ends bit for
+    bit where an uninterrupted 5-step run does: each rank continues its share of the epoch and gets its own
+    RNG state back. The schedule length is pinned, since the stopped run has a different max_steps."""
+    need_data("superglue/RTE/train.jsonl")
+    args = [
+        *FINETUNE["cloze"][2],
+        *FT_COMMON,
+        "hardware=[cpu,ddp]",
+        "trainer.devices=2",
+        "data.max_train_examples=21",
+        "data.micro_batch_size=2",
+        "data.eval_batch_size=2",
+        "+task.scheduler.total_steps=5",
+    ]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    for extra in (
+        [f"hydra.run.dir={full}", "trainer.max_steps=5"],
+        [f"hydra.run.dir={stopped}", "trainer.max_steps=2"],
+        [f"hydra.run.dir={stopped}", "trainer.max_steps=5", "ckpt_path=last"],
+    ):
+        r = run_cli([*args, *extra], tmp_path)
+        assert r.returncode == 0, r.stderr[-4000:]
+    log = (stopped / "run.log").read_text()
+    assert log.count("continues epoch 0 after 2 batches") == 2, log[-3000:]  # both ranks
+    saved = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(saved["glm_rng_states_by_rank"]) == 2
+    _assert_same_end(full, stopped, 5, 2)
+
+
 def _refusal(cfg, tmp_path: Path) -> str:
     from glm.pipeline import run
     from glm.utils.validation import ConfigError
