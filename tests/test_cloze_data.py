@@ -541,3 +541,31 @@ def test_training_split_is_shared_between_ranks(bert, monkeypatch):
     assert seen[0] != sorted(seen[0]) or seen[1] != sorted(seen[1])  # shuffled
     dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
     assert sorted(i for b in dm.train_dataloader() for i in b["example_idx"].tolist()) == list(range(11))
+
+
+def test_training_loader_resumes_mid_epoch(bert, monkeypatch):
+    """The cloze training loader is the shared resumable one (glm.data.sampling): a fresh loader given the
+    checkpointed state yields exactly the rest of the epoch, on each rank."""
+    from types import SimpleNamespace
+
+    from glm.data.sampling import ResumableDataLoader
+
+    _need_data()
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    dm = ClozeDataModule("rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=2)
+
+    def batches(loader) -> list[list[int]]:
+        return [b["example_idx"].tolist() for b in loader]
+
+    for rank in (0, 1):
+        progress = SimpleNamespace(current=SimpleNamespace(processed=2))
+        fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, fit_loop=fit_loop)
+        loader = dm.train_dataloader()
+        assert isinstance(loader, ResumableDataLoader) and loader.sampler.seed == 7
+        whole = batches(loader)
+        assert [len(b) for b in whole] == [2, 2, 2]  # 6 of the padded 12 per rank
+        state = loader.state_dict()
+        resumed = dm.train_dataloader()
+        resumed.load_state_dict(state)
+        assert batches(resumed) == whole[2:]

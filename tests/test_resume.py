@@ -35,6 +35,28 @@ def _losses(run_dir: Path) -> dict[int, str]:
     return out
 
 
+def _assert_same_end(full: Path, resumed: Path, steps: int, resumed_at: int) -> None:
+    """The resumed run's last.ckpt equals the uninterrupted run's bit for bit (weights, AdamW moments, the
+    schedule) and every train/loss it logged is the uninterrupted run's, to the last printed digit."""
+    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == steps
+    assert set(a["state_dict"]) == set(b["state_dict"])
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on CPU
+    sa_all, sb_all = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert sa_all.keys() == sb_all.keys()
+    for sa, sb in zip(sa_all.values(), sb_all.values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == steps
+
+    ref, got = _losses(full), _losses(resumed)
+    assert sorted(ref) == list(range(steps))
+    assert all(s in got for s in range(resumed_at, steps)), sorted(got)
+    for step in got:
+        assert got[step] == ref[step], (step, got[step], ref[step])
+
+
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     need_data("gutenberg/11-0.txt")
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -56,28 +78,109 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
     log = (crashed / "run.log").read_text()
     assert "resuming from" in log and f"continues epoch 0 after {EVERY} batches" in log
 
-    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(last, map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == STEPS
-    assert set(a["state_dict"]) == set(b["state_dict"])
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on CPU
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):
-        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
-    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == STEPS
-
-    # losses logged after the resume point are the uninterrupted run's, to the last printed digit
-    ref, got = _losses(full), _losses(crashed)
-    assert sorted(ref) == list(range(STEPS))
-    assert all(s in got for s in range(EVERY, STEPS)), sorted(got)
-    for step in got:
-        assert got[step] == ref[step], (step, got[step], ref[step])
+    _assert_same_end(full, crashed, STEPS, EVERY)
 
     # W&B: one id per run dir, reused by the resumed process (two offline run dirs, same id)
     run_id = (crashed / "wandb_run_id").read_text().strip()
     assert run_id and run_id != (full / "wandb_run_id").read_text().strip()
     offline = sorted(p.name for p in (crashed / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), offline
+
+
+# Finetuning: glm-tiny keeps its dropout of 0.1, so the resumed run also needs the restored RNG state to
+# match. 8 steps over two epochs, last.ckpt every 2 steps, killed after step 5 (inside epoch 0 for both):
+# cloze 22 RTE examples in batches of 4 = 6 batches an epoch, seq2seq 14 XSum pairs = 4 batches (the last
+# one short in both).
+FT_STEPS, FT_EVERY, FT_KILL_AT = 8, 2, 3
+FT_COMMON = [
+    "model=glm_tiny",
+    "logger=[csv]",
+    "stages=[fit]",
+    "callbacks.progress=null",
+    "trainer.enable_model_summary=false",
+    f"trainer.max_steps={FT_STEPS}",
+    "trainer.log_every_n_steps=1",
+    f"callbacks.checkpoint.every_n_train_steps={FT_EVERY}",
+    "data.micro_batch_size=4",
+    "data.global_batch_size=4",
+    "data.eval_batch_size=4",
+]
+FINETUNE = {
+    "cloze": (
+        "superglue/RTE/train.jsonl",
+        22,
+        [
+            "+experiment=superglue_rte",
+            "data.max_train_examples=22",
+            "data.max_eval_examples=4",
+            "data.seq_length=128",
+        ],
+    ),
+    "seq2seq": (
+        "xsum/validation.jsonl",
+        14,
+        ["+experiment=xsum", "data.max_samples.train=14", "data.src_seq_length=64", "data.tgt_seq_length=16"],
+    ),
+}
+
+
+@pytest.mark.slow  # three subprocess runs: 40-50 s each task at load 2, cloze 108 s at load 5-6 (2 cores)
+@pytest.mark.parametrize("task", sorted(FINETUNE))
+def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path, task: str) -> None:
+    """The same promise for finetuning: killed inside epoch 0, resumed from the step-2 checkpoint, the run
+    finishes epoch 0 (its short last batch included) and goes into epoch 1 exactly as a run that never
+    stopped."""
+    data_file, n_train, overrides = FINETUNE[task]
+    need_data(data_file)
+    args = [*overrides, *FT_COMMON]
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    r = run_cli([*args, f"hydra.run.dir={full}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    kill = ["+callbacks.crash._target_=tests.scripts.crash.KillAtStep", f"+callbacks.crash.step={FT_KILL_AT}"]
+    r = run_cli([*args, f"hydra.run.dir={crashed}", *kill], tmp_path)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    saved = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    resume_at = FT_KILL_AT - FT_KILL_AT % FT_EVERY
+    assert saved["global_step"] == resume_at
+    state = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert state["batches_done"] == resume_at and state["epoch"] == 0 and state["num_samples"] == n_train
+
+    r = run_cli([*args, f"hydra.run.dir={crashed}", "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert f"continues epoch 0 after {resume_at} batches" in (crashed / "run.log").read_text()
+    _assert_same_end(full, crashed, FT_STEPS, resume_at)
+
+
+@pytest.mark.slow  # three 2-process runs, ~25 s each at load 2
+def test_two_process_cloze_resumed_mid_epoch_is_bit_identical(tmp_path: Path) -> None:
+    """2-process DDP (gloo, CPU), dropout on: 21 examples padded to 22 = 11 per rank, 6 batches of 2 per
+    rank. A run stopped after step 2 (mid-epoch; last.ckpt written there) and resumed to step 5 ends bit for
+    bit where an uninterrupted 5-step run does: each rank continues its share of the epoch and gets its own
+    RNG state back. The schedule length is pinned, since the stopped run has a different max_steps."""
+    need_data("superglue/RTE/train.jsonl")
+    args = [
+        *FINETUNE["cloze"][2],
+        *FT_COMMON,
+        "hardware=[cpu,ddp]",
+        "trainer.devices=2",
+        "data.max_train_examples=21",
+        "data.micro_batch_size=2",
+        "data.eval_batch_size=2",
+        "+task.scheduler.total_steps=5",
+    ]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    for extra in (
+        [f"hydra.run.dir={full}", "trainer.max_steps=5"],
+        [f"hydra.run.dir={stopped}", "trainer.max_steps=2"],
+        [f"hydra.run.dir={stopped}", "trainer.max_steps=5", "ckpt_path=last"],
+    ):
+        r = run_cli([*args, *extra], tmp_path)
+        assert r.returncode == 0, r.stderr[-4000:]
+    log = (stopped / "run.log").read_text()
+    assert log.count("continues epoch 0 after 2 batches") == 2, log[-3000:]  # both ranks
+    saved = torch.load(stopped / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(saved["glm_rng_states_by_rank"]) == 2
+    _assert_same_end(full, stopped, 5, 2)
 
 
 def _refusal(cfg, tmp_path: Path) -> str:
@@ -272,3 +375,33 @@ def test_resumable_loader_continues_the_epoch_order_and_refuses_a_new_layout() -
     for changed, field in ((loader(world=2), "world_size=1"), (loader(batch=4), "batch_size=2")):
         with pytest.raises(ValueError, match=f"train dataloader {field}"):
             changed.load_state_dict(state)
+
+
+def test_each_rank_gets_its_own_rng_state_back() -> None:
+    """Ranks stop drawing alike once their batches differ in shape (dropout on padded batches), so the
+    checkpoint keeps every rank's RNG state and each rank restores its own (measured: 2-process DDP cloze
+    resumed mid-epoch is bit-identical only with this); a changed world size falls back to rank 0's."""
+    from types import SimpleNamespace
+
+    from glm.tasks.base import GLMTaskModule, rng_states
+
+    def draws(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return torch.rand(4)
+
+    torch.manual_seed(1)
+    rank0 = rng_states()
+    torch.manual_seed(2)
+    rank1 = rng_states()
+    ckpt = {"glm_rng_states": rank0, "glm_rng_states_by_rank": [rank0, rank1]}
+    for rank, world, seed in ((1, 2, 2), (0, 2, 1), (1, 3, 1), (0, 1, 1)):
+        module = SimpleNamespace(
+            _trainer=SimpleNamespace(global_rank=rank, world_size=world), skipped_steps=0
+        )
+        GLMTaskModule.on_load_checkpoint(module, ckpt)
+        assert torch.equal(torch.rand(4), draws(seed)), (rank, world)
+    # a single process stores no per-rank list (no collective outside a process group)
+    module = SimpleNamespace(skipped_steps=0)
+    saved: dict = {}
+    GLMTaskModule.on_save_checkpoint(module, saved)
+    assert "glm_rng_states" in saved and "glm_rng_states_by_rank" not in saved

@@ -49,7 +49,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sharding import eval_sampler, train_sampler
+from glm.data.sampling import resumable_train_loader
+from glm.data.sharding import eval_sampler
 from glm.data.superglue.examples import ClozeExample, DataError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
 
@@ -380,8 +381,10 @@ class ClozeDataModule(L.LightningDataModule):
     `pattern_id` and `seq_length` default to the spec's task config (§7.2/§7.3). `max_*_examples` keep
     the first N examples of a split (tiny runs and tests). Examples longer than `seq_length` are
     truncated per spec §7.1; their number is logged per split. `pack` packs each batch's candidate
-    sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens). Under
-    several processes the val/test/predict loaders give each rank its share (`glm.data.sharding`).
+    sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens). The
+    training loader shuffles per epoch from the run seed, gives each rank its share and resumes mid-epoch
+    (`glm.data.sampling.resumable_train_loader`); under several processes the val/test/predict loaders give
+    each rank its share (`glm.data.sharding`).
     """
 
     def __init__(
@@ -490,17 +493,19 @@ class ClozeDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         pad_to = self.seq_length if self.pad_to_seq_length else None
         ds = self.load_split(split)
-        # several processes: each rank trains on its share of the shuffle, and scores its share of an
-        # evaluation split (padded with repeats; ClozeModule drops them by example_idx)
-        trainer = getattr(self, "trainer", None)
-        sampler = train_sampler(ds, trainer) if shuffle else eval_sampler(ds, trainer)
+        collate = _Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None)
+        if shuffle:
+            # each rank its share of the epoch's seeded shuffle, resumable mid-epoch (glm.data.sampling)
+            return resumable_train_loader(ds, self, batch_size, collate, self.num_workers)
+        # several processes: each rank scores its share of an evaluation split (padded with repeats;
+        # ClozeModule drops them by example_idx)
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
+            shuffle=False,
+            sampler=eval_sampler(ds, getattr(self, "trainer", None)),
             num_workers=self.num_workers,
-            collate_fn=_Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None),
+            collate_fn=collate,
             drop_last=False,
         )
 

@@ -23,18 +23,11 @@ Decisions (documented here because the spec leaves them open):
   document did not end). The masked layout of sample
   ``i`` in epoch ``e`` uses ``sample_rng(seed, e, i)`` (docs/contracts.md), so a batch depends only on
   (seed, epoch, indices), whatever the number of workers.
-- Epochs reach the dataset through the index: :class:`EpochIndexSampler` yields ``epoch * N + i`` and
-  shards by rank itself (``use_distributed_sampler: false``), so worker processes need no shared state.
-- Mid-epoch resume. Lightning 2.6 stores ``state_dict()`` of every train dataloader that has
-  ``state_dict``/``load_state_dict`` (``fit_loop.on_save_checkpoint`` -> ``combined_loader``) and hands it
-  back through ``load_state_dict`` before the first ``iter()``; it does not fast-forward a loader itself.
-  The training loader is a :class:`ResumableDataLoader`. Its saved state is the layout (seed, N, world
-  size, micro batch, epoch) plus the number of batches that finished their step. That number is read from the
-  fit loop's restored ``batch_progress`` rather than counted in the loader, because Lightning's fetcher pulls
-  one batch ahead of the step that is running when a checkpoint is written. On load, the sampler skips
-  that many batches of the epoch's order, so the batches after the resume point are exactly the ones an
-  uninterrupted run sees. A changed layout (world size, batch size, seed, N) cannot continue the same
-  order mid-epoch and is refused, naming the field.
+- Epochs reach the dataset through the index: :class:`glm.data.sampling.EpochIndexSampler` yields
+  ``epoch * N + i`` and shards by rank itself (``use_distributed_sampler: false``), dropping the tail that
+  does not divide evenly, so worker processes need no shared state.
+- Mid-epoch resume: the training loader is a :class:`glm.data.sampling.ResumableDataLoader` (shared with the
+  finetuning datamodules; that module's docstring has the rules). Both are re-exported here.
 """
 
 from __future__ import annotations
@@ -49,7 +42,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +50,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from glm.data.masking import (
     GLMMasker,
@@ -70,6 +63,7 @@ from glm.data.masking import (
     sentence_end_from_tokenizer,
 )
 from glm.data.packing import checked_pack_flag
+from glm.data.sampling import EpochIndexSampler, ResumableDataLoader, fit_batches_done, rank_world
 from glm.utils.inputs import DataFormatError, MissingInputError, SkipLog, iter_jsonl, read_text, require
 
 log = logging.getLogger(__name__)
@@ -389,94 +383,6 @@ def collate_pretrain(items: Sequence[list[MaskedSample]], pack: bool = False) ->
     return batch
 
 
-class EpochIndexSampler(Sampler[int]):
-    """Yields ``epoch * N + i`` for this rank's share of a per-epoch permutation of ``range(N)``.
-
-    The permutation comes from ``default_rng([seed, 3, epoch])`` (``shuffle``) or is the identity; each rank
-    takes every ``world_size``-th index after dropping the tail that does not divide evenly, so all ranks
-    run the same number of batches. Lightning calls :meth:`set_epoch` before each epoch.
-    :meth:`skip_once` drops the first indices of the next pass only (mid-epoch resume).
-    """
-
-    def __init__(
-        self, num_samples: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"EpochIndexSampler: rank {rank} outside world size {world_size}")
-        self.num_samples, self.seed, self.shuffle = int(num_samples), int(seed), bool(shuffle)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.epoch = 0
-        self._skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def skip_once(self, count: int) -> None:
-        """The next ``__iter__`` starts after its first ``count`` indices (later passes are whole)."""
-        if count < 0:
-            raise ValueError(f"EpochIndexSampler.skip_once: count must be >= 0, got {count}")
-        self._skip = int(count)
-
-    def __len__(self) -> int:
-        return self.num_samples // self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        order = (
-            np.random.default_rng([self.seed, 3, self.epoch]).permutation(self.num_samples)
-            if self.shuffle
-            else np.arange(self.num_samples)
-        )
-        order = order[: len(self) * self.world_size][self.rank :: self.world_size]
-        skip, self._skip = self._skip, 0
-        base = self.epoch * self.num_samples
-        return iter((base + int(i)) for i in order[skip:])
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over an :class:`EpochIndexSampler` that Lightning checkpoints (see the module docstring).
-
-    ``progress`` returns how many batches of the current epoch finished their training step (the
-    datamodule reads it from the trainer's fit loop); it defaults to 0 outside a trainer.
-    """
-
-    def __init__(self, *args: Any, progress: Any = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.sampler, EpochIndexSampler):
-            raise TypeError("ResumableDataLoader needs an EpochIndexSampler")
-        self._progress = progress
-
-    def _layout(self) -> dict[str, int]:
-        s = self.sampler
-        return {
-            "seed": s.seed,
-            "num_samples": s.num_samples,
-            "world_size": s.world_size,
-            "batch_size": int(self.batch_size or 1),
-            "shuffle": int(s.shuffle),
-        }
-
-    def state_dict(self) -> dict[str, int]:
-        done = int(self._progress()) if self._progress is not None else 0
-        return {**self._layout(), "epoch": self.sampler.epoch, "batches_done": done}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue the saved epoch after its ``batches_done`` batches; refuse a changed layout."""
-        done = int(state.get("batches_done", 0))
-        if done == 0 or done >= len(
-            self
-        ):  # saved at an epoch boundary: Lightning starts the next epoch whole
-            return
-        for key, value in self._layout().items():
-            if key in state and int(state[key]) != value:
-                raise ValueError(
-                    f"resume: the checkpoint stopped mid-epoch with train dataloader {key}={state[key]}, "
-                    f"this run has {key}={value}; the same sample order cannot continue (resume with the "
-                    "same data and hardware settings, or from a checkpoint at an epoch boundary)"
-                )
-        self.sampler.skip_once(done * int(self.batch_size or 1))
-        log.info("resume: the train loader continues epoch %s after %d batches", state.get("epoch"), done)
-
-
 # ---------------------------------------------------------------------------------------------------
 # The data module
 # ---------------------------------------------------------------------------------------------------
@@ -619,16 +525,10 @@ class PretrainDataModule(L.LightningDataModule):
             self.seq_length,
         )
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0, 1
-        return int(trainer.global_rank), int(trainer.world_size)
-
     def _loader(
         self, dataset: PretrainDataset, batch_size: int, shuffle: bool, resumable: bool = False
     ) -> DataLoader:
-        rank, world = self._rank_world()
+        rank, world = rank_world(getattr(self, "trainer", None))
         sampler = EpochIndexSampler(len(dataset), self.seed, shuffle=shuffle, rank=rank, world_size=world)
         kwargs: dict[str, Any] = {
             "batch_size": batch_size,
@@ -643,13 +543,7 @@ class PretrainDataModule(L.LightningDataModule):
         return DataLoader(dataset, **kwargs)
 
     def _batches_done(self) -> int:
-        """Batches of the current epoch whose training step finished (the fit loop's own counter)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 0
-        # `processed`, not `completed`: ModelCheckpoint saves in on_train_batch_end, after the step's
-        # `processed` increment and before its `completed` one (Lightning fixes `completed` up on restore).
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return fit_batches_done(getattr(self, "trainer", None))
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"

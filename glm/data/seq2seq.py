@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sharding import eval_sampler, train_sampler
+from glm.data.sampling import ResumableDataLoader, resumable_train_loader
+from glm.data.sharding import eval_sampler
 from glm.utils.inputs import DataFormatError, SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
@@ -356,9 +357,11 @@ class Seq2SeqDataModule(_Base):
     """Summarisation data: `splits` maps stage (train/val/test) to a file stem (lines) or jsonl file name
     under `data_dir` (a null split has no loop); `max_samples` optionally slices each stage. Validation/test
     batches carry Part A only plus `index` into `references(stage)` (they are decoded and scored with ROUGE,
-    no teacher-forced loss). With several processes the training set is split between ranks (the run config
-    sets `use_distributed_sampler: false`), and so is each evaluation split (`glm.data.sharding.eval_sampler`:
-    every rank decodes its share; the module gathers the results by `index`).
+    no teacher-forced loss). The training loader shuffles per epoch from the run seed, gives each rank its
+    share (the run config sets `use_distributed_sampler: false`) and resumes mid-epoch
+    (`glm.data.sampling.resumable_train_loader`); each evaluation split is shared between ranks too
+    (`glm.data.sharding.eval_sampler`: every rank decodes its share; the module gathers the results by
+    `index`).
 
     `pack` (`data.pack`): False = the original padded layout; True = compact (unpadded) samples, each
     training batch of `micro_batch_size` samples packed into rows of `src_seq_length + tgt_seq_length`
@@ -457,45 +460,28 @@ class Seq2SeqDataModule(_Base):
             )
         return functools.partial(collate_seq2seq, pad_id=pad)
 
-    def _loader(self, ds: Seq2SeqDataset, batch_size: int, shuffle: bool, indexed: bool):
-        if indexed:
-            collate = functools.partial(
-                _collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack
-            )
-            # several processes: each rank decodes its share (padded with repeats; the task drops them)
-            return torch.utils.data.DataLoader(
-                _Indexed(ds),
-                batch_size=batch_size,
-                shuffle=False,
-                sampler=eval_sampler(ds, getattr(self, "trainer", None)),
-                num_workers=self.num_workers,
-                collate_fn=collate,
-            )
+    def _eval_loader(self, ds: Seq2SeqDataset, batch_size: int) -> torch.utils.data.DataLoader:
+        collate = functools.partial(_collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack)
+        # several processes: each rank decodes its share (padded with repeats; the task drops them)
         return torch.utils.data.DataLoader(
-            ds,
+            _Indexed(ds),
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=False,
+            sampler=eval_sampler(ds, getattr(self, "trainer", None)),
             num_workers=self.num_workers,
-            collate_fn=self._train_collate(),
+            collate_fn=collate,
         )
 
-    def train_dataloader(self):
-        ds = self._load("train", True)
-        sampler = train_sampler(ds, getattr(self, "trainer", None))
-        if sampler is None:
-            return self._loader(ds, self.micro_batch_size, True, False)
-        return torch.utils.data.DataLoader(
-            ds,
-            batch_size=self.micro_batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=self._train_collate(),
+    def train_dataloader(self) -> ResumableDataLoader:
+        # each rank its share of the epoch's seeded shuffle, resumable mid-epoch (glm.data.sampling)
+        return resumable_train_loader(
+            self._load("train", True), self, self.micro_batch_size, self._train_collate(), self.num_workers
         )
 
     def val_dataloader(self):
         if "val" not in self.splits:  # Lightning skips the validation loop for an empty list
             return []
-        return self._loader(self._load("val", False), self.eval_batch_size, False, True)
+        return self._eval_loader(self._load("val", False), self.eval_batch_size)
 
     def test_dataloader(self):
-        return self._loader(self._load("test", False), self.eval_batch_size, False, True)
+        return self._eval_loader(self._load("test", False), self.eval_batch_size)

@@ -330,12 +330,24 @@ class GLMTaskModule(L.LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the RNG states (rank 0's; every rank is seeded alike and draws alike) and the skip count."""
-        checkpoint["glm_rng_states"] = rng_states()
+        """Store the RNG states of every rank and the skip count. The ranks are seeded alike but stop drawing
+        alike once their batches differ in shape (dropout on batches padded to their longest example), so
+        each rank gets its own state back on resume. Lightning calls this on every rank (the gather is a
+        collective); ``glm_rng_states`` (this rank's, i.e. rank 0's in the file) stays for older readers."""
+        states = rng_states()
+        checkpoint["glm_rng_states"] = states
+        by_rank = _gather_from_ranks(states)
+        if by_rank is not None:
+            checkpoint["glm_rng_states_by_rank"] = by_rank
         checkpoint["glm_skipped_steps"] = int(self.skipped_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "glm_rng_states" in checkpoint:
+        by_rank = checkpoint.get("glm_rng_states_by_rank")
+        trainer = self._trainer
+        rank, world = (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+        if by_rank is not None and len(by_rank) == world:
+            set_rng_states(by_rank[rank])
+        elif "glm_rng_states" in checkpoint:  # one process, or a changed world size: rank 0's state
             set_rng_states(checkpoint["glm_rng_states"])
         self.skipped_steps = int(checkpoint.get("glm_skipped_steps", 0))
 
@@ -464,6 +476,17 @@ def rng_states() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def _gather_from_ranks(value: Any) -> list[Any] | None:
+    """``value`` of every rank, in rank order (a collective); None in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
     return out
 
 
