@@ -268,6 +268,7 @@ def test_truncation_counted_and_within_length(bert, caplog):
 
 
 def test_copa_mirroring_and_multirc_and_wsc_splits():
+    _need_data()
     copa = get_task("copa")
     train = copa.read(copa.path(ROOT, "train"), "train")
     assert len(train) == 800
