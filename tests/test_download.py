@@ -178,6 +178,8 @@ def test_registry_groups_and_names():
         "tokenizers/albert-base-v2/spiece.model",
     }
     assert dl.dataset_for("lambada/lambada_test.jsonl") == "lambada" and dl.dataset_for("nope.txt") is None
+    # a folder names the one data set under it, so a missing-folder message says what to download
+    assert dl.dataset_for("tokenizers/gpt2") == "gpt2" and dl.dataset_for("tokenizers") is None
     for f in dl.resolve(["all"]):  # every file pinned to a commit of its source repository
         assert re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/\S+", f.url), f.url
         assert re.fullmatch(r"[0-9a-f]{64}", f.sha256)

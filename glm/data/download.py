@@ -464,12 +464,14 @@ def resolve(
 
 
 def dataset_for(relpath: str | os.PathLike[str]) -> str | None:
-    """The registry name whose files include ``relpath`` (relative to the data root), if any."""
-    rel = Path(relpath).as_posix()
+    """The registry name whose files include ``relpath`` (relative to the data root) or, for a
+    folder such as ``tokenizers/gpt2``, lie under it; None if no single data set does."""
+    rel = Path(relpath).as_posix().rstrip("/")
     for name, files in REGISTRY.items():
         if any(f.target == rel for f in files):
             return name
-    return None
+    under = {name for name, files in REGISTRY.items() if any(f.target.startswith(rel + "/") for f in files)}
+    return under.pop() if len(under) == 1 else None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
