@@ -283,7 +283,7 @@ class SentencePieceTokenizer(GLMTokenizer):
 
         self.model_file = Path(model_file)
         if not self.model_file.is_file():
-            raise FileNotFoundError(f"sentencepiece model not found: {self.model_file}")
+            raise _missing(self.model_file, f"sentencepiece model not found: {self.model_file}")
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
         self._num_threads = num_threads
         self._init_ids()
@@ -618,7 +618,7 @@ class WordPieceTokenizer(_HFTokenizer):
 
         self.vocab_file = Path(vocab_file)
         if not self.vocab_file.is_file():
-            raise FileNotFoundError(f"BERT vocab file not found: {self.vocab_file}")
+            raise _missing(self.vocab_file, f"BERT vocab file not found: {self.vocab_file}")
         self.lowercase = lowercase
         tok = Tokenizer(
             models.WordPiece.from_file(str(self.vocab_file), unk_token="[UNK]", max_input_chars_per_word=100)
@@ -663,7 +663,7 @@ class GPT2Tokenizer(_HFTokenizer):
         self.vocab_json, self.merges_txt = Path(vocab_json), Path(merges_txt)
         for f in (self.vocab_json, self.merges_txt):
             if not f.is_file():
-                raise FileNotFoundError(f"GPT-2 tokenizer file not found: {f}")
+                raise _missing(f, f"GPT-2 tokenizer file not found: {f}")
         tok = Tokenizer(models.BPE.from_file(str(self.vocab_json), str(self.merges_txt)))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         tok.decoder = decoders.ByteLevel()
@@ -725,6 +725,13 @@ def _build(kind: str, path: Path, options: dict[str, Any], where: str) -> GLMTok
     raise ValueError(f"{where}: field 'kind' is {kind!r}; expected sentencepiece, bert or gpt2")
 
 
+def _missing(path: str | os.PathLike[str], problem: str) -> FileNotFoundError:
+    """A missing tokenizer file: the data layer's error (one line from run.py, with how to get it)."""
+    from glm.data.paths import missing_data  # lazily: glm.data imports this module
+
+    return missing_data(path, problem)
+
+
 def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer) -> GLMTokenizer:
     """A tokenizer from a saved dir (its ``tokenizer.json``), a ``.model`` file, or a dict.
 
@@ -741,7 +748,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
                 raise ValueError(f"tokenizer spec {spec}: missing field {field!r}")
         path = Path(spec["path"]).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"tokenizer spec {spec}: path {path} does not exist")
+            raise _missing(path, f"tokenizer spec {spec}: path {path} does not exist")
         return _build(str(spec["kind"]), path, spec, f"tokenizer spec {spec}")
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -765,7 +772,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
     if path.suffix == ".model" and path.is_file():
         return SentencePieceTokenizer(path)
     if not path.exists():
-        raise FileNotFoundError(f"tokenizer not found: {path}")
+        raise _missing(path, f"tokenizer not found: {path}")
     raise ValueError(f"{path}: expected a tokenizer dir (with {META_FILE}) or a sentencepiece .model file")
 
 

@@ -38,7 +38,21 @@ def test_wrong_type_is_named_by_the_cli(tmp_path: Path) -> None:
         ["+experiment=ci_tiny", "logger=none", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}"], tmp_path
     )
     _fails_naming(r, "Config error", "trainer.max_steps", "expected int")
-    assert "Traceback" not in r.stderr  # one message, not a deep traceback
+    # one message, not a deep traceback (Hydra's log handler prints to stdout); the traceback is in FAILED
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "Traceback" in (tmp_path / "FAILED").read_text()
+
+
+def test_missing_data_is_one_line_naming_the_download(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+        env={"GLM_DATA_ROOT": str(empty)},
+    )
+    _fails_naming(r, "Data error", "gutenberg/11-0.txt", "python -m glm.data download gutenberg")
+    assert "Traceback" not in r.stderr + r.stdout
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from glm.data.paths import missing_data
 from glm.data.seq2seq import DataFormatError, _read_utf8_lines, resolve_tokenizer
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def read_lambada(path: str | Path, max_samples: int | None = None, field: str = 
     """`(context, last word)` per jsonl line; malformed lines raise naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"LAMBADA data: {path} does not exist")
+        raise missing_data(path, f"LAMBADA data: {path} does not exist")
     out = []
     for i, line in enumerate(_read_utf8_lines(path), start=1):
         where = f"{path}:{i}"
@@ -247,7 +248,7 @@ class LMEvalDataModule(_Base):
                             for c, a in zip(contexts, answers)]
         else:
             if not self.path.is_file():
-                raise FileNotFoundError(f"perplexity data: {self.path} does not exist")
+                raise missing_data(self.path, f"perplexity data: {self.path} does not exist")
             lines = _read_utf8_lines(self.path)
             if self.max_lines is not None:
                 lines = lines[: self.max_lines]

@@ -70,6 +70,7 @@ from glm.data.masking import (
     sentence_end_from_tokenizer,
 )
 from glm.data.packing import checked_pack_flag
+from glm.data.paths import missing_data
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,7 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
-            raise FileNotFoundError(
-                f"data.files: {pattern!r} matches no file (check GLM_DATA_ROOT / paths.data_dir)"
-            )
+            raise missing_data(pattern, f"data.files: {pattern!r} matches no file")
         out.extend(Path(m).absolute() for m in matches)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from glm.data.packing import checked_pack_flag
+from glm.data.paths import missing_data
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def read_examples(
         src_path, tgt_path = Path(f"{path}.source"), Path(f"{path}.target")
         for p in (src_path, tgt_path):
             if not p.is_file():
-                raise FileNotFoundError(f"seq2seq data: {p} does not exist")
+                raise missing_data(p, f"seq2seq data: {p} does not exist")
         src, tgt = _read_utf8_lines(src_path), _read_utf8_lines(tgt_path)
         if len(src) != len(tgt):
             raise DataFormatError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}")
@@ -126,7 +127,7 @@ def read_examples(
             rows.append((s, t, f"{tgt_path}:{i}" if s.strip() and not t.strip() else f"{src_path}:{i}", ""))
     elif fmt == "jsonl":
         if not path.is_file():
-            raise FileNotFoundError(f"seq2seq data: {path} does not exist")
+            raise missing_data(path, f"seq2seq data: {path} does not exist")
         for i, line in enumerate(_read_utf8_lines(path), start=1):
             where = f"{path}:{i}"
             if not line.strip():

@@ -26,6 +26,14 @@ def _output_dir(cfg: DictConfig) -> Path | None:
         return None
 
 
+def _user_error(err: BaseException) -> bool:
+    """A config mistake or missing data: reported in one line, not as a traceback."""
+    from glm.data.paths import DataNotFoundError
+    from glm.utils.validation import ConfigError
+
+    return isinstance(err, (ConfigError, DataNotFoundError))
+
+
 def finish_wandb(exit_code: int) -> None:
     """Close the active W&B run so the next job of a multirun gets its own, with the real exit code."""
     if "wandb" not in sys.modules:
@@ -63,7 +71,10 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            log.error("run failed:\n%s", text)
+            if _user_error(err):  # the CLI prints the message alone; the traceback goes to FAILED only
+                log.error("run failed: %s: %s", type(err).__name__, err)
+            else:
+                log.error("run failed:\n%s", text)
             out = _output_dir(cfg)
             if out is not None:
                 try:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glm.data.paths import missing_data
+
 __all__ = [
     "ClozeExample",
     "DataError",
@@ -65,7 +67,7 @@ def strip_final_punctuation(text: str) -> str:
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (1-based line number, record); a malformed line raises `DataError` naming file and line."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: SuperGLUE file not found (is GLM_DATA_ROOT / paths.data_dir set?)")
+        raise missing_data(path, f"SuperGLUE file not found: {path}")
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
