@@ -99,7 +99,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     """One line saying how many tests were skipped for missing data and how to get it (the per-test
     reasons are shown with ``-rs``)."""
     reasons = [
-        str(rep.longrepr[2]) for rep in terminalreporter.stats.get("skipped", []) if isinstance(rep.longrepr, tuple)
+        str(rep.longrepr[2])
+        for rep in terminalreporter.stats.get("skipped", [])
+        if isinstance(rep.longrepr, tuple)
     ]
     missing = [r for r in reasons if "missing" in r and "GLM_DATA_ROOT" in r]
     if missing:
