@@ -490,7 +490,10 @@ def resolve_tokenizer(tokenizer: dict[str, Any] | None, files: Sequence[Path]) -
         raise ValueError("data.tokenizer: give `path` (an existing tokenizer) or `train` + `cache_dir`")
     settings = json.dumps({"files": [str(p) for p in files], **train}, sort_keys=True)
     name = f"{train.get('model_type', 'bpe')}{train.get('vocab_size', 8000)}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
-    return ensure_tokenizer(Path(spec["cache_dir"]) / name, files, **train)
+    out_dir = Path(spec["cache_dir"]) / name
+    if not out_dir.is_dir():
+        log.info("training a sentencepiece tokenizer on %d file(s) into %s (cached)", len(files), out_dir)
+    return ensure_tokenizer(out_dir, files, **{"quiet": True, **train})  # sentencepiece logs ~350 lines
 
 
 class PretrainDataModule(L.LightningDataModule):
