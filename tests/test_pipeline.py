@@ -192,8 +192,23 @@ def test_failure_writes_marker(tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     marker = (run_dir / "FAILED").read_text()
-    assert "FileNotFoundError" in marker and "corpus_*.txt" in marker
+    assert "DataNotFoundError" in marker and "corpus_*.txt" in marker
     assert "corpus_*.txt" in (run_dir / "run.log").read_text()
+
+
+def test_success_clears_a_stale_failed_marker(tmp_path: Path) -> None:
+    """A rerun or resume in the run dir of a failed attempt must not leave that attempt's FAILED behind."""
+    from omegaconf import OmegaConf
+
+    from glm.utils.wrappers import FAILED_MARKER, task_wrapper
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    (tmp_path / FAILED_MARKER).write_text("Traceback of an earlier attempt")
+    with pytest.raises(RuntimeError):
+        task_wrapper(lambda c: (_ for _ in ()).throw(RuntimeError("boom")))(cfg)
+    assert "boom" in (tmp_path / FAILED_MARKER).read_text()
+    assert task_wrapper(lambda c: 1)(cfg) == 1
+    assert not (tmp_path / FAILED_MARKER).exists()
 
 
 def test_ci_tiny_with_packing_end_to_end(tmp_path: Path) -> None:

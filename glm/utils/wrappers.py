@@ -61,13 +61,18 @@ def teardown() -> None:
 
 def task_wrapper(fn: F) -> F:
     """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` with it, re-raise.
-    Always: ``wandb.finish(exit_code)`` and :func:`teardown`."""
+    On success: remove a ``FAILED`` left by an earlier attempt in the same dir. Always:
+    ``wandb.finish(exit_code)`` and :func:`teardown`."""
 
     @functools.wraps(fn)
     def wrapped(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
         exit_code = 0
         try:
-            return fn(cfg, *args, **kwargs)
+            result = fn(cfg, *args, **kwargs)
+            out = _output_dir(cfg)
+            if out is not None:  # a rerun / resume in the dir of a failed attempt: that marker is stale now
+                (out / FAILED_MARKER).unlink(missing_ok=True)
+            return result
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
