@@ -132,6 +132,7 @@ def test_http_error_and_all_failures_reported_together(server, tmp_path):
         dl.download(["toy"], root, registry=reg, progress=False)
     msg = str(err.value)
     assert msg.startswith("1 file(s) failed") and f"HTTP 404 (File not found) from {missing.url}" in msg
+    assert msg.splitlines()[-1].startswith(f"1 file(s) missing under {root}") and "GLM_DATA_ROOT" in msg
     assert (root / "toy/a.txt").is_file() and (root / "toy/sub/b.bin").is_file()  # the others still came
 
 

@@ -604,7 +604,12 @@ def download(
         if progress:
             print(f"{'downloaded' if fetched else 'present   '} {path}")
     if failures:
-        raise DownloadError(f"{len(failures)} file(s) failed:\n" + "\n".join(failures))
+        raise DownloadError(
+            f"{len(failures)} file(s) failed:\n"
+            + "\n".join(failures)
+            + f"\n{len(failures)} file(s) missing under {root}: place them as listed above, or point "
+            "GLM_DATA_ROOT at a folder that has them (`python -m glm.data list` shows the layout)."
+        )
     return paths
 
 
