@@ -70,6 +70,7 @@ def test_missing_data_is_one_line_naming_the_download(tmp_path: Path) -> None:
         ("data.global_batch_size=6", ("data.global_batch_size", "micro_batch_size")),
         ("stages=[fit,evaluate]", ("stages", "evaluate")),
         ("+callbacks.checkpoint.save_topk=2", ("callbacks.checkpoint.save_topk",)),
+        ("task.pretrained=/nonexistent/glm-large", ("task.pretrained", "does not exist", "export dir")),
     ],
 )
 def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_cfg) -> None:
