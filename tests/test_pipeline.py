@@ -90,6 +90,15 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
         assert needle in str(err.value), str(err.value)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_hardware_refused_without_cuda(compose_cfg) -> None:
+    from glm.utils.validation import ConfigError, validate
+
+    cfg = compose_cfg("ci_tiny", ["logger=none", "hardware=[gpu,bf16]"])
+    with pytest.raises(ConfigError, match=r"hardware: trainer.accelerator=gpu .* no CUDA device.*hardware=cpu"):
+        validate(cfg)
+
+
 def test_unknown_group_option_is_named(tmp_path: Path) -> None:
     r = run_cli(
         ["+experiment=ci_tiny", "logger=none", "model=glm_huge", f"hydra.run.dir={tmp_path}"], tmp_path

@@ -265,6 +265,14 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             check_deepspeed_available()
         except StrategyUnavailable as err:
             raise ConfigError(f"hardware: {err}") from None
+    if trainer.get("accelerator") in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"hardware: trainer.accelerator={trainer['accelerator']} but torch {torch.__version__} sees "
+                "no CUDA device; run on CPU with hardware=cpu (or hardware=[cpu,ddp] trainer.devices=2)"
+            )
     world = _devices(trainer)
     check_multirun_strategy(trainer, is_multirun)
 
