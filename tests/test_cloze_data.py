@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from glm.data.cloze import ClozeDataModule, ClozeEncoder, build_cloze_sequence, collate_cloze, truncate_parts
+from glm.data.download import resolve
 from glm.data.paths import data_root
 from glm.data.superglue import DataError, get_task
 from glm.data.superglue.tasks import RTE
@@ -20,8 +21,9 @@ ROOT = data_root()
 
 
 def _need_data() -> None:
-    if not (ROOT / "superglue").is_dir() or not (ROOT / "tokenizers").is_dir():
-        msg = f"shared SuperGLUE data / tokenizers missing under {ROOT} (set GLM_DATA_ROOT)"
+    missing = [f.target for f in resolve(["superglue", "tokenizers"]) if not (ROOT / f.target).is_file()]
+    if missing:  # files, not folders: a failed download attempt may leave empty folders behind
+        msg = f"SuperGLUE data / tokenizers missing under {ROOT}, e.g. {missing[0]} (set GLM_DATA_ROOT)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)

@@ -120,6 +120,7 @@ def test_offline_message_names_url_and_where_to_put_the_file(tmp_path):
     assert f"could not reach {url}" in msg and "offline" in msg
     assert f"place it at {root / 'toy' / 'a.txt'}" in msg and "ab" * 32 in msg
     assert not (root / entry.target).exists() and _leftovers(root) == []
+    assert not (root / "toy").exists()  # no empty folder that looks like data
 
 
 def test_http_error_and_all_failures_reported_together(server, tmp_path):

@@ -536,9 +536,11 @@ def fetch(
                 "delete it or pass --force to replace it"
             )
     url = source_url(entry, mirror)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
+    ok = False
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _stream(url, out, entry, dest, timeout=timeout, progress=progress)
@@ -548,8 +550,15 @@ def fetch(
                 f"the download was discarded and {dest} was not written"
             )
         os.replace(tmp, dest)  # atomic on one file system: readers never see a partial file
+        ok = True
     finally:
         tmp.unlink(missing_ok=True)
+        if not ok:  # no empty folders left behind (they would look like data that is there)
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:  # not empty: another file arrived there
+                    break
     return dest, True
 
 
