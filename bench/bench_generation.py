@@ -23,8 +23,12 @@ def uncached_greedy(model: GLM, ctx: torch.Tensor, new_tokens: int, sop: int) ->
     ids = torch.cat([ctx, torch.full((B, 1), sop)], 1)
     for t in range(new_tokens):
         L = ids.shape[1]
-        pos = torch.stack([torch.cat([torch.arange(S), torch.ones(L - S, dtype=torch.long)]),
-                           torch.cat([torch.zeros(S, dtype=torch.long), torch.arange(1, L - S + 1)])])
+        pos = torch.stack(
+            [
+                torch.cat([torch.arange(S), torch.ones(L - S, dtype=torch.long)]),
+                torch.cat([torch.zeros(S, dtype=torch.long), torch.arange(1, L - S + 1)]),
+            ]
+        )
         nxt = model(ids, pos[None].expand(B, 2, L), sep=S).logits[:, -1].argmax(-1)
         ids = torch.cat([ids, nxt[:, None]], 1)
 
@@ -47,12 +51,20 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     args = ap.parse_args()
-    cfg = GLMConfig.from_name(args.preset, hidden_dropout=0.0, attention_dropout=0.0,
-                              max_sequence_length=max(512, args.context + max(args.lengths) + 2))
+    cfg = GLMConfig.from_name(
+        args.preset,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        max_sequence_length=max(512, args.context + max(args.lengths) + 2),
+    )
     model = GLM(cfg).eval()
-    ctx = torch.randint(10, cfg.vocab_size, (args.batch, args.context), generator=torch.Generator().manual_seed(0))
-    print(f"{args.preset}, batch {args.batch}, context {args.context}, threads {torch.get_num_threads()}, "
-          f"allocator: default (glibc malloc unless LD_PRELOAD says otherwise)")
+    ctx = torch.randint(
+        10, cfg.vocab_size, (args.batch, args.context), generator=torch.Generator().manual_seed(0)
+    )
+    print(
+        f"{args.preset}, batch {args.batch}, context {args.context}, threads {torch.get_num_threads()}, "
+        f"allocator: default (glibc malloc unless LD_PRELOAD says otherwise)"
+    )
     per_token = {}
     for n in args.lengths:
         # eop never chosen: min length = max length, so every run generates exactly n tokens
@@ -63,8 +75,10 @@ def main() -> None:
         t_full = timed(lambda: uncached_greedy(model, ctx, n, gcfg.sop_id))
         tok = args.batch * n
         per_token[n] = t_cached / n
-        print(f"new tokens {n:4d}: cached {tok / t_cached:8.1f} tok/s | uncached {tok / t_full:8.1f} tok/s | "
-              f"speed-up x{t_full / t_cached:.2f} | cached ms/step {1e3 * t_cached / n:.2f}")
+        print(
+            f"new tokens {n:4d}: cached {tok / t_cached:8.1f} tok/s | uncached {tok / t_full:8.1f} tok/s | "
+            f"speed-up x{t_full / t_cached:.2f} | cached ms/step {1e3 * t_cached / n:.2f}"
+        )
     a, b = args.lengths[0], args.lengths[-1]
     print(f"cached per-step cost ratio {b} vs {a} tokens: {per_token[b] / per_token[a]:.2f} (flat ~ 1)")
 

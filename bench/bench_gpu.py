@@ -64,8 +64,10 @@ def pretraining_seps(batch: int, length: int, generator: torch.Generator) -> tor
 def bench_attention(results: dict, lengths, batch=8, heads=16, head_dim=64) -> None:
     g = torch.Generator().manual_seed(0)
     for L in lengths:
-        q, k, v = (torch.randn(batch, heads, L, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                   for _ in range(3))
+        q, k, v = (
+            torch.randn(batch, heads, L, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            for _ in range(3)
+        )
         sep = pretraining_seps(batch, L, g).cuda()
         dense = build_attention_mask(sep, batch, L, device="cuda")
         block = build_block_mask(sep, batch, L, device="cuda")
@@ -106,19 +108,33 @@ def bench_training(results: dict, preset: str, seq: int, batch: int, variants, s
         attention, causal, compile_blocks, attn_dropout = variant
         torch.manual_seed(0)
         max_len = max(seq, GLMConfig.from_name(preset).max_sequence_length)  # longer sequences: longer tables
-        cfg = GLMConfig.from_name(preset, attention=attention, attention_dropout=attn_dropout,
-                                  max_sequence_length=max_len)
+        cfg = GLMConfig.from_name(
+            preset, attention=attention, attention_dropout=attn_dropout, max_sequence_length=max_len
+        )
         model = GLM(cfg).cuda()
         if compile_blocks == "blocks" or compile_blocks is True:
             for layer in model.transformer.layers:
                 layer.compile()
         decay = [p for n, p in model.named_parameters() if p.dim() > 1]
         no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                lr=1e-4, betas=(0.9, 0.98), eps=1e-6, fused=True)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=1e-4,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+            fused=True,
+        )
         ids = torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda", generator=None)
-        pos = torch.stack([torch.arange(seq), torch.zeros(seq, dtype=torch.long)])[None].expand(batch, 2, seq).cuda()
-        sep = torch.zeros(batch, dtype=torch.long, device="cuda") if causal else pretraining_seps(batch, seq, g).cuda()
+        pos = (
+            torch.stack([torch.arange(seq), torch.zeros(seq, dtype=torch.long)])[None]
+            .expand(batch, 2, seq)
+            .cuda()
+        )
+        sep = (
+            torch.zeros(batch, dtype=torch.long, device="cuda")
+            if causal
+            else pretraining_seps(batch, seq, g).cuda()
+        )
         targets = torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")
 
         def forward_loss():
@@ -140,13 +156,25 @@ def bench_training(results: dict, preset: str, seq: int, batch: int, variants, s
         ms = cuda_time(step, warmup=3, repeat=steps)
         tokens_per_s = batch * seq / (ms / 1e3)
         achieved = cfg.flops_per_token(seq) * tokens_per_s / 1e12
-        name = f"{preset}_L{seq}_B{batch}_{attention}{'_causal' if causal else ''}{'_compiled-' + str(compile_blocks) if compile_blocks else ''}" \
-               f"_attndrop{attn_dropout}"
-        row = {"ms_per_step": ms, "tokens_per_s": tokens_per_s, "tflops": achieved, "mfu": achieved / peak,
-               "batch": batch, "seq": seq, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-               "wall_s": time.time() - t0}
+        name = (
+            f"{preset}_L{seq}_B{batch}_{attention}{'_causal' if causal else ''}{'_compiled-' + str(compile_blocks) if compile_blocks else ''}"
+            f"_attndrop{attn_dropout}"
+        )
+        row = {
+            "ms_per_step": ms,
+            "tokens_per_s": tokens_per_s,
+            "tflops": achieved,
+            "mfu": achieved / peak,
+            "batch": batch,
+            "seq": seq,
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "wall_s": time.time() - t0,
+        }
         results.setdefault("training", {})[name] = row
-        print(f"train {name:52s} {tokens_per_s:9.0f} tok/s  {achieved:6.1f} TFLOP/s  MFU {row['mfu']:.3f}", flush=True)
+        print(
+            f"train {name:52s} {tokens_per_s:9.0f} tok/s  {achieved:6.1f} TFLOP/s  MFU {row['mfu']:.3f}",
+            flush=True,
+        )
         del model, opt
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -163,28 +191,57 @@ def main() -> None:
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     results["matmul_bf16_tflops"] = matmul_ceiling()
-    print(f"{results['device']}  torch {torch.__version__}  bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s",
-          flush=True)
+    print(
+        f"{results['device']}  torch {torch.__version__}  bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s",
+        flush=True,
+    )
     if args.mfu:
-        bench_training(results, "glm-large", 512, 64, [("sdpa", False, "step", 0.1), ("sdpa", False, "step", 0.0),
-                                                        ("flex", False, "step", 0.0)])
-        bench_training(results, "glm-large", 1024, 32, [("sdpa", False, "step", 0.0), ("flex", False, "step", 0.0)])
+        bench_training(
+            results,
+            "glm-large",
+            512,
+            64,
+            [("sdpa", False, "step", 0.1), ("sdpa", False, "step", 0.0), ("flex", False, "step", 0.0)],
+        )
+        bench_training(
+            results, "glm-large", 1024, 32, [("sdpa", False, "step", 0.0), ("flex", False, "step", 0.0)]
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return
     if args.scaling:
         for batch in (16, 32, 64):
-            bench_training(results, "glm-large", 512, batch, [("sdpa", False, False, 0.1), ("sdpa", False, True, 0.1),
-                                                               ("sdpa", False, True, 0.0)])
-        bench_training(results, "glm-large", 1024, 16, [("sdpa", False, True, 0.0), ("flex", False, True, 0.0),
-                                                         ("flex", False, False, 0.0), ("sdpa", False, False, 0.0)])
+            bench_training(
+                results,
+                "glm-large",
+                512,
+                batch,
+                [("sdpa", False, False, 0.1), ("sdpa", False, True, 0.1), ("sdpa", False, True, 0.0)],
+            )
+        bench_training(
+            results,
+            "glm-large",
+            1024,
+            16,
+            [
+                ("sdpa", False, True, 0.0),
+                ("flex", False, True, 0.0),
+                ("flex", False, False, 0.0),
+                ("sdpa", False, False, 0.0),
+            ],
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=2))
         return
     if not args.skip_attention:
         bench_attention(results, [512, 1024] if not args.quick else [512])
-    variants = [("sdpa", False, False, 0.1), ("sdpa", False, False, 0.0), ("sdpa", True, False, 0.0),
-                ("flex", False, False, 0.0), ("eager", False, False, 0.0)]
+    variants = [
+        ("sdpa", False, False, 0.1),
+        ("sdpa", False, False, 0.0),
+        ("sdpa", True, False, 0.0),
+        ("flex", False, False, 0.0),
+        ("eager", False, False, 0.0),
+    ]
     if not args.quick:
         variants.append(("sdpa", False, True, 0.0))
     bench_training(results, "glm-large", 512, 16, variants)

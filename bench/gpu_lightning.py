@@ -76,7 +76,9 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
         scheduler={"warmup_ratio": 0.1, "decay_style": "cosine", "total_steps": args.steps},
         compile=args.compile,
     )
-    data = MaskedRandomDocs(args.steps * args.batch, args.seq_length, GLMConfig.from_name(args.preset).vocab_size)
+    data = MaskedRandomDocs(
+        args.steps * args.batch, args.seq_length, GLMConfig.from_name(args.preset).vocab_size
+    )
     loader = DataLoader(data, batch_size=args.batch, collate_fn=collate_masked, num_workers=4)
     if strategy_name == "fsdp":
         from glm.distributed import fsdp_strategy
@@ -129,13 +131,17 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
         "losses_first5": [round(x, 3) for x in losses[:5]],
         "finite": all(np.isfinite(losses)),
         "callback_mfu": round(float(trainer.callback_metrics.get("perf/mfu", float("nan"))), 3),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available()
+        else None,
     }
     full = None
     if strategy_name == "fsdp":  # gather the full state dict, reload on one device, compare logits
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(
+            module.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     elif strategy_name.startswith("ds"):  # sharded ZeRO checkpoint -> export dir via our consolidate command
         from glm.checkpoint.consolidate import consolidate
         from glm.checkpoint.io import load_export
@@ -149,7 +155,9 @@ def run_one(args, strategy_name: str, precision: str) -> dict:
     if full is not None:
         batch = collate_masked([data[i] for i in range(4)])
         # after fit Lightning's teardown moved the module to the CPU, except ZeRO-3's partitioned parameters
-        device = trainer.strategy.root_device if strategy_name == "ds3" else next(module.model.parameters()).device
+        device = (
+            trainer.strategy.root_device if strategy_name == "ds3" else next(module.model.parameters()).device
+        )
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.no_grad():
             logits = module.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits

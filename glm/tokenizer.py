@@ -1034,6 +1034,13 @@ def _build_chinese(path: Path, options: dict[str, Any], where: str) -> GLMChines
     return GLMChineseTokenizer(path, fix_command_token=fix, **flags)
 
 
+def _missing(path: str | os.PathLike[str], problem: str) -> FileNotFoundError:
+    """A missing tokenizer file: the data layer's error (one line from run.py, with how to get it)."""
+    from glm.data.paths import missing_data  # lazily: glm.data imports this module
+
+    return missing_data(path, problem)
+
+
 def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer) -> GLMTokenizer:
     """A tokenizer from a saved dir (its ``tokenizer.json``), a ``.model`` file, or a dict.
 
@@ -1051,7 +1058,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
                 raise ValueError(f"tokenizer spec {spec}: missing field {field!r}")
         path = Path(spec["path"]).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"tokenizer spec {spec}: path {path} does not exist")
+            raise _missing(path, f"tokenizer spec {spec}: path {path} does not exist")
         return _build(str(spec["kind"]), path, spec, f"tokenizer spec {spec}")
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -1075,7 +1082,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
     if path.suffix == ".model" and path.is_file():
         return SentencePieceTokenizer(path)
     if not path.exists():
-        raise FileNotFoundError(f"tokenizer not found: {path}")
+        raise _missing(path, f"tokenizer not found: {path}")
     raise ValueError(f"{path}: expected a tokenizer dir (with {META_FILE}) or a sentencepiece .model file")
 
 

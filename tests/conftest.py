@@ -93,3 +93,20 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 240, env: dict[str, 
         text=True,
         timeout=timeout,
     )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line saying how many tests were skipped for missing data and how to get it (the per-test
+    reasons are shown with ``-rs``)."""
+    reasons = [
+        str(rep.longrepr[2])
+        for rep in terminalreporter.stats.get("skipped", [])
+        if isinstance(rep.longrepr, tuple)
+    ]
+    missing = [r for r in reasons if "missing" in r and "GLM_DATA_ROOT" in r]
+    if missing:
+        terminalreporter.write_line(
+            f"{len(missing)} tests skipped: data missing under {data_root()}. Fill it with "
+            "`python -m glm.data download all` or point GLM_DATA_ROOT at a copy (-rs lists each reason).",
+            yellow=True,
+        )

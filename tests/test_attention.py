@@ -91,6 +91,10 @@ def test_flex_equals_sdpa_forward_on_cpu():
         packed = flex(p_ids, p_pos, sep=p_sep, segment_ids=p_seg).logits[0]
         alone = sdpa(samples[1][0][None], samples[1][1][None], sep=samples[1][2]).logits[0]
         assert (packed[9:15] - alone).abs().max().item() < 2e-6
+        # one decoded position against 40 cached keys (CPU pads both lengths to the kernel's block)
+        cached = sdpa(ids[:, :39], pos[:, :, :39], sep=sep, use_cache=True).cache
+        step = flex(ids[:, 39:], pos[:, :, 39:], sep=sep, cache=cached).logits
+        assert (step - out_sdpa[:, 39:]).abs().max().item() < 2e-6
 
 
 def test_flex_refuses_cpu_training_and_dropout_clearly():

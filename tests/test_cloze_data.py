@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from glm.data.cloze import ClozeDataModule, ClozeEncoder, build_cloze_sequence, collate_cloze, truncate_parts
+from glm.data.download import resolve
 from glm.data.paths import data_root
 from glm.data.superglue import DataError, get_task
 from glm.data.superglue.tasks import RTE
@@ -21,8 +22,9 @@ ROOT = data_root()
 
 
 def _need_data() -> None:
-    if not (ROOT / "superglue").is_dir() or not (ROOT / "tokenizers").is_dir():
-        msg = f"shared SuperGLUE data / tokenizers missing under {ROOT} (set GLM_DATA_ROOT)"
+    missing = [f.target for f in resolve(["superglue", "tokenizers"]) if not (ROOT / f.target).is_file()]
+    if missing:  # files, not folders: a failed download attempt may leave empty folders behind
+        msg = f"SuperGLUE data / tokenizers missing under {ROOT}, e.g. {missing[0]} (set GLM_DATA_ROOT)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)
         pytest.skip(msg)
@@ -294,6 +296,7 @@ def test_truncation_counted_and_within_length(bert, caplog):
 
 
 def test_copa_mirroring_and_multirc_and_wsc_splits():
+    _need_data()
     copa = get_task("copa")
     train = copa.read(copa.path(ROOT, "train"), "train")
     assert len(train) == 800

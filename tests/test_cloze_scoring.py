@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from glm.data.cloze import ClozeDataModule, collate_cloze
+from glm.data.download import resolve
 from glm.data.paths import data_root
 from glm.model import GLM, GLMConfig
 from glm.tasks.cloze import PAD_SCORE, cloze_loss, multi_token_scores, single_token_scores
@@ -20,7 +21,7 @@ ROOT = data_root()
 @pytest.fixture(scope="module")
 def bert():
     path = ROOT / "tokenizers" / "bert-base-uncased"
-    if not (path.is_dir() and (ROOT / "superglue").is_dir()):
+    if not all((ROOT / f.target).is_file() for f in resolve(["superglue", "bert-base-uncased"])):
         msg = f"shared SuperGLUE data / BERT vocab missing under {ROOT} (set GLM_DATA_ROOT)"
         if os.environ.get("CI") == "true":
             pytest.fail(msg)

@@ -120,6 +120,7 @@ def test_offline_message_names_url_and_where_to_put_the_file(tmp_path):
     assert f"could not reach {url}" in msg and "offline" in msg
     assert f"place it at {root / 'toy' / 'a.txt'}" in msg and "ab" * 32 in msg
     assert not (root / entry.target).exists() and _leftovers(root) == []
+    assert not (root / "toy").exists()  # no empty folder that looks like data
 
 
 def test_http_error_and_all_failures_reported_together(server, tmp_path):
@@ -132,6 +133,7 @@ def test_http_error_and_all_failures_reported_together(server, tmp_path):
         dl.download(["toy"], root, registry=reg, progress=False)
     msg = str(err.value)
     assert msg.startswith("1 file(s) failed") and f"HTTP 404 (File not found) from {missing.url}" in msg
+    assert msg.splitlines()[-1].startswith(f"1 file(s) missing under {root}") and "GLM_DATA_ROOT" in msg
     assert (root / "toy/a.txt").is_file() and (root / "toy/sub/b.bin").is_file()  # the others still came
 
 
@@ -178,6 +180,8 @@ def test_registry_groups_and_names():
         "tokenizers/albert-base-v2/spiece.model",
     }
     assert dl.dataset_for("lambada/lambada_test.jsonl") == "lambada" and dl.dataset_for("nope.txt") is None
+    # a folder names the one data set under it, so a missing-folder message says what to download
+    assert dl.dataset_for("tokenizers/gpt2") == "gpt2" and dl.dataset_for("tokenizers") is None
     for f in dl.resolve(["all"]):  # every file pinned to a commit of its source repository
         assert re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/\S+", f.url), f.url
         assert re.fullmatch(r"[0-9a-f]{64}", f.sha256)

@@ -38,7 +38,21 @@ def test_wrong_type_is_named_by_the_cli(tmp_path: Path) -> None:
         ["+experiment=ci_tiny", "logger=none", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}"], tmp_path
     )
     _fails_naming(r, "Config error", "trainer.max_steps", "expected int")
-    assert "Traceback" not in r.stderr  # one message, not a deep traceback
+    # one message, not a deep traceback (Hydra's log handler prints to stdout); the traceback is in FAILED
+    assert "Traceback" not in r.stderr + r.stdout
+    assert "Traceback" in (tmp_path / "FAILED").read_text()
+
+
+def test_missing_data_is_one_line_naming_the_download(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+        env={"GLM_DATA_ROOT": str(empty)},
+    )
+    _fails_naming(r, "Data error", "gutenberg/11-0.txt", "python -m glm.data download gutenberg")
+    assert "Traceback" not in r.stderr + r.stdout
 
 
 @pytest.mark.parametrize(
@@ -56,6 +70,7 @@ def test_wrong_type_is_named_by_the_cli(tmp_path: Path) -> None:
         ("data.global_batch_size=6", ("data.global_batch_size", "micro_batch_size")),
         ("stages=[fit,evaluate]", ("stages", "evaluate")),
         ("+callbacks.checkpoint.save_topk=2", ("callbacks.checkpoint.save_topk",)),
+        ("task.pretrained=/nonexistent/glm-large", ("task.pretrained", "does not exist", "export dir")),
     ],
 )
 def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_cfg) -> None:
@@ -73,6 +88,15 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
         validate(cfg)
     for needle in needles:
         assert needle in str(err.value), str(err.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_hardware_refused_without_cuda(compose_cfg) -> None:
+    from glm.utils.validation import ConfigError, validate
+
+    cfg = compose_cfg("ci_tiny", ["logger=none", "hardware=[gpu,bf16]"])
+    with pytest.raises(ConfigError, match=r"hardware: trainer.accelerator=gpu .* no CUDA device.*hardware=cpu"):
+        validate(cfg)
 
 
 def test_unknown_group_option_is_named(tmp_path: Path) -> None:
@@ -176,10 +200,25 @@ def test_failure_writes_marker(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
-    assert r.returncode != 0 and "Input error: data.files: '/nonexistent/corpus_*.txt'" in r.stderr
+    assert r.returncode != 0 and "Data error: data.files: '/nonexistent/corpus_*.txt'" in r.stderr
     marker = (run_dir / "FAILED").read_text()  # the traceback is kept here, not printed
-    assert "MissingInputError" in marker and "corpus_*.txt" in marker
+    assert "DataNotFoundError" in marker and "corpus_*.txt" in marker
     assert "corpus_*.txt" in (run_dir / "run.log").read_text()
+
+
+def test_success_clears_a_stale_failed_marker(tmp_path: Path) -> None:
+    """A rerun or resume in the run dir of a failed attempt must not leave that attempt's FAILED behind."""
+    from omegaconf import OmegaConf
+
+    from glm.utils.wrappers import FAILED_MARKER, task_wrapper
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    (tmp_path / FAILED_MARKER).write_text("Traceback of an earlier attempt")
+    with pytest.raises(RuntimeError):
+        task_wrapper(lambda c: (_ for _ in ()).throw(RuntimeError("boom")))(cfg)
+    assert "boom" in (tmp_path / FAILED_MARKER).read_text()
+    assert task_wrapper(lambda c: 1)(cfg) == 1
+    assert not (tmp_path / FAILED_MARKER).exists()
 
 
 def test_ci_tiny_with_packing_end_to_end(tmp_path: Path) -> None:

@@ -433,3 +433,16 @@ def test_packed_pretraining_batch_gives_the_unpacked_loss_and_gradients() -> Non
     assert a_n.item() == b_n.item() == 5 + 2 + 4 + 0 + 2
     torch.testing.assert_close(a_sum, b_sum, rtol=1e-6, atol=0)  # the loss itself is computed in fp32
     torch.testing.assert_close(a_g, b_g, rtol=1e-5, atol=1e-7)
+
+
+def test_corpus_tokenizer_training_is_quiet(tmp_path: Path, capfd, caplog) -> None:
+    """sentencepiece's C++ trainer logs ~350 lines to stderr unless told not to; the run logs one line."""
+    from glm.data.pretrain import resolve_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"Sentence number {i} about cats, dogs and GLM.\n\n" for i in range(300)))
+    spec = {"train": {"vocab_size": 300, "max_bytes": 100_000}, "cache_dir": str(tmp_path / "cache")}
+    with caplog.at_level("INFO"):
+        tok = resolve_tokenizer(spec, [corpus])
+    assert tok.vocab_size >= 300 and "training a sentencepiece tokenizer" in caplog.text
+    assert "trainer_interface" not in capfd.readouterr().err

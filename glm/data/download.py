@@ -464,12 +464,14 @@ def resolve(
 
 
 def dataset_for(relpath: str | os.PathLike[str]) -> str | None:
-    """The registry name whose files include ``relpath`` (relative to the data root), if any."""
-    rel = Path(relpath).as_posix()
+    """The registry name whose files include ``relpath`` (relative to the data root) or, for a
+    folder such as ``tokenizers/gpt2``, lie under it; None if no single data set does."""
+    rel = Path(relpath).as_posix().rstrip("/")
     for name, files in REGISTRY.items():
         if any(f.target == rel for f in files):
             return name
-    return None
+    under = {name for name, files in REGISTRY.items() if any(f.target.startswith(rel + "/") for f in files)}
+    return under.pop() if len(under) == 1 else None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -538,9 +540,11 @@ def fetch(
                 "delete it or pass --force to replace it"
             )
     url = source_url(entry, mirror)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
+    ok = False
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _stream(url, out, entry, dest, timeout=timeout, progress=progress)
@@ -550,8 +554,15 @@ def fetch(
                 f"the download was discarded and {dest} was not written"
             )
         os.replace(tmp, dest)  # atomic on one file system: readers never see a partial file
+        ok = True
     finally:
         tmp.unlink(missing_ok=True)
+        if not ok:  # no empty folders left behind (they would look like data that is there)
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:  # not empty: another file arrived there
+                    break
     return dest, True
 
 
@@ -606,7 +617,12 @@ def download(
         if progress:
             print(f"{'downloaded' if fetched else 'present   '} {path}")
     if failures:
-        raise DownloadError(f"{len(failures)} file(s) failed:\n" + "\n".join(failures))
+        raise DownloadError(
+            f"{len(failures)} file(s) failed:\n"
+            + "\n".join(failures)
+            + f"\n{len(failures)} file(s) missing under {root}: place them as listed above, or point "
+            "GLM_DATA_ROOT at a folder that has them (`python -m glm.data list` shows the layout)."
+        )
     return paths
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from glm.utils.inputs import MissingInputError
+
 ENV_VAR = "GLM_DATA_ROOT"
 
 # glm/data/paths.py -> parents[2] is the folder that holds the `glm` package.
@@ -32,6 +34,30 @@ def data_root() -> Path:
     if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "glm").is_dir():
         return _CHECKOUT / "data"
     return Path.cwd() / "data"
+
+
+class DataNotFoundError(MissingInputError):
+    """A data file or folder a run needs is missing; ``run.py`` reports it in one line, no traceback."""
+
+
+def missing_data(path: str | os.PathLike[str], problem: str) -> DataNotFoundError:
+    """The error for a missing ``path`` (a file, folder or glob): ``problem``, then how to get it when
+    the path lies under the data root (the download command), else where the data root is."""
+    root = data_root()
+    parts = Path(os.path.abspath(path)).parts
+    for i, part in enumerate(parts):  # a glob: the folder above its first wildcard
+        if any(c in part for c in "*?["):
+            parts = parts[:i]
+            break
+    try:
+        rel = Path(*parts).relative_to(root).as_posix()
+    except ValueError:
+        rel = None
+    if rel is not None and rel != ".":
+        hint = _how_to_get(rel)
+    else:
+        hint = f"the data root is {root} (${ENV_VAR}); `python -m glm.data list` shows what it holds"
+    return DataNotFoundError(f"{problem}; {hint}.")
 
 
 def _how_to_get(relpath: str) -> str:
@@ -57,7 +83,7 @@ def require_data(relpath: str | os.PathLike[str], what: str | None = None) -> Pa
     if path.exists():
         return path
     label = f"{what} ({rel})" if what else rel
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"missing data file {label}: looked for {path} under the data root {root} "
         f"(from {'$' + ENV_VAR if os.environ.get(ENV_VAR) else 'the default'}); {_how_to_get(rel)}."
     )

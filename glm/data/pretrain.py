@@ -63,6 +63,7 @@ from glm.data.masking import (
     sentence_end_from_tokenizer,
 )
 from glm.data.packing import checked_pack_flag
+from glm.data.paths import missing_data
 from glm.data.sampling import EpochIndexSampler, ResumableDataLoader, fit_batches_done, rank_world
 from glm.utils.inputs import DataFormatError, MissingInputError, SkipLog, iter_jsonl, read_text, require
 
@@ -91,9 +92,7 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
         if not matches and Path(pattern).is_dir():
             raise MissingInputError(f"data.files: {pattern!r} is a directory; give files or a glob")
         if not matches:
-            raise MissingInputError(
-                f"data.files: {pattern!r} matches no file (check GLM_DATA_ROOT / paths.data_dir)"
-            )
+            raise missing_data(pattern, f"data.files: {pattern!r} matches no file")
         out.extend(Path(m).absolute() for m in matches)
     seen: set[Path] = set()
     return [p for p in out if not (p in seen or seen.add(p))]
@@ -404,7 +403,10 @@ def resolve_tokenizer(tokenizer: dict[str, Any] | None, files: Sequence[Path]) -
         raise ValueError("data.tokenizer: give `path` (an existing tokenizer) or `train` + `cache_dir`")
     settings = json.dumps({"files": [str(p) for p in files], **train}, sort_keys=True)
     name = f"{train.get('model_type', 'bpe')}{train.get('vocab_size', 8000)}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
-    return ensure_tokenizer(Path(spec["cache_dir"]) / name, files, **train)
+    out_dir = Path(spec["cache_dir"]) / name
+    if not out_dir.is_dir():
+        log.info("training a sentencepiece tokenizer on %d file(s) into %s (cached)", len(files), out_dir)
+    return ensure_tokenizer(out_dir, files, **{"quiet": True, **train})  # sentencepiece logs ~350 lines
 
 
 class PretrainDataModule(L.LightningDataModule):

@@ -177,35 +177,56 @@ class GLMConfig:
 
 
 def _bert(layers: int, hidden: int, heads: int) -> dict[str, Any]:
-    return dict(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, vocab_size=30592,
-                max_sequence_length=512)
+    return dict(
+        num_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        vocab_size=30592,
+        max_sequence_length=512,
+    )
 
 
 # Spec §11 (original releases) plus small presets for tests and CPU demos. V for our sentencepiece
 # tokenizers: 8000 pieces padded to a multiple of 128 = 8064.
 PRESETS: dict[str, dict[str, Any]] = {
-    "glm-tiny": dict(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=8064,
-                     max_sequence_length=512),
-    "glm-small": dict(num_layers=6, hidden_size=384, num_attention_heads=6, vocab_size=8064,
-                      max_sequence_length=512),
+    "glm-tiny": dict(
+        num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=8064, max_sequence_length=512
+    ),
+    "glm-small": dict(
+        num_layers=6, hidden_size=384, num_attention_heads=6, vocab_size=8064, max_sequence_length=512
+    ),
     "glm-base": _bert(12, 768, 12),
     "glm-large": _bert(24, 1024, 16),
-    "glm-roberta-large": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=50304,
-                              max_sequence_length=512),
+    "glm-roberta-large": dict(
+        num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=50304, max_sequence_length=512
+    ),
     "glm-410m": _bert(30, 1024, 16),
     "glm-515m": _bert(30, 1152, 18),
-    "glm-2b": dict(num_layers=36, hidden_size=2048, num_attention_heads=32, vocab_size=50304,
-                   max_sequence_length=1024),
-    "glm-10b": dict(num_layers=48, hidden_size=4096, num_attention_heads=64, vocab_size=50304,
-                    max_sequence_length=1024),
-    "glm-large-chinese": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=50048,
-                              max_sequence_length=1024),
-    "glm-10b-chinese": dict(num_layers=48, hidden_size=4096, num_attention_heads=64, vocab_size=50048,
-                            max_sequence_length=1024),
+    "glm-2b": dict(
+        num_layers=36, hidden_size=2048, num_attention_heads=32, vocab_size=50304, max_sequence_length=1024
+    ),
+    "glm-10b": dict(
+        num_layers=48, hidden_size=4096, num_attention_heads=64, vocab_size=50304, max_sequence_length=1024
+    ),
+    "glm-large-chinese": dict(
+        num_layers=24, hidden_size=1024, num_attention_heads=16, vocab_size=50048, max_sequence_length=1024
+    ),
+    "glm-10b-chinese": dict(
+        num_layers=48, hidden_size=4096, num_attention_heads=64, vocab_size=50048, max_sequence_length=1024
+    ),
     # The GLM-130B design (Zeng et al. 2022): a shape to build and benchmark; no original weights load.
-    "glm-130b": dict(num_layers=70, hidden_size=12288, num_attention_heads=96, vocab_size=150528,
-                     max_sequence_length=2048, position_encoding="rotary", layernorm_order="deepnorm",
-                     mlp="geglu", embedding_grad_scale=0.1, softmax_in_fp32=True),
+    "glm-130b": dict(
+        num_layers=70,
+        hidden_size=12288,
+        num_attention_heads=96,
+        vocab_size=150528,
+        max_sequence_length=2048,
+        position_encoding="rotary",
+        layernorm_order="deepnorm",
+        mlp="geglu",
+        embedding_grad_scale=0.1,
+        softmax_in_fp32=True,
+    ),
 }
 
 __all__ = ["GLMConfig", "PRESETS"]

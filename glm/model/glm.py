@@ -68,16 +68,24 @@ def build_attention_mask(
     return mask[:, None]
 
 
+# torch's compiled CPU flex kernel returns wrong values (or NaN) when a length is not a multiple of its
+# 128-token block (seen with torch 2.13, e.g. L = 40 or 200, even without a mask), so on CPU the block
+# mask and q/k/v are padded to a multiple of it; the padded keys are masked and the padded rows dropped.
+CPU_FLEX_BLOCK = 128
+
+
 def build_block_mask(
     sep: Tensor | int | None, batch_size: int, query_length: int, memory_length: int = 0,
-    device: torch.device | None = None, segment_ids: Tensor | None = None,
+    device: torch.device | None = None, segment_ids: Tensor | None = None, pad_to: int = 1,
 ):
     """The same rule as `build_attention_mask`, as a FlexAttention block mask: blocks with no visible
-    key (Part-A rows against Part-B columns, other samples of a packed row) are skipped entirely."""
+    key (Part-A rows against Part-B columns, other samples of a packed row) are skipped entirely.
+    `pad_to > 1` rounds both lengths up to a multiple of it (`flex_attention_glm` pads q/k/v to match)."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     prefix_end = _per_token_prefix(sep, batch_size, query_length, device)
-    M = memory_length
+    M, L = memory_length, query_length
+    q_len, kv_len = -(-L // pad_to) * pad_to, -(-(M + L) // pad_to) * pad_to
 
     def glm_mask(b, h, q_idx, kv_idx):
         key = (kv_idx - M).clamp(min=0)
@@ -86,7 +94,12 @@ def build_block_mask(
             visible = visible & (segment_ids[b, q_idx] == segment_ids[b, key])
         return (kv_idx < M) | visible
 
-    return create_block_mask(glm_mask, batch_size, None, query_length, M + query_length, device=device)
+    def padded_mask(b, h, q_idx, kv_idx):  # padded rows see what the last row sees; padded keys nothing
+        q = q_idx.clamp(max=L - 1)
+        return glm_mask(b, h, q, kv_idx.clamp(max=M + L - 1)) & (kv_idx < M + L)
+
+    mask_mod = glm_mask if (q_len, kv_len) == (L, M + L) else padded_mask
+    return create_block_mask(mask_mod, batch_size, None, q_len, kv_len, device=device)
 
 
 def _explicit_mask(attention_mask: Tensor, query_length: int, key_length: int) -> Tensor:
@@ -244,7 +257,12 @@ def flex_attention_glm(q: Tensor, k: Tensor, v: Tensor, block_mask, softmax_in_f
     dtype = q.dtype
     if softmax_in_fp32 and dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
-    return _compiled_flex(q, k, v, block_mask=block_mask).to(dtype)
+    L = q.shape[-2]
+    q_len, kv_len = block_mask.seq_lengths
+    if q_len != L or kv_len != k.shape[-2]:  # a padded block mask (CPU): pad to it, drop the padded rows
+        q = F.pad(q, (0, 0, 0, q_len - L))
+        k, v = (F.pad(t, (0, 0, 0, kv_len - t.shape[-2])) for t in (k, v))
+    return _compiled_flex(q, k, v, block_mask=block_mask)[..., :L, :].to(dtype)
 
 
 class MLP(nn.Module):
@@ -438,7 +456,8 @@ class GLM(nn.Module):
             # same -65504 fill); SDPA returns zeros there, so such batches take the original's arithmetic
             impl = "eager" if not bool(mask.any(-1).all()) else ("sdpa" if impl == "flex" else impl)
         elif impl == "flex":
-            mask = build_block_mask(sep, B, L, past_len, device, segment_ids)
+            pad_to = CPU_FLEX_BLOCK if device.type == "cpu" else 1
+            mask = build_block_mask(sep, B, L, past_len, device, segment_ids, pad_to)
         else:
             mask = build_attention_mask(sep, B, L, past_len, device, segment_ids)
         rotary = self.rotary(position_ids) if self.rotary is not None else None

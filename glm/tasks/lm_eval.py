@@ -62,7 +62,9 @@ class LMEvalModule(GLMTaskModule):
             )
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "samples", None):
-            check_positions(self.glm_config, max(int(s.position_ids.max()) for s in dm.samples), "data.seq_length")
+            check_positions(
+                self.glm_config, max(int(s.position_ids.max()) for s in dm.samples), "data.seq_length"
+            )
 
     def configure_optimizers(self) -> Any:  # never reached (setup refuses fit); keeps the base's AdamW out
         raise RuntimeError("LMEvalModule has no optimizer: it only evaluates")
@@ -103,16 +105,26 @@ class LMEvalModule(GLMTaskModule):
         dm = self.trainer.datamodule
         if dm.kind == "lambada":
             # loss: mean CE per answer token (a sanity number next to the accuracy; ln V for a random model)
-            return {"acc": self._correct / max(self._samples, 1), "loss": self._loss / max(self._count, 1),
-                    "num_samples": float(self._samples)}
+            return {
+                "acc": self._correct / max(self._samples, 1),
+                "loss": self._loss / max(self._count, 1),
+                "num_samples": float(self._samples),
+            }
         # every token but the first of the document is scored once: count == num_tokens - 1 (spec §10.2)
         num_tokens = self._count + 1
         if dm.num_tokens and num_tokens != dm.num_tokens:
-            raise RuntimeError(f"perplexity: scored {num_tokens - 1} tokens of a {dm.num_tokens}-token document "
-                               "(each token but the first must be scored exactly once; limit_test_batches?)")
+            raise RuntimeError(
+                f"perplexity: scored {num_tokens - 1} tokens of a {dm.num_tokens}-token document "
+                "(each token but the first must be scored exactly once; limit_test_batches?)"
+            )
         words = dm.num_original_words or num_tokens
         r = perplexity(self._loss, num_tokens, words)
-        return {"loss": r.avg_loss, "ppl": r.ppl, "adjusted_ppl": r.adjusted_ppl, "num_tokens": float(num_tokens)}
+        return {
+            "loss": r.avg_loss,
+            "ppl": r.ppl,
+            "adjusted_ppl": r.adjusted_ppl,
+            "num_tokens": float(num_tokens),
+        }
 
     def _finish(self, stage: str) -> None:
         if self.trainer.sanity_checking:  # the same on every rank: no rank waits in the gather alone

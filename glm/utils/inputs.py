@@ -45,8 +45,10 @@ class MissingInputError(FileNotFoundError):
 def check_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
     """`path` as a `Path` if it is a readable regular file; else an error naming it and `what` it is."""
     path = Path(path)
-    if not path.exists():
-        raise MissingInputError(f"{what}: {path} does not exist{hint}")
+    if not path.exists():  # under the data root the message also says how to download it
+        from glm.data.paths import missing_data  # lazily: glm.data imports this module
+
+        raise missing_data(path, f"{what}: {path} does not exist{hint}")
     if path.is_dir():
         raise MissingInputError(f"{what}: {path} is a directory, expected a file")
     if not path.is_file():

@@ -238,6 +238,12 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     task = _container(cfg.task)
     task_cls = check_against_signature(task, "task", skip=("model",))
     check_resume_vs_pretrained(cfg.get("ckpt_path"), task.get("pretrained"))
+    pretrained = task.get("pretrained")
+    if pretrained and not os.path.exists(os.path.expanduser(str(pretrained))):
+        raise ConfigError(
+            f"task.pretrained: {pretrained} does not exist; give an export dir (`<run dir>/export` of a fit, "
+            "or `python -m glm.checkpoint convert|consolidate ... --out DIR`) or a state-dict file"
+        )
     from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
 
     if inspect.isclass(task_cls) and issubclass(task_cls, GLMTaskModule):
@@ -259,6 +265,14 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             check_deepspeed_available()
         except StrategyUnavailable as err:
             raise ConfigError(f"hardware: {err}") from None
+    if trainer.get("accelerator") in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"hardware: trainer.accelerator={trainer['accelerator']} but torch {torch.__version__} sees "
+                "no CUDA device; run on CPU with hardware=cpu (or hardware=[cpu,ddp] trainer.devices=2)"
+            )
     world = _devices(trainer)
     check_multirun_strategy(trainer, is_multirun)
 

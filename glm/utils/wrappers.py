@@ -26,6 +26,16 @@ def _output_dir(cfg: DictConfig) -> Path | None:
         return None
 
 
+def _user_error(err: BaseException) -> bool:
+    """A config mistake, missing data or a bad input file (not a bug): run.py reports it in one line naming
+    the key / file, line and field; the traceback goes to the run's FAILED file only."""
+    from glm.checkpoint.io import CheckpointError
+    from glm.utils.inputs import DataFormatError, MissingInputError
+    from glm.utils.validation import ConfigError
+
+    return isinstance(err, (ConfigError, DataFormatError, MissingInputError, CheckpointError))
+
+
 def finish_wandb(exit_code: int) -> None:
     """Close the active W&B run so the next job of a multirun gets its own, with the real exit code."""
     if "wandb" not in sys.modules:
@@ -51,28 +61,25 @@ def teardown() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _is_input_error(err: BaseException) -> bool:
-    """Bad input files (not bugs): run.py prints their message as one line, without a traceback."""
-    from glm.checkpoint.io import CheckpointError
-    from glm.utils.inputs import DataFormatError, MissingInputError
-
-    return isinstance(err, (DataFormatError, MissingInputError, CheckpointError))
-
-
 def task_wrapper(fn: F) -> F:
     """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` with it, re-raise.
-    Always: ``wandb.finish(exit_code)`` and :func:`teardown`."""
+    On success: remove a ``FAILED`` left by an earlier attempt in the same dir. Always:
+    ``wandb.finish(exit_code)`` and :func:`teardown`."""
 
     @functools.wraps(fn)
     def wrapped(cfg: DictConfig, *args: Any, **kwargs: Any) -> Any:
         exit_code = 0
         try:
-            return fn(cfg, *args, **kwargs)
+            result = fn(cfg, *args, **kwargs)
+            out = _output_dir(cfg)
+            if out is not None:  # a rerun / resume in the dir of a failed attempt: that marker is stale now
+                (out / FAILED_MARKER).unlink(missing_ok=True)
+            return result
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if _is_input_error(err):  # the message names file, line and field; the trace goes to FAILED only
-                log.error("run failed: %s", err)
+            if _user_error(err):  # the CLI prints the message alone; the traceback goes to FAILED only
+                log.error("run failed: %s: %s", type(err).__name__, err)
             else:
                 log.error("run failed:\n%s", text)
             out = _output_dir(cfg)
