@@ -8,13 +8,12 @@ the launching command, which inside pytest would be pytest itself (stack notes R
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_dist_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "dist_train.py"
@@ -24,24 +23,7 @@ from dist_train import MODEL, N_SAMPLES, make_sample
 
 
 def _run(out: Path, *args: str, timeout: int = 300) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK")
-    }
-    # the script imports glm from this checkout whatever the installed package points at
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    r = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(out), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    return json.loads((out / "result.json").read_text())
+    return run_dist_script(SCRIPT, out, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

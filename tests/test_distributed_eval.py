@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import need_data
+from conftest import need_data, run_dist_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "dist_eval.py"
@@ -49,24 +47,7 @@ FLOAT_SUMS = {"test/loss", "val/loss", "val/ppl", "val/adjusted_ppl"}
 
 
 def _run(out: Path, weights: Path, *args: str, timeout: int = 400) -> dict:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RANK")
-    }
-    # the script imports glm from this checkout whatever the installed package points at
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    r = subprocess.run(
-        [sys.executable, str(SCRIPT), "--weights", str(weights), "--out", str(out), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    return json.loads((out / "result.json").read_text())
+    return run_dist_script(SCRIPT, out, "--weights", str(weights), *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
