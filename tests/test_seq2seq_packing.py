@@ -214,10 +214,11 @@ def test_datamodule_packs_the_same_batches_into_fewer_rows(bert, tmp_path) -> No
     rows_padded = sum(a["input_ids"].shape[0] for a in padded)
     rows_packed = sum(b["input_ids"].shape[0] for b in packed)
     assert rows_padded == 64
-    # measured on these 64 pairs: a sample is 334 real tokens on average, half of a 668-token row
-    assert real == 21_401 and rows_packed == 36
+    # measured on these 64 pairs in the run seed's (unset: 0) epoch order: a sample is 334 real tokens on
+    # average, half of a 668-token row
+    assert real == 21_401 and rows_packed == 34
     assert 1 - real / (rows_padded * L) == pytest.approx(0.4994, abs=1e-4)  # padding fraction, padded
-    assert 1 - real / (rows_packed * L) == pytest.approx(0.1101, abs=1e-4)  # padding fraction, packed
+    assert 1 - real / (rows_packed * L) == pytest.approx(0.0577, abs=1e-4)  # padding fraction, packed
 
     # decoding inputs: unpacked compact sources, their right padding marked by context_mask
     dm = dms[True]
