@@ -70,7 +70,7 @@ def test_missing_data_is_one_line_naming_the_download(tmp_path: Path) -> None:
         ("data.global_batch_size=6", ("data.global_batch_size", "micro_batch_size")),
         ("stages=[fit,evaluate]", ("stages", "evaluate")),
         ("+callbacks.checkpoint.save_topk=2", ("callbacks.checkpoint.save_topk",)),
-        ("task.pretrained=/nonexistent/glm-large", ("task.pretrained", "does not exist", "export dir")),
+        ("task.pretrained=nonexistent/glm-large", ("task.pretrained", "does not exist", "export dir")),
     ],
 )
 def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_cfg) -> None:
@@ -190,17 +190,18 @@ def test_ci_tiny_end_to_end(tmp_path: Path) -> None:
 
 def test_failure_writes_marker(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    missing = tmp_path / "nonexistent" / "corpus_*.txt"  # no such folder: the glob matches nothing
     r = run_cli(
         [
             "+experiment=ci_tiny",
             "logger=none",
-            "data.files=[/nonexistent/corpus_*.txt]",
+            f"data.files=[{missing}]",
             f"hydra.run.dir={run_dir}",
             f"paths.cache_dir={tmp_path / 'cache'}",
         ],
         tmp_path,
     )
-    assert r.returncode != 0 and "Data error: data.files: '/nonexistent/corpus_*.txt'" in r.stderr
+    assert r.returncode != 0 and f"Data error: data.files: '{missing}'" in r.stderr
     marker = (run_dir / "FAILED").read_text()  # the traceback is kept here, not printed
     assert "DataNotFoundError" in marker and "corpus_*.txt" in marker
     assert "corpus_*.txt" in (run_dir / "run.log").read_text()
