@@ -799,18 +799,8 @@ class RobertaTokenizer(GPT2Tokenizer):
     """
 
     kind = "roberta"
-
-    def __init__(
-        self,
-        vocab_json: str | os.PathLike[str],
-        merges_txt: str | os.PathLike[str],
-        task_mask: bool = True,
-        decoder_mask: bool = True,
-    ) -> None:
-        super().__init__(vocab_json, merges_txt, task_mask=task_mask, decoder_mask=decoder_mask)
-        aliases = _FAMILIES["roberta"].aliases
-        self._aliases = aliases
-        self._alias_re = re.compile("|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True)))
+    _aliases = _FAMILIES["roberta"].aliases
+    _alias_re = re.compile("|".join(re.escape(a) for a in sorted(_aliases, key=len, reverse=True)))
 
     def _respell(self, text: str) -> str:
         return self._alias_re.sub(lambda m: self._aliases[m.group()], text)
