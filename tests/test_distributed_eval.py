@@ -160,7 +160,7 @@ def test_fsdp2_evaluation_equals_one_process(single: tuple[Path, dict], weights:
 def test_eval_sampler_shards_with_padding() -> None:
     from types import SimpleNamespace
 
-    from glm.data.sharding import eval_sampler
+    from glm.data.sampling import eval_sampler
 
     data = list(range(7))
     assert eval_sampler(data, None) is None

@@ -49,8 +49,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sampling import resumable_train_loader
-from glm.data.sharding import eval_sampler
+from glm.data.sampling import eval_sampler, resumable_train_loader
 from glm.data.superglue.examples import ClozeExample, DataError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
 
@@ -384,7 +383,7 @@ class ClozeDataModule(L.LightningDataModule):
     sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens). The
     training loader shuffles per epoch from the run seed, gives each rank its share and resumes mid-epoch
     (`glm.data.sampling.resumable_train_loader`); under several processes the val/test/predict loaders give
-    each rank its share (`glm.data.sharding`).
+    each rank its share (`glm.data.sampling`).
     """
 
     def __init__(

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from glm.data.sampling import eval_sampler
 from glm.data.seq2seq import resolve_tokenizer
-from glm.data.sharding import eval_sampler
 from glm.utils.inputs import DataFormatError, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Resumable training order, shared by every datamodule (pretraining, cloze, seq2seq).
+"""How every datamodule orders and shards its data between ranks: the resumable training order (pretraining,
+cloze, seq2seq) and the evaluation split (`eval_sampler`).
 
 - :class:`EpochIndexSampler`: a per-epoch permutation from ``default_rng([seed, 3, epoch])``, sharded by
   rank by the sampler itself (the run config sets ``use_distributed_sampler: false``), so the order depends
@@ -31,18 +32,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "EpochIndexSampler",
     "ResumableDataLoader",
+    "eval_sampler",
     "fit_batches_done",
     "rank_world",
     "resumable_train_loader",
@@ -169,6 +171,20 @@ def rank_world(trainer: Any | None) -> tuple[int, int]:
     if trainer is None:
         return 0, 1
     return int(getattr(trainer, "global_rank", 0) or 0), int(getattr(trainer, "world_size", 1) or 1)
+
+
+def eval_sampler(dataset: Sized, trainer: Any | None) -> DistributedSampler | None:
+    """This rank's share of an evaluation split, or None (the plain in-order loader) with one process.
+
+    The run config sets `use_distributed_sampler: false`, so Lightning leaves evaluation loaders alone and
+    each datamodule shards them here: every rank gets every `world_size`-th example, no shuffling, the
+    split padded with repeated examples so every rank runs the same number of steps (the epoch-end
+    collectives then meet). The task modules drop the repeats by example index
+    (`glm.tasks.evaluation.gather_by_index`)."""
+    rank, world = rank_world(trainer)
+    if world == 1:
+        return None
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
 
 
 def run_seed() -> int:

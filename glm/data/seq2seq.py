@@ -39,8 +39,7 @@ import numpy as np
 import torch
 
 from glm.data.packing import checked_pack_flag
-from glm.data.sampling import ResumableDataLoader, resumable_train_loader
-from glm.data.sharding import eval_sampler
+from glm.data.sampling import ResumableDataLoader, eval_sampler, resumable_train_loader
 from glm.utils.inputs import DataFormatError, SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
@@ -360,7 +359,7 @@ class Seq2SeqDataModule(_Base):
     no teacher-forced loss). The training loader shuffles per epoch from the run seed, gives each rank its
     share (the run config sets `use_distributed_sampler: false`) and resumes mid-epoch
     (`glm.data.sampling.resumable_train_loader`); each evaluation split is shared between ranks too
-    (`glm.data.sharding.eval_sampler`: every rank decodes its share; the module gathers the results by
+    (`glm.data.sampling.eval_sampler`: every rank decodes its share; the module gathers the results by
     `index`).
 
     `pack` (`data.pack`): False = the original padded layout; True = compact (unpadded) samples, each

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from glm.model import GLM, GLMConfig
+from glm.tasks.evaluation import all_gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -336,8 +337,8 @@ class GLMTaskModule(L.LightningModule):
         collective); ``glm_rng_states`` (this rank's, i.e. rank 0's in the file) stays for older readers."""
         states = rng_states()
         checkpoint["glm_rng_states"] = states
-        by_rank = _gather_from_ranks(states)
-        if by_rank is not None:
+        by_rank = all_gather_objects(self, states)
+        if len(by_rank) > 1:
             checkpoint["glm_rng_states_by_rank"] = by_rank
         checkpoint["glm_skipped_steps"] = int(self.skipped_steps)
 
@@ -476,17 +477,6 @@ def rng_states() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state()
-    return out
-
-
-def _gather_from_ranks(value: Any) -> list[Any] | None:
-    """``value`` of every rank, in rank order (a collective); None in a single process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
     return out
 
 

@@ -1,6 +1,7 @@
-"""Evaluation under several processes: per-example results gathered from every rank, each example once.
+"""Evaluation under several processes: per-example results gathered from every rank, each example once
+(`all_gather_objects` also serves any picklable per-rank value, e.g. the RNG states of a checkpoint).
 
-The evaluation loaders split a split between ranks (`glm.data.sharding.eval_sampler`, or Lightning's own
+The evaluation loaders split a split between ranks (`glm.data.sampling.eval_sampler`, or Lightning's own
 `DistributedSampler` when `use_distributed_sampler` is on). Such a sampler pads the split with repeated
 examples so that every rank runs the same number of steps, and it interleaves the order. A task therefore
 keeps one record per example with the example's index, and at the epoch end calls `gather_by_index`:
