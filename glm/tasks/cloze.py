@@ -147,18 +147,11 @@ def cloze_loss(
     `gen_logprob [B, C]`: log-probability of each choice for the generative term (defaults to the
     scores, which is right for multi-token tasks).
     """
-    if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
     valid = label != IGNORE_INDEX
+    losses = cloze_example_losses(scores, label, kind, gen_logprob)
     if not valid.any():
         return scores.sum() * 0.0  # keeps the graph (and DDP) happy when a batch has no target
-    loss = scores.new_zeros(())
-    if kind in ("cross_entropy", "mix"):
-        loss = loss + F.cross_entropy(scores[valid].float(), label[valid])
-    if kind in ("generative", "mix"):
-        lp = scores if gen_logprob is None else gen_logprob
-        loss = loss - lp[valid].gather(1, label[valid].unsqueeze(1)).float().mean()
-    return loss
+    return losses[valid].mean()
 
 
 class PromptEncoder(nn.Module):
