@@ -12,22 +12,16 @@ import glm.utils.resolvers  # noqa: F401  (registers ${glm.choice:...} before Hy
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
-    from glm.checkpoint.io import CheckpointError
-    from glm.data.paths import DataNotFoundError
     from glm.pipeline import optimized_metric, run
-    from glm.utils.inputs import DataFormatError, MissingInputError
-    from glm.utils.validation import ConfigError
+    from glm.utils.wrappers import user_error_label
 
     try:
         metrics = run(cfg)
-    except ConfigError as err:  # a config mistake: one line naming the key, no traceback
-        print(f"Config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except DataNotFoundError as err:  # missing data: one line saying where and how to get it
-        print(f"Data error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (DataFormatError, MissingInputError, CheckpointError) as err:  # bad input: one line naming it
-        print(f"Input error: {err}", file=sys.stderr)
+    except Exception as err:  # config mistakes and bad or missing input: one line naming it, no traceback
+        label = user_error_label(err)
+        if label is None:
+            raise
+        print(f"{label} error: {err}", file=sys.stderr)
         sys.exit(2)
     return optimized_metric(cfg, metrics)
 

@@ -26,14 +26,22 @@ def _output_dir(cfg: DictConfig) -> Path | None:
         return None
 
 
-def _user_error(err: BaseException) -> bool:
-    """A config mistake, missing data or a bad input file (not a bug): run.py reports it in one line naming
-    the key / file, line and field; the traceback goes to the run's FAILED file only."""
+def user_error_label(err: BaseException) -> str | None:
+    """"Config", "Data" or "Input" for a config mistake, missing data or a bad input file (not a bug: run.py
+    prints `<label> error: <message>`, the message naming the key / file, line and field, and the traceback
+    goes to the run's FAILED file only); None for anything else."""
     from glm.checkpoint.io import CheckpointError
+    from glm.data.paths import DataNotFoundError
     from glm.utils.inputs import DataFormatError, MissingInputError
     from glm.utils.validation import ConfigError
 
-    return isinstance(err, (ConfigError, DataFormatError, MissingInputError, CheckpointError))
+    if isinstance(err, ConfigError):
+        return "Config"
+    if isinstance(err, DataNotFoundError):
+        return "Data"
+    if isinstance(err, (DataFormatError, MissingInputError, CheckpointError)):
+        return "Input"
+    return None
 
 
 def finish_wandb(exit_code: int) -> None:
@@ -78,7 +86,7 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if _user_error(err):  # the CLI prints the message alone; the traceback goes to FAILED only
+            if user_error_label(err):  # the CLI prints the message alone; the traceback goes to FAILED only
                 log.error("run failed: %s: %s", type(err).__name__, err)
             else:
                 log.error("run failed:\n%s", text)
