@@ -32,7 +32,7 @@ With SLURM (Lightning detects ``SLURM_*``; one task per GPU)::
 Give ``hydra.run.dir`` explicitly so every process writes into the same run dir (a ``${now:...}`` dir
 would differ between nodes). To resume after a crash or a requeue, repeat the command with
 ``ckpt_path=last``. A Hydra multirun (``-m``) may only combine with these external launchers or with one
-device per job (see ``glm.utils.validation.check_multirun_strategy``).
+device per job (see ``glm.run.validation.check_multirun_strategy``).
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from glm.errors import StrategyUnavailable
 
 SUBPROCESS_STRATEGIES = ("ddp_strategy", "fsdp_strategy", "deepspeed_strategy")
 
 
-class StrategyUnavailable(RuntimeError):
-    """A strategy that cannot run on this machine (raised before anything is built)."""
 
 
 def ddp_strategy(**kwargs: Any) -> Any:

@@ -86,7 +86,7 @@ def read_input(source: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Fill the blanks of `input=FILE` (one output line per input line) or of prompts typed on the terminal."""
-    from glm.checkpoint.io import CheckpointError
+    from glm.errors import CheckpointError
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     source = args.pop("input", None)

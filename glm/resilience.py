@@ -1,6 +1,6 @@
 """Runs that survive crashes: the checkpoint callback every config uses (``callbacks.checkpoint``).
 
-Resume = the same command + ``hydra.run.dir=<old run dir> ckpt_path=last`` (see ``glm.pipeline``). For that,
+Resume = the same command + ``hydra.run.dir=<old run dir> ckpt_path=last`` (see ``glm.run.pipeline``). For that,
 ``last.ckpt`` must be recent and complete:
 
 - :class:`RunCheckpoint` keeps Lightning's best-``k`` checkpoints by ``monitor`` (saved after validation,

@@ -91,7 +91,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glm.utils.inputs import DataFormatError, check_file, load_json, read_lines
+from glm.utils.fs import atomic_write
+from glm.utils.inputs import check_file, load_json, missing_file_error, read_lines
+from glm.errors import DataFormatError
 
 META_FILE = "tokenizer.json"
 SP_MODEL_FILE = "tokenizer.model"
@@ -302,18 +304,15 @@ class GLMTokenizer(ABC):
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def _copy_into(src: Path, directory: Path, name: str) -> None:
     dest = directory / name
     if dest.exists() and dest.resolve() == src.resolve():
         return
-    tmp = directory / f".{name}.tmp-{os.getpid()}"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with open(src, "rb") as source:
+        atomic_write(dest, lambda f: shutil.copyfileobj(source, f))
 
 
 # =================================================================================================
@@ -1024,13 +1023,6 @@ def _build_chinese(path: Path, options: dict[str, Any], where: str) -> GLMChines
     return GLMChineseTokenizer(path, fix_command_token=fix, **flags)
 
 
-def _missing(path: str | os.PathLike[str], problem: str) -> FileNotFoundError:
-    """A missing tokenizer file: the data layer's error (one line from run.py, with how to get it)."""
-    from glm.data.paths import missing_data  # lazily: glm.data imports this module
-
-    return missing_data(path, problem)
-
-
 def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer) -> GLMTokenizer:
     """A tokenizer from a saved dir (its ``tokenizer.json``), a ``.model`` file, or a dict.
 
@@ -1048,7 +1040,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
                 raise ValueError(f"tokenizer spec {spec}: missing field {field!r}")
         path = Path(spec["path"]).expanduser()
         if not path.exists():
-            raise _missing(path, f"tokenizer spec {spec}: path {path} does not exist")
+            raise missing_file_error(path, f"tokenizer spec {spec}: path {path} does not exist")
         return _build(str(spec["kind"]), path, spec, f"tokenizer spec {spec}")
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -1072,7 +1064,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
     if path.suffix == ".model" and path.is_file():
         return SentencePieceTokenizer(path)
     if not path.exists():
-        raise _missing(path, f"tokenizer not found: {path}")
+        raise missing_file_error(path, f"tokenizer not found: {path}")
     raise ValueError(f"{path}: expected a tokenizer dir (with {META_FILE}) or a sentencepiece .model file")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import glm.utils.resolvers  # noqa: F401  (the ${glm.choice:...} resolver used by conf/run.yaml)
+import glm.run.resolvers  # noqa: F401  (the ${glm.choice:...} resolver used by conf/run.yaml)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from glm.utils.allocator import set_host_allocator
-from glm.utils.validation import ConfigError, validate
+from glm.run.validation import validate
+from glm.errors import ConfigError
 
 PAGES_PER_BUFFER = 64 * 2**20 // 4096  # 16384 pages of 4 KiB
 

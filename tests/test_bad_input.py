@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from conftest import need_data, run_cli
 
-from glm.utils.inputs import DataFormatError, MissingInputError
+from glm.errors import DataFormatError, MissingInputError
 
 BOM = b"\xef\xbb\xbf"
 
@@ -334,7 +334,8 @@ def test_sentencepiece_and_tokenizer_json_defects(tmp_path: Path) -> None:
 def test_model_config_yaml_defects(tmp_path: Path) -> None:
     import yaml
 
-    from glm.checkpoint.io import CheckpointError, load_export, read_model_config
+    from glm.checkpoint.io import load_export, read_model_config
+    from glm.errors import CheckpointError
     from glm.model import GLMConfig
 
     good = yaml.safe_dump(GLMConfig.from_name("glm-tiny").to_dict(), sort_keys=False)
@@ -366,7 +367,8 @@ def test_model_config_yaml_defects(tmp_path: Path) -> None:
 def test_checkpoint_tracker_hf_config_and_pt_defects(tmp_path: Path) -> None:
     from glm.checkpoint.convert_hf import load_hf
     from glm.checkpoint.convert_original import original_shard_files
-    from glm.checkpoint.io import CheckpointError, safe_load
+    from glm.checkpoint.io import safe_load
+    from glm.errors import CheckpointError
 
     root = tmp_path / "orig"
     shard = _write(root / "release" / "mp_rank_00_model_states.pt", b"")
@@ -401,7 +403,8 @@ def test_checkpoint_tracker_hf_config_and_pt_defects(tmp_path: Path) -> None:
 
 
 def test_download_status_of_a_directory(tmp_path: Path) -> None:
-    from glm.data.download import REGISTRY, DownloadError, fetch, file_status
+    from glm.data.download import REGISTRY, fetch, file_status
+    from glm.errors import DownloadError
 
     entry = REGISTRY["lambada"][0]
     (tmp_path / entry.target).mkdir(parents=True)

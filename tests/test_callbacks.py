@@ -147,7 +147,7 @@ def test_real_lightning_fit_logs_hand_computed_rate() -> None:
 
 
 def test_default_callbacks_config_builds_the_monitor(compose_cfg) -> None:
-    from glm.utils.instantiate import instantiate_group
+    from glm.run.instantiate import instantiate_group
 
     # the override documented in conf/callbacks/default.yaml
     cfg = compose_cfg("ci_tiny", ["+callbacks.mfu.device_peaks.MyGPU={bf16: 123.0}"])

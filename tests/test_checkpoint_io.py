@@ -9,15 +9,14 @@ import torch
 from torch import nn
 
 from glm.checkpoint.io import (
-    CheckpointError,
     atomic_save,
-    atomic_write,
     export_model,
-    extend_position_table,
     load_export,
-    load_pretrained_into,
     safe_load,
 )
+from glm.checkpoint.pretrained import extend_position_table, load_pretrained_into
+from glm.utils.fs import atomic_write
+from glm.errors import CheckpointError
 from glm.model import GLM, GLMConfig
 
 TINY = {

@@ -14,7 +14,8 @@ import torch
 from glm.data.cloze import ClozeDataModule, ClozeEncoder, build_cloze_sequence, collate_cloze, truncate_parts
 from glm.data.download import resolve
 from glm.data.paths import data_root
-from glm.data.superglue import DataError, get_task
+from glm.data.superglue import get_task
+from glm.errors import DataFormatError
 from glm.data.superglue.tasks import RTE
 from glm.tokenizer import load_tokenizer
 
@@ -401,7 +402,7 @@ def _write(tmp_path: Path, task_dir: str, split: str, lines: list[str]) -> None:
 )
 def test_bad_input_names_file_line_field(bert, tmp_path, lines, match):
     _write(tmp_path, "RTE", "val.jsonl", lines)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(DataFormatError, match=match):
         ClozeDataModule("rte", bert, tmp_path).load_split("val")
 
 
@@ -465,14 +466,14 @@ _WSC = {
 )
 def test_bad_input_other_tasks(bert, tmp_path, task, task_dir, lines, match):
     _write(tmp_path, task_dir, "dev32.jsonl" if task == "record" else "val.jsonl", lines)
-    with pytest.raises(DataError, match=match):
+    with pytest.raises(DataFormatError, match=match):
         ClozeDataModule(task, bert, tmp_path).load_split("val")
 
 
 def test_labels_required_outside_test_split_only(bert, tmp_path):
     line = '{"idx": 7, "premise": "a", "hypothesis": "b"}'
     _write(tmp_path, "RTE", "val.jsonl", [line])
-    with pytest.raises(DataError, match=r"val\.jsonl:1: missing field 'label'"):
+    with pytest.raises(DataFormatError, match=r"val\.jsonl:1: missing field 'label'"):
         ClozeDataModule("rte", bert, tmp_path).load_split("val")
     _write(tmp_path, "RTE", "test.jsonl", [line])
     dm = ClozeDataModule("rte", bert, tmp_path)
@@ -489,7 +490,7 @@ def test_example_that_cannot_fit_names_its_line(bert, tmp_path):
             '{"premise": "p", "choice1": "a long first choice", "choice2": "b", "question": "cause", "label": 0}'
         ],
     )
-    with pytest.raises(DataError, match=r"val\.jsonl:1: cannot fit the copa pattern 0"):
+    with pytest.raises(DataFormatError, match=r"val\.jsonl:1: cannot fit the copa pattern 0"):
         ClozeDataModule("copa", bert, tmp_path, seq_length=8).load_split("val")
 
 
@@ -499,7 +500,7 @@ def test_empty_candidates_error(bert, tmp_path):
         "qas": [{"query": "x @placeholder", "answers": []}],
     }
     _write(tmp_path, "ReCoRD", "dev32.jsonl", [json.dumps(rec)])
-    with pytest.raises(DataError, match=r"dev32\.jsonl:1: empty candidate list \(field 'passage.entities'\)"):
+    with pytest.raises(DataFormatError, match=r"dev32\.jsonl:1: empty candidate list \(field 'passage.entities'\)"):
         ClozeDataModule("record", bert, tmp_path).load_split("val")
     q = {"question": "q?", "answers": []}
     _write(
@@ -508,7 +509,7 @@ def test_empty_candidates_error(bert, tmp_path):
         "val.jsonl",
         [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [q]}})],
     )
-    with pytest.raises(DataError, match=r"val\.jsonl:1 \(passage.questions\[0\]\): empty candidate list"):
+    with pytest.raises(DataFormatError, match=r"val\.jsonl:1 \(passage.questions\[0\]\): empty candidate list"):
         ClozeDataModule("multirc", bert, tmp_path).load_split("val")
 
 
@@ -517,7 +518,7 @@ def test_multi_token_verbalizer_rejected(bert):
         def verbalizers(self, pattern_id):
             return [" entailment", " No"]
 
-    with pytest.raises(DataError, match=r"verbalizer ' entailment' of label 'entailment' is 3 tokens"):
+    with pytest.raises(DataFormatError, match=r"verbalizer ' entailment' of label 'entailment' is 3 tokens"):
         ClozeEncoder(BadRTE(), bert, 0, 256)
 
 

@@ -1,5 +1,5 @@
 """`+experiment=superglue_<task> model=glm_tiny` end to end for all eight tasks (fit -> validate -> predict),
-run in-process through `glm.pipeline.run` on the composed Hydra config, on real SuperGLUE files.
+run in-process through `glm.run.pipeline.run` on the composed Hydra config, on real SuperGLUE files.
 
 Checks per task: metrics.json holds the task's metrics in range, and its main metric equals the value
 recomputed here by hand from `val_predictions.jsonl` (accuracy, CB macro-F1, MultiRC F1a / per-question EM,
@@ -20,7 +20,7 @@ import pytest
 from conftest import data_root, need_data
 
 from glm.data.superglue import get_task
-from glm.pipeline import run
+from glm.run.pipeline import run
 
 N_EVAL = 8
 # small limits: a couple of optimizer steps, a few examples; ReCoRD/WSC carry many candidates per example

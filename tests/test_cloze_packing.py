@@ -19,7 +19,7 @@ from test_cloze_e2e import SMALL as E2E_SMALL
 
 from glm.data.cloze import ClozeDataModule, collate_cloze, collate_cloze_packed
 from glm.tasks.cloze import PAD_SCORE, ClozeModule, cloze_loss, prompt_slots
-from glm.utils.validation import ConfigError
+from glm.errors import ConfigError
 
 # task -> (examples, seq_length): enough sequences to fill several rows, small enough to stay fast.
 # ReCoRD candidates are ~300 tokens (10 for this example): rows of 640 hold two (positions still restart per
@@ -245,7 +245,7 @@ def test_superglue_rte_packed_end_to_end(compose_cfg, tmp_path: Path) -> None:
     steps, so agreement to ~1e-4 rather than float64's 1e-10)."""
     from conftest import run_cli
 
-    from glm.pipeline import run
+    from glm.run.pipeline import run
 
     need_data("superglue/RTE/train.jsonl")
     need_data("tokenizers/bert-base-uncased/vocab.txt")
@@ -272,7 +272,7 @@ def test_superglue_rte_packed_end_to_end(compose_cfg, tmp_path: Path) -> None:
 
 
 def test_bad_pack_value_is_a_config_error_at_start_up(compose_cfg) -> None:
-    from glm.pipeline import run
+    from glm.run.pipeline import run
 
     cfg = compose_cfg("superglue_rte", [*SMALL, "data.pack=maybe"])
     with pytest.raises(ConfigError, match=r"data\.pack"):

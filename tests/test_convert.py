@@ -22,7 +22,9 @@ from glm.checkpoint.convert_original import (
     load_original,
     save_original,
 )
-from glm.checkpoint.io import CheckpointError, load_export, load_pretrained_into
+from glm.checkpoint.io import load_export
+from glm.checkpoint.pretrained import load_pretrained_into
+from glm.errors import CheckpointError
 from glm.model import GLM, GLMConfig
 
 L, H, N, V, P = 2, 64, 4, 256, 32

@@ -120,7 +120,7 @@ def test_consolidate_lightning_file(runs: dict[str, Path], tmp_path: Path) -> No
 def test_consolidate_errors_name_the_path(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     from glm.checkpoint.__main__ import main
     from glm.checkpoint.consolidate import consolidate
-    from glm.checkpoint.io import CheckpointError
+    from glm.errors import CheckpointError
 
     cut = tmp_path / "cut.ckpt"
     data = (runs["single"] / "ckpt").read_bytes()

@@ -15,7 +15,9 @@ import pytest
 
 from glm.data import __main__ as cli
 from glm.data import download as dl
-from glm.data.download import ChecksumError, DownloadError, RemoteFile
+from glm.data import sources
+from glm.data.sources import RemoteFile
+from glm.errors import ChecksumError, DownloadError
 from glm.data.paths import data_root, need_shared_data, require_data
 
 
@@ -179,9 +181,9 @@ def test_registry_groups_and_names():
         "tokenizers/gpt2/merges.txt",
         "tokenizers/albert-base-v2/spiece.model",
     }
-    assert dl.dataset_for("lambada/lambada_test.jsonl") == "lambada" and dl.dataset_for("nope.txt") is None
+    assert sources.dataset_for("lambada/lambada_test.jsonl") == "lambada" and sources.dataset_for("nope.txt") is None
     # a folder names the one data set under it, so a missing-folder message says what to download
-    assert dl.dataset_for("tokenizers/gpt2") == "gpt2" and dl.dataset_for("tokenizers") is None
+    assert sources.dataset_for("tokenizers/gpt2") == "gpt2" and sources.dataset_for("tokenizers") is None
     for f in dl.resolve(["all"]):  # every file pinned to a commit of its source repository
         assert re.fullmatch(r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/\S+", f.url), f.url
         assert re.fullmatch(r"[0-9a-f]{64}", f.sha256)

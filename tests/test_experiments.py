@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from glm.model import GLMConfig
-from glm.utils.validation import ConfigError, validate
+from glm.run.validation import validate
+from glm.errors import ConfigError
 
 EXPERIMENTS = sorted(
     p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")

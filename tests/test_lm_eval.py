@@ -127,7 +127,7 @@ def test_real_lambada_file(tmp_path):
     assert all(ctx and word and " " not in word for ctx, word in pairs)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a b"}\n{"txt": "c"}\n')
-    from glm.data.seq2seq import DataFormatError
+    from glm.errors import DataFormatError
 
     with pytest.raises(DataFormatError, match=r"bad.jsonl:2: field 'text' missing"):
         read_lambada(bad)
@@ -177,12 +177,12 @@ def test_seq2seq_configs_use_canonical_scheduler_keys():
 
 
 # --------------------------------------------------------------------------------------------------
-# The experiments on slices of the real files, in-process through glm.pipeline.run (random glm-tiny)
+# The experiments on slices of the real files, in-process through glm.run.pipeline.run (random glm-tiny)
 # --------------------------------------------------------------------------------------------------
 def _run_experiment(compose_cfg, tmp_path, name: str, overrides: list[str]) -> dict:
     import json
 
-    from glm.pipeline import run
+    from glm.run.pipeline import run
 
     cfg = compose_cfg(name, ["model=glm_tiny", "logger=none", "callbacks.progress=null", *overrides])
     returned = run(cfg)
@@ -226,7 +226,7 @@ def test_wikitext_perplexity_experiment_on_the_real_file(compose_cfg, tmp_path):
 
 def test_position_ids_beyond_the_model_are_refused_naming_the_key(compose_cfg, tmp_path):
     from glm.data.paths import need_shared_data
-    from glm.pipeline import run
+    from glm.run.pipeline import run
 
     need_shared_data("wikitext-2/wiki.test.tokens", "WikiText-2 test")
     cfg = compose_cfg("wikitext_ppl", ["model=glm_tiny", "logger=none", "callbacks.progress=null", "data.max_lines=30"])
@@ -252,7 +252,7 @@ def test_lm_eval_bad_input_named_and_truncation_counted(tmp_path):
     from collections import Counter
 
     from glm.data.lm_eval import LMEvalDataModule
-    from glm.data.seq2seq import DataFormatError
+    from glm.errors import DataFormatError
 
     p = tmp_path / "l.jsonl"
     p.write_text('{"text": "one two three"}\n\n')
@@ -285,7 +285,7 @@ def test_lambada_on_a_pretraining_export_takes_its_architecture_and_tokenizer(co
     import yaml
 
     from glm.data.paths import need_shared_data
-    from glm.pipeline import run
+    from glm.run.pipeline import run
 
     need_shared_data("gutenberg/11-0.txt", "Gutenberg book")
     need_shared_data("lambada/lambada_test.jsonl", "LAMBADA test")

@@ -78,7 +78,8 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
     import yaml
     from omegaconf import OmegaConf, open_dict
 
-    from glm.utils.validation import ConfigError, validate
+    from glm.run.validation import validate
+    from glm.errors import ConfigError
 
     key, value = override.lstrip("+").split("=", 1)
     cfg = compose_cfg("ci_tiny", ["logger=none"])
@@ -92,7 +93,8 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_gpu_hardware_refused_without_cuda(compose_cfg) -> None:
-    from glm.utils.validation import ConfigError, validate
+    from glm.run.validation import validate
+    from glm.errors import ConfigError
 
     cfg = compose_cfg("ci_tiny", ["logger=none", "hardware=[gpu,bf16]"])
     with pytest.raises(ConfigError, match=r"hardware: trainer.accelerator=gpu .* no CUDA device.*hardware=cpu"):
@@ -211,7 +213,7 @@ def test_success_clears_a_stale_failed_marker(tmp_path: Path) -> None:
     """A rerun or resume in the run dir of a failed attempt must not leave that attempt's FAILED behind."""
     from omegaconf import OmegaConf
 
-    from glm.utils.wrappers import FAILED_MARKER, task_wrapper
+    from glm.run.wrappers import FAILED_MARKER, task_wrapper
 
     cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
     (tmp_path / FAILED_MARKER).write_text("Traceback of an earlier attempt")

@@ -184,8 +184,8 @@ def test_two_process_cloze_resumed_mid_epoch_is_bit_identical(tmp_path: Path) ->
 
 
 def _refusal(cfg, tmp_path: Path) -> str:
-    from glm.pipeline import run
-    from glm.utils.validation import ConfigError
+    from glm.run.pipeline import run
+    from glm.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         run(cfg)
@@ -208,7 +208,7 @@ def _fake_run_dir(cfg, run_dir: Path, checkpoint: bytes | None = None) -> Path:
 
 
 def test_resume_refuses_a_changed_model_objective_or_data(compose_cfg, tmp_path: Path) -> None:
-    from glm.pipeline import check_resume_config
+    from glm.run.pipeline import check_resume_config
 
     old = compose_cfg("ci_tiny", ["logger=none"])
     _fake_run_dir(old, tmp_path / "run")
@@ -228,7 +228,8 @@ def test_resume_refuses_a_changed_model_objective_or_data(compose_cfg, tmp_path:
 
 
 def test_pretrained_and_explicit_ckpt_path_are_exclusive(compose_cfg, tmp_path: Path) -> None:
-    from glm.utils.validation import ConfigError, validate
+    from glm.run.validation import validate
+    from glm.errors import ConfigError
 
     ckpt = tmp_path / "x.ckpt"
     torch.save({"state_dict": {}, "loops": {}}, ckpt)
@@ -311,7 +312,7 @@ def test_nan_loss_stops_naming_step_and_batch() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-    from glm.tasks.base import NonFiniteLossError
+    from glm.errors import NonFiniteLossError
 
     L.seed_everything(0, verbose=False)
     module, data = _module_and_data()

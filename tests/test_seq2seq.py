@@ -9,13 +9,13 @@ from collections import Counter
 import pytest
 
 from glm.data.seq2seq import (
-    DataFormatError,
     build_seq2seq_sample,
     build_source,
     collate_seq2seq,
     read_examples,
     undo_ptb,
 )
+from glm.errors import DataFormatError
 
 
 class WordTok:

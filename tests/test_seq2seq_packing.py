@@ -25,7 +25,7 @@ from glm.data.seq2seq import (
     collate_seq2seq_packed,
 )
 from glm.tasks.seq2seq import Seq2SeqModule
-from glm.utils.validation import ConfigError
+from glm.errors import ConfigError
 
 S, T = 96, 24  # glm-tiny holds 512 positions; short enough for fast float64 forwards
 EPS = 0.1

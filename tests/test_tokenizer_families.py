@@ -181,7 +181,7 @@ def test_roberta_preset_matches_data_tokenizer(tmp_path):
     # DictConfig to load_tokenizer, and the pipeline keeps the preset's V when it equals the tokenizer's
     from omegaconf import OmegaConf
 
-    from glm.utils.validation import check_tokenizer
+    from glm.run.validation import check_tokenizer
 
     _write_roberta(tmp_path / "roberta", size=50265)
     cfg = OmegaConf.create(

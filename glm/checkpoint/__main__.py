@@ -28,7 +28,8 @@ from glm.checkpoint.convert_original import (
     load_original,
     save_original,
 )
-from glm.checkpoint.io import CheckpointError, atomic_save, export_model, load_export, safe_load
+from glm.checkpoint.io import atomic_save, export_model, load_export, safe_load
+from glm.errors import CheckpointError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

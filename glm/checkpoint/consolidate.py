@@ -30,12 +30,12 @@ import torch
 from torch import Tensor
 
 from glm.checkpoint.io import (
-    CheckpointError,
-    _backbone_prefix,
+    backbone_prefix,
     export_model,
     is_backbone_key,
     safe_load,
 )
+from glm.errors import CheckpointError
 from glm.model import GLMConfig
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def _model_config(hparams: Any, source: Path) -> GLMConfig:
 
 def _backbone(state: Mapping[str, Tensor], source: Path) -> dict[str, Tensor]:
     """The backbone's tensors without their prefix (``model.`` in our task modules); others are reported."""
-    prefix = _backbone_prefix(state.keys(), str(source))
+    prefix = backbone_prefix(state.keys(), str(source))
     out, dropped = {}, []
     for key, value in state.items():
         inner = key[len(prefix) :] if key.startswith(prefix) else None

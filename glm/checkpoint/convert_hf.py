@@ -24,8 +24,10 @@ from typing import Any
 
 from torch import Tensor
 
-from glm.checkpoint.io import CheckpointError, atomic_save, atomic_write_text, is_backbone_key, safe_load
+from glm.checkpoint.io import atomic_save, is_backbone_key, safe_load
+from glm.errors import CheckpointError
 from glm.model import GLMConfig
+from glm.utils.fs import atomic_write
 from glm.utils.inputs import json_key_line, load_json, read_text
 
 log = logging.getLogger(__name__)
@@ -211,7 +213,7 @@ def save_hf(state_dict: Mapping[str, Tensor], config: GLMConfig, out_dir: str | 
     out_dir = Path(out_dir)
     hf = glm_config_to_hf(config)
     atomic_save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, out_dir / HF_WEIGHTS)
-    atomic_write_text(json.dumps(hf, indent=2) + "\n", out_dir / HF_CONFIG)
+    atomic_write(out_dir / HF_CONFIG, json.dumps(hf, indent=2) + "\n")
     return out_dir
 
 

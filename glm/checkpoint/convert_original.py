@@ -44,13 +44,13 @@ import torch
 from torch import Tensor
 
 from glm.checkpoint.io import (
-    CheckpointError,
     atomic_save,
-    atomic_write_text,
     export_model,
     safe_load,
 )
+from glm.errors import CheckpointError
 from glm.model import GLMConfig
+from glm.utils.fs import atomic_write
 from glm.utils.inputs import read_lines
 
 log = logging.getLogger(__name__)
@@ -381,7 +381,7 @@ def save_original(
     for r, shard in enumerate(ranks):
         file = out_dir / tag / f"mp_rank_{r:02d}_model_states.pt"
         files.append(atomic_save({"module": shard}, file))
-    atomic_write_text(f"{tag}\n", out_dir / TRACKER_FILE)  # last: the tracker only names complete tags
+    atomic_write(out_dir / TRACKER_FILE, f"{tag}\n")  # last: the tracker only names complete tags
     return files
 
 

@@ -15,29 +15,27 @@ Export directory (what `export_model` writes and `load_export` reads):
     DIR/tokenizer/           `tok.save(DIR/tokenizer)` (optional)
     DIR/run_config.yaml      the resolved run config (optional)
 
-`load_pretrained_into(model, path)` is what `task.pretrained=PATH` uses: it accepts an export dir, a
-Lightning `.ckpt`, a plain state-dict file or an original GLM checkpoint (dir or file).
+Loading weights from any source into a model (`task.pretrained=PATH`) is `glm.checkpoint.pretrained`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from glm.model import GLM, GLMConfig
 from glm.utils.inputs import read_text
+from glm.errors import CheckpointError
+from glm.tokenizer import load_tokenizer as load_tokenizer_dir
+from glm.utils.fs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,53 +49,11 @@ ANCHOR_KEY = "word_embeddings.weight"
 POSITION_TABLES = ("transformer.position_embeddings.weight", "transformer.block_position_embeddings.weight")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file or directory that cannot be used; the message names the path."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform/filesystem, hence best effort.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call `write(f)` on a temp file next to `path`, fsync it, then `os.replace` it onto `path`.
-
-    If `write` raises, the temp file is removed and `path` is left as it was (absent or the old file).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """`torch.save(obj)` to `path` atomically (zip format, so it can be loaded with `mmap=True`)."""
     return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically (UTF-8)."""
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -165,7 +121,7 @@ def _looks_like_partial_zip(path: Path) -> bool:
         return f.read(4) == b"PK\x03\x04"  # zip local-file magic without a readable central directory
 
 
-def _as_state_dict(obj: Any, path: Path, what: str = "state dict") -> dict[str, Tensor]:
+def as_state_dict(obj: Any, path: Path, what: str = "state dict") -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(
             f"{path}: expected a non-empty {what} (dict of tensors), got {type(obj).__name__}"
@@ -239,11 +195,11 @@ def export_model(
     atomic_save(sd, out_dir / MODEL_FILE)
     import yaml  # comes with omegaconf
 
-    atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), out_dir / CONFIG_FILE)
+    atomic_write(out_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
     if tokenizer is not None:
         tokenizer.save(out_dir / TOKENIZER_DIR)
     if run_config is not None:
-        atomic_write_text(_run_config_yaml(run_config), out_dir / RUN_CONFIG_FILE)
+        atomic_write(out_dir / RUN_CONFIG_FILE, _run_config_yaml(run_config))
     return out_dir
 
 
@@ -323,61 +279,15 @@ def load_export(
                 f"{MODEL_FILE} + {CONFIG_FILE} [+ {TOKENIZER_DIR}/, {RUN_CONFIG_FILE}]"
             )
     config = read_model_config(directory / CONFIG_FILE)
-    sd = _as_state_dict(safe_load(directory / MODEL_FILE, map_location), directory / MODEL_FILE)
+    sd = as_state_dict(safe_load(directory / MODEL_FILE, map_location), directory / MODEL_FILE)
     check_state_dict(sd, config, source=str(directory / MODEL_FILE))
     tokenizer = None
     if load_tokenizer and (directory / TOKENIZER_DIR).exists():
-        from glm.tokenizer import load_tokenizer as _load_tokenizer  # owned by the tokenizer package
-
-        tokenizer = _load_tokenizer(directory / TOKENIZER_DIR)
+        tokenizer = load_tokenizer_dir(directory / TOKENIZER_DIR)
     return config, sd, tokenizer
 
 
-# --------------------------------------------------------------------------------------------------
-# Loading pretrained weights into a (task) model
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class LoadReport:
-    """What `load_pretrained_into` did: keys that were not loaded and tables that were extended."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # in the model, not in the file (task heads)
-    unexpected: list[str] = field(default_factory=list)  # in the file, not used by the model
-    extended: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (rows in file, rows now)
-
-
-def read_weights(
-    path: str | Path, map_location: str | torch.device | None = "cpu"
-) -> tuple[dict[str, Tensor], str]:
-    """The state dict stored at `path` and what kind of source it was.
-
-    Kinds: `export` (export dir), `lightning` (`.ckpt` with a `state_dict` entry), `original` (original
-    GLM checkpoint dir or file with a `module` entry), `state_dict` (a plain dict of tensors).
-    """
-    path = Path(path)
-    if path.is_dir():
-        if is_export_dir(path):
-            return load_export(path, map_location, load_tokenizer=False)[1], "export"
-        from glm.checkpoint.convert_original import is_original_dir, load_original
-
-        if is_original_dir(path):
-            return load_original(path)[0], "original"
-        raise CheckpointError(
-            f"{path}: directory is neither an export dir ({MODEL_FILE} + {CONFIG_FILE}) nor an original GLM "
-            "checkpoint (latest_checkpointed_iteration.txt or mp_rank_XX_model_states.pt)"
-        )
-    from glm.checkpoint.convert_original import ORIGINAL_SAFE_GLOBALS
-
-    obj = safe_load(path, map_location, safe_globals=ORIGINAL_SAFE_GLOBALS)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return _as_state_dict(obj["state_dict"], path, "Lightning 'state_dict'"), "lightning"
-    if isinstance(obj, Mapping) and isinstance(obj.get("module"), Mapping):
-        return _as_state_dict(obj["module"], path, "original 'module' dict"), "original"
-    return _as_state_dict(obj, path), "state_dict"
-
-
-def _backbone_prefix(keys: Iterable[str], source: str) -> str:
+def backbone_prefix(keys: Iterable[str], source: str) -> str:
     """The prefix under which a GLM backbone's keys sit (e.g. '' / 'model.' / 'glm.' / 'module.model.')."""
     prefixes = sorted(k[: -len(ANCHOR_KEY)] for k in keys if k.endswith(ANCHOR_KEY))
     if not prefixes:
@@ -385,91 +295,6 @@ def _backbone_prefix(keys: Iterable[str], source: str) -> str:
     if len(prefixes) > 1:
         raise CheckpointError(f"{source}: several GLM backbones found, under prefixes {prefixes}")
     return prefixes[0]
-
-
-def extend_position_table(
-    table: Tensor, rows: int, std: float, generator: torch.Generator | None = None
-) -> Tensor:
-    """A fresh N(0, std) table of `rows` rows whose first rows are `table` (spec §1.1, §12.1)."""
-    if table.shape[0] > rows:
-        raise ValueError(f"cannot shrink a position table from {table.shape[0]} to {rows} rows")
-    fresh = torch.empty(rows, table.shape[1], dtype=table.dtype)
-    fresh.normal_(0.0, std, generator=generator)
-    fresh[: table.shape[0]] = table
-    return fresh
-
-
-def load_pretrained_into(model: nn.Module, path: str | Path, *, strict_backbone: bool = True) -> LoadReport:
-    """Load pretrained GLM weights from `path` into `model` (a `GLM` or a module containing one).
-
-    The backbone is found in both the file and `model` by its `word_embeddings.weight` key, so the
-    prefixes `model.` (Lightning / classification wrapper), `module.` (DDP/DeepSpeed) and `glm.` (HF)
-    all work. Keys outside the backbone are loaded when the model has them with the same shape and
-    reported otherwise (task heads are allowed to be missing). Position tables shorter than the model's
-    are extended as the original `load_pretrained` does. `strict_backbone`: a backbone key missing from
-    the file is an error (set False for partial finetuning checkpoints, spec §12.1).
-    """
-    source = str(path)
-    sd, kind = read_weights(path)
-    bad = [k for k in sd if "_orig_mod." in k]
-    if bad:
-        raise CheckpointError(
-            f"{source}: keys carry torch.compile's '_orig_mod.' prefix (e.g. {bad[0]!r}); save the "
-            "uncompiled module's state dict (this project compiles blocks in place, which keeps the names)"
-        )
-    target = model.state_dict()
-    src_prefix = _backbone_prefix(sd, source)
-    dst_prefix = _backbone_prefix(target, f"model {type(model).__name__}")
-    glm_module = model.get_submodule(dst_prefix[:-1]) if dst_prefix else model
-    cfg = getattr(glm_module, "config", None)
-    std = cfg.initializer_range if cfg is not None else 0.02
-
-    mapped: dict[str, Tensor] = {}
-    report = LoadReport(source=f"{source} ({kind})")
-    for key, value in sd.items():
-        name = dst_prefix + key[len(src_prefix) :] if key.startswith(src_prefix) else key
-        if name not in target:
-            report.unexpected.append(key)
-            continue
-        want = target[name].shape
-        inner = name[len(dst_prefix) :]
-        if inner in POSITION_TABLES and value.shape[1:] == want[1:] and value.shape[0] < want[0]:
-            value = extend_position_table(value, want[0], std)
-            report.extended[name] = (sd[key].shape[0], want[0])
-        if value.shape != want:
-            raise CheckpointError(
-                f"{source}: {key}: shape {tuple(value.shape)} does not fit the model's {name} {tuple(want)}"
-            )
-        mapped[name] = value
-    report.loaded = sorted(mapped)
-    report.unexpected.sort()
-    report.missing = sorted(set(target) - set(mapped))
-    missing_backbone = [
-        k for k in report.missing if k.startswith(dst_prefix) and is_backbone_key(k[len(dst_prefix) :])
-    ]
-    if missing_backbone and strict_backbone:
-        raise CheckpointError(
-            f"{source}: backbone weights missing from the file: {missing_backbone[:6]}"
-            f"{' ...' if len(missing_backbone) > 6 else ''} ({len(missing_backbone)} in all)"
-        )
-    model.load_state_dict(mapped, strict=False)
-    for name, (old, new) in report.extended.items():
-        log.info("%s: extended %s from %d to %d rows (new rows N(0, %g))", source, name, old, new, std)
-    if report.missing:
-        log.warning(
-            "%s: %d model keys not in the file (kept as initialised): %s",
-            source,
-            len(report.missing),
-            report.missing[:10],
-        )
-    if report.unexpected:
-        log.warning(
-            "%s: %d keys in the file not used by the model: %s",
-            source,
-            len(report.unexpected),
-            report.unexpected[:10],
-        )
-    return report
 
 
 _BACKBONE_RE = re.compile(
@@ -488,20 +313,13 @@ __all__ = [
     "MODEL_FILE",
     "RUN_CONFIG_FILE",
     "TOKENIZER_DIR",
-    "CheckpointError",
-    "LoadReport",
     "atomic_save",
-    "atomic_write",
-    "atomic_write_text",
     "check_state_dict",
     "expected_shapes",
     "export_model",
-    "extend_position_table",
     "is_backbone_key",
     "is_export_dir",
     "load_export",
-    "load_pretrained_into",
     "read_model_config",
-    "read_weights",
     "safe_load",
 ]

@@ -1,0 +1,3 @@
+"""Data: datamodules, masking, readers, the data root and downloads."""
+
+import glm.data.paths  # noqa: F401  (installs the missing-file hint of the data root)

@@ -50,7 +50,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from glm.data.packing import checked_pack_flag
 from glm.data.sampling import eval_sampler, resumable_train_loader
-from glm.data.superglue.examples import ClozeExample, DataError
+from glm.data.superglue.examples import ClozeExample
+from glm.errors import DataFormatError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class ClozeEncoder:
                 ids = self.encode(v)
                 if len(ids) != 1:
                     pieces = [tokenizer.id_to_piece(i) for i in ids]
-                    raise DataError(
+                    raise DataFormatError(
                         f"{task.name} pattern {pattern_id}: verbalizer {v!r} of label {label!r} is "
                         f"{len(ids)} tokens {pieces} with this tokenizer; a single-token task needs "
                         f"one token (or set data.multi_token=true)"
@@ -210,13 +211,13 @@ class ClozeEncoder:
         ids_a, ids_b = self._ids(parts_a), self._ids(parts_b)
         answer_ids = None if answer is None else self.encode(answer)
         if answer_ids is not None and not answer_ids:
-            raise DataError(f"{ex.source}: candidate {answer!r} encodes to no tokens")
+            raise DataFormatError(f"{ex.source}: candidate {answer!r} encodes to no tokens")
         try:
             removed = truncate_parts(
                 ids_a, ids_b, 0 if answer_ids is None else len(answer_ids) + 1, self.seq_length
             )
         except ValueError as e:
-            raise DataError(
+            raise DataFormatError(
                 f"{ex.source}: cannot fit the {self.task.name} pattern {self.pattern_id}: {e}"
             ) from None
         tokens = [t for ids, _ in ids_a + ids_b for t in ids]
@@ -246,7 +247,7 @@ class ClozeEncoder:
             parts_a, parts_b = self.task.parts(ex, self.pattern_id)
             inputs = [(parts_a, parts_b, v) for v in self.task.verbalizers(self.pattern_id)]
         if not inputs:
-            raise DataError(f"{ex.source}: empty candidate list")
+            raise DataFormatError(f"{ex.source}: empty candidate list")
         seqs, any_cut = [], False
         for parts_a, parts_b, answer in inputs:
             seq, cut = self._sequence(ex, parts_a, parts_b, answer)

@@ -29,7 +29,8 @@ import torch
 
 from glm.data.sampling import eval_sampler
 from glm.data.seq2seq import resolve_tokenizer
-from glm.utils.inputs import DataFormatError, jsonl_lines, parse_json_object, read_lines
+from glm.utils.inputs import jsonl_lines, parse_json_object, read_lines
+from glm.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 

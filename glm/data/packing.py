@@ -49,7 +49,7 @@ def checked_pack_flag(pack: Any) -> bool:
     """The ``data.pack`` switch of every datamodule, refused unless a real bool (a YAML string such as
     ``"yes"`` would silently pack)."""
     if not isinstance(pack, bool):
-        from glm.utils.validation import ConfigError
+        from glm.errors import ConfigError
 
         raise ConfigError(f"data.pack: expected true/false, got {pack!r}")
     return pack

@@ -18,7 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from glm.utils.inputs import MissingInputError
+from glm.data.sources import dataset_for
+from glm.errors import DataNotFoundError
+from glm.utils.inputs import set_missing_file_error
 
 ENV_VAR = "GLM_DATA_ROOT"
 
@@ -36,8 +38,6 @@ def data_root() -> Path:
     return Path.cwd() / "data"
 
 
-class DataNotFoundError(MissingInputError):
-    """A data file or folder a run needs is missing; ``run.py`` reports it in one line, no traceback."""
 
 
 def missing_data(path: str | os.PathLike[str], problem: str) -> DataNotFoundError:
@@ -62,14 +62,15 @@ def missing_data(path: str | os.PathLike[str], problem: str) -> DataNotFoundErro
 
 def _how_to_get(relpath: str) -> str:
     """A hint naming the download command for ``relpath`` when the registry knows the file."""
-    try:  # imported lazily: download.py imports this module.
-        from glm.data.download import dataset_for
-    except ImportError:  # pragma: no cover - only when the package is broken
-        dataset_for = None  # type: ignore[assignment]
-    name = dataset_for(relpath) if dataset_for is not None else None
+    name = dataset_for(relpath)
     if name is not None:
         return f"get it with `python -m glm.data download {name}`, or set {ENV_VAR} to a folder that has it"
     return f"put the file there by hand, or set {ENV_VAR} to a folder that has it"
+
+
+# Readers below the data layer (glm.utils.inputs, the tokenizers) report a missing file through this, so a
+# file under the data root comes with its download command.
+set_missing_file_error(missing_data)
 
 
 def require_data(relpath: str | os.PathLike[str], what: str | None = None) -> Path:

@@ -65,7 +65,8 @@ from glm.data.masking import (
 from glm.data.packing import checked_pack_flag
 from glm.data.paths import missing_data
 from glm.data.sampling import EpochIndexSampler, ResumableDataLoader, fit_batches_done, rank_world
-from glm.utils.inputs import DataFormatError, MissingInputError, SkipLog, iter_jsonl, read_text, require
+from glm.utils.inputs import SkipLog, iter_jsonl, read_text, require
+from glm.errors import DataFormatError, MissingInputError
 
 log = logging.getLogger(__name__)
 

@@ -188,7 +188,7 @@ def eval_sampler(dataset: Sized, trainer: Any | None) -> DistributedSampler | No
 
 
 def run_seed() -> int:
-    """The run's seed as ``L.seed_everything`` (glm.pipeline.run) leaves it in ``PL_GLOBAL_SEED``; 0 unset.
+    """The run's seed as ``L.seed_everything`` (glm.run.pipeline.run) leaves it in ``PL_GLOBAL_SEED``; 0 unset.
     Finetuning datamodules take no seed of their own, so the shuffle follows ``seed=`` like everything else."""
     return int(os.environ.get("PL_GLOBAL_SEED", "0"))
 

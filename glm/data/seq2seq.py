@@ -40,7 +40,8 @@ import torch
 
 from glm.data.packing import checked_pack_flag
 from glm.data.sampling import ResumableDataLoader, eval_sampler, resumable_train_loader
-from glm.utils.inputs import DataFormatError, SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
+from glm.utils.inputs import SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
+from glm.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 

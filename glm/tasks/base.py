@@ -24,6 +24,7 @@ from torch import nn
 
 from glm.model import GLM, GLMConfig
 from glm.tasks.evaluation import all_gather_objects
+from glm.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -454,8 +455,6 @@ def fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     )
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A NaN/Inf training loss; the message names the global step and the batch index."""
 
 
 def rng_states() -> dict[str, Any]:

@@ -16,7 +16,7 @@ vocabulary: the raw-logit score itself is unbounded below, so `-score` would not
 Outputs in `output_dir` (the run dir): `val_predictions.jsonl` (one line per validation example with
 its scores) and `val_metrics.json` (`{"task", "pattern_id", "epoch", "main_metric", "optimized_metric",
 "val/<metric>": value, ...}`) after each validation epoch, and `test/<Task>.jsonl` in SuperGLUE
-submission format after `predict`. `metrics.json` belongs to `glm.pipeline.run` (the final values of
+submission format after `predict`. `metrics.json` belongs to `glm.run.pipeline.run` (the final values of
 every stage); the module never writes it. Under several processes each rank scores its share of a split;
 the per-example records (scores, loss) are gathered by `example_idx` (`glm.tasks.evaluation`), so the
 metrics, `val/loss` and the files (written by rank 0) are those of one process.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from glm.data.cloze import IGNORE_INDEX
 from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
+from glm.utils.fs import atomic_write
 from glm.tasks.base import GLMTaskModule, part_b_index
 from glm.tasks.evaluation import gather_by_index, log_gathered
 
@@ -405,7 +405,7 @@ class ClozeModule(GLMTaskModule):
                 "main_metric": main,
                 **{f"val/{k}": v for k, v in values.items()},
             }
-            _atomic_write(out / "val_metrics.json", json.dumps(payload, indent=2) + "\n")
+            atomic_write(out / "val_metrics.json", json.dumps(payload, indent=2) + "\n")
         self.trainer.strategy.barrier("cloze_val_outputs")  # the files exist when any rank goes on
 
     def _log_prediction_table(self, lines: list[dict[str, Any]]) -> None:
@@ -459,10 +459,4 @@ def submission_lines(task: str, preds: list[tuple[Any, Any]]) -> list[dict[str, 
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -6,7 +6,7 @@ every scored slot. Those per-sample results are kept with the sample's index and
 rank at the epoch end (`glm.tasks.evaluation.gather_by_index`): under several processes each rank scores
 its share, and the metrics are those of one process. LAMBADA logs `{stage}/acc` (and `{stage}/loss`, mean
 CE per answer token); perplexity logs `{stage}/loss` (average per scored token), `{stage}/ppl` and
-`{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.pipeline.run` writes them to `metrics.json`.
+`{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.run.pipeline.run` writes them to `metrics.json`.
 """
 
 from __future__ import annotations

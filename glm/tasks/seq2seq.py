@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from glm.generation import GenerationConfig, generate
+from glm.utils.fs import atomic_write
 from glm.tasks.base import GLMTaskModule, part_b_logits
 from glm.tasks.evaluation import gather_by_index, log_gathered, world_size
 
@@ -243,12 +244,8 @@ class Seq2SeqModule(GLMTaskModule):
             out.mkdir(parents=True, exist_ok=True)
             if stage == "test":
                 # one line per example: newlines inside a summary would break the line pairing
-                (out / "test.jsonl.hyps").write_text(
-                    "".join(h.replace("\n", " ") + "\n" for h in hyps), "utf-8"
-                )
-                (out / "test.jsonl.refs").write_text(
-                    "".join(r.replace("\n", " ") + "\n" for r in refs), "utf-8"
-                )
+                atomic_write(out / "test.jsonl.hyps", "".join(h.replace("\n", " ") + "\n" for h in hyps))
+                atomic_write(out / "test.jsonl.refs", "".join(r.replace("\n", " ") + "\n" for r in refs))
             self._log_table(stage, hyps, refs)
         self.trainer.strategy.barrier("seq2seq_outputs")  # the files exist when the stage returns on any rank
         return scores

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from glm.errors import DataFormatError, MissingInputError
 
 __all__ = [
-    "DataFormatError",
-    "MissingInputError",
     "SkipLog",
     "as_object",
     "check_file",
@@ -27,28 +26,40 @@ __all__ = [
     "json_key_line",
     "jsonl_lines",
     "load_json",
+    "missing_file_error",
     "parse_json_object",
     "read_lines",
     "read_text",
     "require",
+    "set_missing_file_error",
 ]
 
 
-class DataFormatError(ValueError):
-    """A malformed input file: the message names the file, the (1-based) line and the field."""
 
 
-class MissingInputError(FileNotFoundError):
-    """An input path that cannot be read as a file (absent, a directory, unreadable); the message names it."""
+
+
+MissingFileError = Callable[[Path, str], MissingInputError]
+_missing_file_error: MissingFileError = lambda path, problem: MissingInputError(problem)  # noqa: E731
+
+
+def set_missing_file_error(factory: MissingFileError) -> None:
+    """Install how a missing file is reported: ``glm.data.paths`` adds the download command for files under
+    the data root (this module knows nothing of data sets)."""
+    global _missing_file_error
+    _missing_file_error = factory
+
+
+def missing_file_error(path: str | os.PathLike[str], problem: str) -> MissingInputError:
+    """The error for a missing ``path``: ``problem``, with whatever the installed factory adds."""
+    return _missing_file_error(Path(path), problem)
 
 
 def check_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
     """`path` as a `Path` if it is a readable regular file; else an error naming it and `what` it is."""
     path = Path(path)
     if not path.exists():  # under the data root the message also says how to download it
-        from glm.data.paths import missing_data  # lazily: glm.data imports this module
-
-        raise missing_data(path, f"{what}: {path} does not exist{hint}")
+        raise missing_file_error(path, f"{what}: {path} does not exist{hint}")
     if path.is_dir():
         raise MissingInputError(f"{what}: {path} is a directory, expected a file")
     if not path.is_file():

@@ -5,7 +5,7 @@
 Columns follow the GLM paper: ReCoRD F1/Acc, COPA, WSC, RTE, BoolQ, WiC, CB F1/Acc, MultiRC F1a/EM, Avg.
 Each cell is mean ± sample std over seeds, in percent. A task's score is the mean of its metrics (the
 SuperGLUE convention for the two-metric tasks); Avg is the mean of the task scores that are present.
-A job is a folder with a `metrics.json` (written by `glm.pipeline.run`). Its task is `metrics.json["task"]`,
+A job is a folder with a `metrics.json` (written by `glm.run.pipeline.run`). Its task is `metrics.json["task"]`,
 else `data.task` of the job's resolved `config.yaml` (or `.hydra/config.yaml`); its seed is
 `metrics.json["seed"]`, else `seed` of that config, else the job dir. A `metrics.json` whose job is no
 cloze run (no task anywhere) is an error naming the file.

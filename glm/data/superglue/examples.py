@@ -8,20 +8,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glm.utils.inputs import DataFormatError, check_file, iter_jsonl, require
+from glm.utils.inputs import check_file, iter_jsonl, require
+from glm.errors import DataFormatError
 
 __all__ = [
     "ClozeExample",
-    "DataError",
     "punctuation_standardization",
     "read_jsonl",
     "require",
     "strip_final_punctuation",
 ]
-
-
-# One error class for every reader (glm.utils.inputs); the old name stays for callers and tests.
-DataError = DataFormatError
 
 
 @dataclass
@@ -64,7 +60,7 @@ def strip_final_punctuation(text: str) -> str:
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (1-based line number, record); a malformed line or an empty file raises `DataError` naming
+    """Yield (1-based line number, record); a malformed line or an empty file raises `DataFormatError` naming
     the file and line. Two records with the same top-level `idx` are an error too: the submission file
     and the per-question metric groups are keyed by it."""
     seen: dict[Any, int] = {}
@@ -74,6 +70,6 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if "idx" in record:
             idx = require(record, "idx", f"{path}:{lineno}", int)
             if idx in seen:
-                raise DataError(f"{path}:{lineno}: field 'idx' = {idx} repeats line {seen[idx]}")
+                raise DataFormatError(f"{path}:{lineno}: field 'idx' = {idx} repeats line {seen[idx]}")
             seen[idx] = lineno
         yield lineno, record

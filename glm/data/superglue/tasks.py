@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 
 from glm.data.superglue.examples import (
     ClozeExample,
-    DataError,
     punctuation_standardization,
     read_jsonl,
     require,
     strip_final_punctuation,
 )
+from glm.errors import DataFormatError
 from glm.utils.inputs import as_object
 
 log = logging.getLogger(__name__)
@@ -115,11 +115,11 @@ class SuperGLUETask:
         if "label" not in rec:
             if split == "test":
                 return None
-            raise DataError(f"{where}: missing field 'label'")
+            raise DataFormatError(f"{where}: missing field 'label'")
         value = rec["label"]
         key = self.label_key(value)
         if key not in self.labels:
-            raise DataError(f"{where}: field 'label' = {value!r} is not in the label set {list(self.labels)}")
+            raise DataFormatError(f"{where}: field 'label' = {value!r} is not in the label set {list(self.labels)}")
         return self.labels.index(key)
 
     def label_key(self, value: Any) -> str:
@@ -144,7 +144,7 @@ class SuperGLUETask:
         """(parts A, parts B, answer text) per candidate of a multi-token task."""
         parts_a, parts_b = self.parts(ex, pattern_id)
         if not ex.candidates:
-            raise DataError(f"{ex.source}: empty candidate list")
+            raise DataFormatError(f"{ex.source}: empty candidate list")
         return [(parts_a, parts_b, " " + c) for c in ex.candidates]
 
     def predict(self, ex: ClozeExample, best: int) -> Any:
@@ -263,7 +263,7 @@ class COPA(SuperGLUETask):
     def examples_from_record(self, rec, where, split):
         fields = {k: require(rec, k, where, str) for k in ("premise", "choice1", "choice2", "question")}
         if fields["question"] not in ("cause", "effect"):
-            raise DataError(f"{where}: field 'question' = {fields['question']!r} must be 'cause' or 'effect'")
+            raise DataFormatError(f"{where}: field 'question' = {fields['question']!r} must be 'cause' or 'effect'")
         label = self.label_of(rec, where, split)
         ex = ClozeExample(
             f"{split}-{where}",
@@ -362,7 +362,7 @@ class MultiRC(SuperGLUETask):
             question = self.text(require(q, "question", qwhere, str))
             answers = require(q, "answers", qwhere, list)
             if not answers:
-                raise DataError(f"{qwhere}: empty candidate list (field 'answers')")
+                raise DataFormatError(f"{qwhere}: empty candidate list (field 'answers')")
             for ai, a in enumerate(answers):
                 awhere = f"{where} (passage.questions[{qi}].answers[{ai}])"
                 as_object(a, f"passage.questions[{qi}].answers[{ai}]", where)
@@ -473,14 +473,14 @@ class ReCoRD(SuperGLUETask):
             start = require(e, f"passage.entities[{i}].start", where, int)
             end = require(e, f"passage.entities[{i}].end", where, int)  # inclusive end (ReCoRD convention)
             if not 0 <= start <= end < len(raw):  # a slice would clip or wrap silently
-                raise DataError(
+                raise DataFormatError(
                     f"{where}: field 'passage.entities[{i}]' = [{start}, {end}] is not a span of the "
                     f"{len(raw)}-character passage text (0 <= start <= end < length)"
                 )
             entities.add(self.text(raw[start : end + 1]))
         entities.discard("")
         if not entities:
-            raise DataError(f"{where}: empty candidate list (field 'passage.entities')")
+            raise DataFormatError(f"{where}: empty candidate list (field 'passage.entities')")
         entities = sorted(entities)
         text = self.text(raw).replace("@highlight\n", "- ")
         out = []
@@ -489,10 +489,10 @@ class ReCoRD(SuperGLUETask):
             as_object(qa, f"qas[{qi}]", where)
             query = self.text(require(qa, "query", qwhere, str))
             if "@placeholder" not in query:
-                raise DataError(f"{qwhere}: field 'query' has no '@placeholder'")
+                raise DataFormatError(f"{qwhere}: field 'query' has no '@placeholder'")
             answers_field = qa.get("answers")
             if answers_field is None and split != "test":
-                raise DataError(f"{qwhere}: missing field 'answers'")
+                raise DataFormatError(f"{qwhere}: missing field 'answers'")
             if answers_field is not None:
                 require(qa, "answers", qwhere, list)
             answers = enumerate(answers_field or [])
@@ -715,7 +715,7 @@ class WSC(SuperGLUETask):
             index, ok = self._repair(words, pronoun, index)
             unrepaired += not ok
             if not 0 <= index < len(words):
-                raise DataError(
+                raise DataFormatError(
                     f"{where}: field 'target.span2_index' = {index} is outside the text's {len(words)} words"
                 )
             if words[index] != pronoun and words[index].startswith(pronoun):

@@ -25,9 +25,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from glm.model import GLMConfig
 from glm.utils.allocator import set_host_allocator
-from glm.utils.instantiate import instantiate_group
-from glm.utils.validation import ConfigError, check_tokenizer, validate
-from glm.utils.wrappers import task_wrapper
+from glm.utils.fs import atomic_write
+from glm.run.instantiate import instantiate_group
+from glm.run.validation import check_tokenizer, validate
+from glm.errors import ConfigError
+from glm.run.wrappers import task_wrapper
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -74,7 +76,8 @@ def _resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
 def check_checkpoint(path: Path) -> None:
     """A loadable training checkpoint (Lightning file or sharded FSDP dir), else ``ConfigError`` naming it."""
     from glm.checkpoint.consolidate import DCP_METADATA_FILE, FSDP_META_FILE, checkpoint_kind
-    from glm.checkpoint.io import CheckpointError, safe_load
+    from glm.checkpoint.io import safe_load
+    from glm.errors import CheckpointError
 
     try:
         kind = checkpoint_kind(path)
@@ -149,9 +152,7 @@ def _wandb_resume_kwargs(cfg: DictConfig, output_dir: Path) -> dict[str, dict[st
 
             run_id = str(node.get("id") or secrets.token_hex(6))  # W&B accepts any [a-z0-9] id
             if rank_zero_only.rank == 0:
-                from glm.checkpoint.io import atomic_write_text
-
-                atomic_write_text(run_id + "\n", id_file)
+                atomic_write(id_file, run_id + "\n")
         extra[str(name)] = {"id": run_id, "resume": "allow"}
     return extra
 
@@ -169,10 +170,7 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 @rank_zero_only
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 @rank_zero_only

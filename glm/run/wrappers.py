@@ -14,6 +14,9 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
+from glm.errors import UserError
+from glm.utils.fs import atomic_write
+
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 FAILED_MARKER = "FAILED"
@@ -24,24 +27,6 @@ def _output_dir(cfg: DictConfig) -> Path | None:
         return Path(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001  (no Hydra context (e.g. a hand-built config): nowhere to write markers)
         return None
-
-
-def user_error_label(err: BaseException) -> str | None:
-    """"Config", "Data" or "Input" for a config mistake, missing data or a bad input file (not a bug: run.py
-    prints `<label> error: <message>`, the message naming the key / file, line and field, and the traceback
-    goes to the run's FAILED file only); None for anything else."""
-    from glm.checkpoint.io import CheckpointError
-    from glm.data.paths import DataNotFoundError
-    from glm.utils.inputs import DataFormatError, MissingInputError
-    from glm.utils.validation import ConfigError
-
-    if isinstance(err, ConfigError):
-        return "Config"
-    if isinstance(err, DataNotFoundError):
-        return "Data"
-    if isinstance(err, (DataFormatError, MissingInputError, CheckpointError)):
-        return "Input"
-    return None
 
 
 def finish_wandb(exit_code: int) -> None:
@@ -86,15 +71,14 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if user_error_label(err):  # the CLI prints the message alone; the traceback goes to FAILED only
+            if isinstance(err, UserError):  # the CLI prints the message alone; the traceback goes to FAILED only
                 log.error("run failed: %s: %s", type(err).__name__, err)
             else:
                 log.error("run failed:\n%s", text)
             out = _output_dir(cfg)
             if out is not None:
                 try:
-                    out.mkdir(parents=True, exist_ok=True)
-                    (out / FAILED_MARKER).write_text(text)
+                    atomic_write(out / FAILED_MARKER, text)
                 except OSError:
                     log.warning("could not write the FAILED marker in %s", out)
             raise

@@ -1,4 +1,4 @@
-"""Instantiate the dict-of-nodes groups (callbacks, loggers); only used by glm.pipeline."""
+"""Instantiate the dict-of-nodes groups (callbacks, loggers); only used by glm.run.pipeline."""
 
 from __future__ import annotations
 

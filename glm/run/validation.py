@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from glm.errors import ConfigError
 
 STAGES = ("fit", "validate", "test", "predict")
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the offending key."""
 
 
 @dataclass
@@ -259,7 +258,8 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     trainer = _container(cfg.trainer)
     check_against_signature(trainer, "trainer", skip=("strategy", "callbacks", "logger"))
     if _strategy_name(trainer) == "deepspeed_strategy":
-        from glm.distributed import StrategyUnavailable, check_deepspeed_available
+        from glm.distributed import check_deepspeed_available
+        from glm.errors import StrategyUnavailable
 
         try:
             check_deepspeed_available()
