@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import glm.tokenizer as T
+import glm.tokenizer.training as training
 from glm.data.paths import need_shared_data
 from glm.tokenizer import (
     GPT2Tokenizer,
@@ -25,6 +25,7 @@ from glm.tokenizer import (
     pad_vocab_size,
     train_sentencepiece,
 )
+from glm.tokenizer.cli import main
 
 SP_IDS = {
     "eos": 0,
@@ -51,7 +52,7 @@ SP_STRINGS = [
     "<|endofpiece|>",
     "[dBLOCK]",
 ]
-# spec §4.1 (BERT with task mask; dBLOCK by the original append order, see glm/tokenizer.py)
+# spec §4.1 (BERT with task mask; dBLOCK by the original append order, see docs/tokenizers.md)
 BERT_IDS = {
     "eos": 0,
     "pad": 0,
@@ -230,13 +231,13 @@ def test_load_rejects_edited_metadata_and_foreign_models(sp, tmp_path):
 
 def test_ensure_tokenizer_trains_once_then_reuses(tmp_path, monkeypatch):
     calls = []
-    real = T._train_into
+    real = training._train_into
 
     def counting(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(T, "_train_into", counting)
+    monkeypatch.setattr(training, "_train_into", counting)
     out = tmp_path / "cache" / "tok"
     books = _books()[:1]
     kw = {"vocab_size": 500, "max_bytes": 100_000, "quiet": True, "progress": False}
@@ -264,7 +265,7 @@ def test_train_errors_are_clear(tmp_path):
 def test_cli_train_and_encode(tmp_path, capsys):
     book = _books()[0]
     out = tmp_path / "cli"
-    rc = T.main(
+    rc = main(
         [
             "train",
             "--input",
@@ -280,9 +281,9 @@ def test_cli_train_and_encode(tmp_path, capsys):
     assert rc == 0 and (out / "tokenizer.model").is_file() and (out / "tokenizer.json").is_file()
     assert load_tokenizer(out).num_text_tokens == 500
     capsys.readouterr()
-    assert T.main(["encode", "--tokenizer", str(out), "a[MASK]"]) == 0
+    assert main(["encode", "--tokenizer", str(out), "a[MASK]"]) == 0
     assert "4]" in capsys.readouterr().out
-    assert T.main(["train", "--input", str(tmp_path / "none*.txt"), "--out", str(out)]) == 1
+    assert main(["train", "--input", str(tmp_path / "none*.txt"), "--out", str(out)]) == 1
     assert "matches no file" in capsys.readouterr().err
 
 
