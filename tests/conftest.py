@@ -35,14 +35,6 @@ def need_data(relpath: str) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_run_seed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts without PL_GLOBAL_SEED: `seed_everything` in one test sets it for the process,
-    and the training loaders' shuffle reads it (glm.data.sampling.run_seed), so orders would depend on
-    which tests ran before."""
-    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-
-
-@pytest.fixture(autouse=True)
 def _clear_hydra() -> Iterator[None]:
     from hydra.core.global_hydra import GlobalHydra
 

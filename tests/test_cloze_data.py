@@ -527,27 +527,28 @@ def test_unknown_pattern_id(bert):
         ClozeDataModule("copa", bert, ROOT, pattern_id=7)
 
 
-def test_training_split_is_shared_between_ranks(bert, monkeypatch):
+def test_training_split_is_shared_between_ranks(bert):
     """Under N processes each rank trains on a disjoint share of the epoch's shuffle (padded with repeats
     so the ranks run the same number of steps), not on the same batches as the others."""
     from types import SimpleNamespace
 
     _need_data()
-    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
-    dm = ClozeDataModule("rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=4)
+    dm = ClozeDataModule(
+        "rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=4, seed=7
+    )
     seen = []
     for rank in (0, 1):
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
-        seen.append([i for b in dm.train_dataloader() for i in b["example_idx"].tolist()])
+        seen.append([i for b in dm.train_dataloader() for i in b["example_index"].tolist()])
     assert [len(s) for s in seen] == [6, 6]
     assert len(set(seen[0]) & set(seen[1])) == 1  # the one repeat that pads 11 to 12
     assert set(seen[0]) | set(seen[1]) == set(range(11))
     assert seen[0] != sorted(seen[0]) or seen[1] != sorted(seen[1])  # shuffled
     dm.trainer = SimpleNamespace(world_size=1, global_rank=0)
-    assert sorted(i for b in dm.train_dataloader() for i in b["example_idx"].tolist()) == list(range(11))
+    assert sorted(i for b in dm.train_dataloader() for i in b["example_index"].tolist()) == list(range(11))
 
 
-def test_training_loader_resumes_mid_epoch(bert, monkeypatch):
+def test_training_loader_resumes_mid_epoch(bert):
     """The cloze training loader is the shared resumable one (glm.data.sampling): a fresh loader given the
     checkpointed state yields exactly the rest of the epoch, on each rank."""
     from types import SimpleNamespace
@@ -555,11 +556,12 @@ def test_training_loader_resumes_mid_epoch(bert, monkeypatch):
     from glm.data.sampling import ResumableDataLoader
 
     _need_data()
-    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
-    dm = ClozeDataModule("rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=2)
+    dm = ClozeDataModule(
+        "rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=2, seed=7
+    )
 
     def batches(loader) -> list[list[int]]:
-        return [b["example_idx"].tolist() for b in loader]
+        return [b["example_index"].tolist() for b in loader]
 
     for rank in (0, 1):
         progress = SimpleNamespace(current=SimpleNamespace(processed=2))

@@ -89,7 +89,7 @@ def test_packed_batch_holds_every_real_sequence_once(bert, task: str) -> None:
     seqs = [(b, c, s) for b, f in enumerate(feats) for c, s in enumerate(f.sequences)]
     assert packed["sample_bc"].tolist() == [[b, c] for b, c, _ in seqs]
     assert torch.equal(packed["choice_mask"], padded["choice_mask"])
-    for key in ("label", "example_idx"):
+    for key in ("label", "example_index"):
         assert torch.equal(packed[key], padded[key])
     assert packed["input_ids"].shape[1] <= dm.seq_length
     for i, (_, _, s) in enumerate(seqs):

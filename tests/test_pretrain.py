@@ -437,12 +437,12 @@ def test_packed_pretraining_batch_gives_the_unpacked_loss_and_gradients() -> Non
 
 def test_corpus_tokenizer_training_is_quiet(tmp_path: Path, capfd, caplog) -> None:
     """sentencepiece's C++ trainer logs ~350 lines to stderr unless told not to; the run logs one line."""
-    from glm.data.pretrain import resolve_tokenizer
+    from glm.data.base import resolve_tokenizer
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"Sentence number {i} about cats, dogs and GLM.\n\n" for i in range(300)))
     spec = {"train": {"vocab_size": 300, "max_bytes": 100_000}, "cache_dir": str(tmp_path / "cache")}
     with caplog.at_level("INFO"):
-        tok = resolve_tokenizer(spec, [corpus])
+        tok = resolve_tokenizer(spec, lambda: [corpus])
     assert tok.vocab_size >= 300 and "training a sentencepiece tokenizer" in caplog.text
     assert "trainer_interface" not in capfd.readouterr().err

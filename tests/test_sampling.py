@@ -102,10 +102,9 @@ def test_a_changed_batch_size_world_size_or_seed_is_refused() -> None:
         other_seed.load_state_dict(state)
 
 
-def test_seed_defaults_to_the_run_seed_and_progress_is_read_at_checkpoint_time(monkeypatch) -> None:
-    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what L.seed_everything(cfg.seed) leaves behind
+def test_seed_is_the_given_one_and_progress_is_read_at_checkpoint_time() -> None:
     dm = SimpleNamespace(trainer=_trainer())
-    loader = resumable_train_loader(list(range(N)), dm, 4)
+    loader = resumable_train_loader(list(range(N)), dm, 4, seed=5)
     assert loader.sampler.seed == 5 and loader.state_dict()["batches_done"] == 0
     dm.trainer = _trainer(done=3)  # the fit loop's counter when the checkpoint is written
     assert loader.state_dict()["batches_done"] == 3

@@ -198,7 +198,7 @@ def test_datamodule_null_split_means_no_loop_and_unknown_stage_is_named(tmp_path
     dm = Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr", "val": None, "test": "tr"},
                            src_seq_length=8, tgt_seq_length=4)
     assert dm.val_dataloader() == []  # Lightning skips validation for an empty list
-    assert next(iter(dm.test_dataloader()))["index"].tolist() == [0]
+    assert next(iter(dm.test_dataloader()))["example_index"].tolist() == [0]
     with pytest.raises(ValueError, match=r"data.splits: unknown stage\(s\) \['dev'\]"):
         Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr", "dev": "tr"})
 
@@ -272,7 +272,7 @@ def test_training_set_is_split_between_ranks(tmp_path):
     assert sorted(seen[0] + seen[1]) == sorted(str(i) for i in range(10))  # disjoint halves cover the set
 
 
-def test_training_loader_resumes_mid_epoch(tmp_path, monkeypatch):
+def test_training_loader_resumes_mid_epoch(tmp_path):
     """The seq2seq training loader is the shared resumable one (glm.data.sampling): seeded by the run seed,
     its checkpointed state makes a fresh loader yield exactly the rest of the epoch."""
     from types import SimpleNamespace
@@ -280,13 +280,12 @@ def test_training_loader_resumes_mid_epoch(tmp_path, monkeypatch):
     from glm.data.sampling import ResumableDataLoader
     from glm.data.seq2seq import Seq2SeqDataModule
 
-    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
     write(tmp_path / "tr.source", "".join(f"doc {i}\n" for i in range(7)))
     write(tmp_path / "tr.target", "".join(f"sum {i}\n" for i in range(7)))
 
     def loader(done: int) -> ResumableDataLoader:
         dm = Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr"}, src_seq_length=6,
-                               tgt_seq_length=4, micro_batch_size=2)
+                               tgt_seq_length=4, micro_batch_size=2, seed=3)
         progress = SimpleNamespace(current=SimpleNamespace(processed=done))
         dm.trainer = SimpleNamespace(world_size=1, global_rank=0, fit_loop=SimpleNamespace(
             epoch_loop=SimpleNamespace(batch_progress=progress)))

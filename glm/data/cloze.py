@@ -12,7 +12,7 @@ tasks), each laid out as
 Batches are dicts of tensors shaped `[B, C, ...]` (the task module flattens them to `[B*C, ...]`):
 `input_ids`, `targets`, `loss_mask` (float), `position_ids [B, C, 2, L]`, `sep [B, C]`, `choice_mask [B, C]`
 (False = padding candidate, a repeat of candidate 0), `label [B]` (loss target; -100 = none),
-`example_idx [B]` (index into `datamodule.examples(split)`), `prompt_mask [B, C, L]` (continuous-prompt
+`example_index [B]` (index into `datamodule.examples(split)`), `prompt_mask [B, C, L]` (continuous-prompt
 slots; only with P-tuning) and, for single-token scoring, `verbalizer_ids [B, K]`.
 
 Padding uses the eos id with position 0, block 0, target 0, loss mask 0 (spec §3(b)). By default a
@@ -26,7 +26,7 @@ batch (padding candidates are dropped) share `[R, L]` rows via `glm.data.packing
 `sample_index [R, L]` (-1 on padding), `prompt_mask [R, L]` (P-tuning; slot numbering restarts per
 sequence, see `glm.tasks.cloze.prompt_slots`), `sample_bc [N, 2]` (example b and choice c of packed sample
 n), and for single-token scoring `sop_index [R, K]` / `sop_sample [R, K]` (the [sop] columns of each row,
-left-aligned, 0 / -1 past the row's samples: the `logits_index` of the head). `label`, `example_idx`,
+left-aligned, 0 / -1 past the row's samples: the `logits_index` of the head). `label`, `example_index`,
 `choice_mask [B, C]` and `verbalizer_ids` are as unpacked, so scores come back as the same `[B, C]`.
 Decision (row length): rows are filled up to the data's `seq_length` (the bound every encoded sequence
 already meets), then cut to the fullest row (`pad_to_seq_length=True` keeps them `seq_length` wide).
@@ -43,16 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from glm.data.packing import checked_pack_flag
-from glm.data.sampling import eval_sampler, resumable_train_loader
+from glm.data.base import GLMDataModule
+from glm.data.packing import pack_bins, pack_samples
 from glm.data.superglue.examples import ClozeExample
-from glm.errors import DataFormatError
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
+from glm.errors import DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ class ClozeFeature:
 
     sequences: list[dict[str, np.ndarray]]
     target: int  # loss target (class or candidate index); IGNORE_INDEX = none
-    example_idx: int
+    example_index: int  # the example's place in its split
     verbalizer_ids: list[int] | None = None  # single-token scoring
 
 
@@ -234,13 +233,13 @@ class ClozeEncoder:
         )
         return seq, removed > 0
 
-    def __call__(self, ex: ClozeExample, example_idx: int) -> ClozeFeature:
+    def __call__(self, ex: ClozeExample, example_index: int) -> ClozeFeature:
         target = IGNORE_INDEX if ex.target is None else ex.target
         if not self.multi_token:
             parts_a, parts_b = self.task.parts(ex, self.pattern_id)
             seq, cut = self._sequence(ex, parts_a, parts_b, None)
             self.num_truncated += cut
-            return ClozeFeature([seq], target, example_idx, self.verbalizer_ids)
+            return ClozeFeature([seq], target, example_index, self.verbalizer_ids)
         if self.task.multi_token:
             inputs = self.task.candidate_inputs(ex, self.pattern_id)
         else:
@@ -254,7 +253,7 @@ class ClozeEncoder:
             seqs.append(seq)
             any_cut |= cut
         self.num_truncated += any_cut
-        return ClozeFeature(seqs, target, example_idx)
+        return ClozeFeature(seqs, target, example_index)
 
 
 class ClozeDataset(Dataset):
@@ -310,7 +309,7 @@ def collate_cloze(
         "sep": sep,
         "choice_mask": choice_mask,
         "label": torch.tensor([f.target for f in features], dtype=torch.long),
-        "example_idx": torch.tensor([f.example_idx for f in features], dtype=torch.long),
+        "example_index": torch.tensor([f.example_index for f in features], dtype=torch.long),
     }
     if prompt_mask.any():
         batch["prompt_mask"] = prompt_mask
@@ -327,8 +326,6 @@ def collate_cloze_packed(
     Rows hold up to `seq_length` tokens (first-fit decreasing) and are cut to the fullest row, unless
     `pad_to_seq_length` keeps them exactly `seq_length` wide.
     """
-    from glm.data.packing import pack_bins, pack_samples
-
     B = len(features)
     C = max(len(f.sequences) for f in features)
     samples = [s for f in features for s in f.sequences]
@@ -357,7 +354,7 @@ def collate_cloze_packed(
     choice_mask[batch["sample_bc"][:, 0], batch["sample_bc"][:, 1]] = True
     batch["choice_mask"] = choice_mask
     batch["label"] = torch.tensor([f.target for f in features], dtype=torch.long)
-    batch["example_idx"] = torch.tensor([f.example_idx for f in features], dtype=torch.long)
+    batch["example_index"] = torch.tensor([f.example_index for f in features], dtype=torch.long)
     if prompt_mask.any():
         batch["prompt_mask"] = prompt_mask
     if single:
@@ -366,25 +363,16 @@ def collate_cloze_packed(
     return batch
 
 
-def _load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object, or one loaded from a path / `{kind, path}` spec via `glm.tokenizer.load_tokenizer`."""
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "mask_id"):
-        return tokenizer
-    from glm.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer)
-
-
-class ClozeDataModule(L.LightningDataModule):
+class ClozeDataModule(GLMDataModule):
     """SuperGLUE cloze data for one task: `<data_dir>/superglue/<Task>/{train,val,test}.jsonl`.
 
     `pattern_id` and `seq_length` default to the spec's task config (§7.2/§7.3). `max_*_examples` keep
     the first N examples of a split (tiny runs and tests). Examples longer than `seq_length` are
     truncated per spec §7.1; their number is logged per split. `pack` packs each batch's candidate
     sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens). The
-    training loader shuffles per epoch from the run seed, gives each rank its share and resumes mid-epoch
-    (`glm.data.sampling.resumable_train_loader`); under several processes the val/test/predict loaders give
-    each rank its share (`glm.data.sampling`).
+    training loader shuffles per epoch from `seed`, gives each rank its share and resumes mid-epoch
+    (`GLMDataModule.train_loader`); under several processes the val/test/predict loaders give each rank
+    its share (`GLMDataModule.eval_loader`).
     """
 
     def __init__(
@@ -404,32 +392,28 @@ class ClozeDataModule(L.LightningDataModule):
         multi_token: bool = False,
         pad_to_seq_length: bool = False,
         pack: bool = False,
+        seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.pack = checked_pack_flag(pack)
+        super().__init__(
+            tokenizer,
+            micro_batch_size=micro_batch_size,
+            global_batch_size=global_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pack=pack,
+            seed=seed,
+        )
         self.task = get_task(task)
         self.pattern_id = self.task.default_pattern if pattern_id is None else int(pattern_id)
         self.task.check_pattern(self.pattern_id)
         self.seq_length = int(seq_length or self.task.seq_length)
         self.data_dir = Path(data_dir)
-        self.tokenizer_spec = tokenizer
-        self.micro_batch_size = micro_batch_size
-        self.global_batch_size = global_batch_size or micro_batch_size
-        self.eval_batch_size = eval_batch_size or micro_batch_size
-        self.num_workers = num_workers
         self.max_train_examples, self.max_eval_examples = max_train_examples, max_eval_examples
         self.num_prompt_tokens, self.multi_token = num_prompt_tokens, multi_token
         self.pad_to_seq_length = pad_to_seq_length
-        self._tokenizer = None
         self._examples: dict[str, list[ClozeExample]] = {}
         self._datasets: dict[str, ClozeDataset] = {}
         self.truncated: dict[str, int] = {}
-
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None:
-            self._tokenizer = _load_tokenizer(self.tokenizer_spec)
-        return self._tokenizer
 
     @property
     def scoring(self) -> str:
@@ -490,36 +474,21 @@ class ClozeDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict") and self.has_split("test"):
             self.load_split("test")
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _collate(self) -> _Collate:
         pad_to = self.seq_length if self.pad_to_seq_length else None
-        ds = self.load_split(split)
-        collate = _Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None)
-        if shuffle:
-            # each rank its share of the epoch's seeded shuffle, resumable mid-epoch (glm.data.sampling)
-            return resumable_train_loader(ds, self, batch_size, collate, self.num_workers)
-        # several processes: each rank scores its share of an evaluation split (padded with repeats;
-        # ClozeModule drops them by example_idx)
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=False,
-            sampler=eval_sampler(ds, getattr(self, "trainer", None)),
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            drop_last=False,
-        )
+        return _Collate(self.tokenizer.eos_id, pad_to, self.seq_length if self.pack else None)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.micro_batch_size, shuffle=True)
+        return self.train_loader(self.load_split("train"), self._collate())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self.eval_loader(self.load_split("val"), self._collate())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False)
+        return self.eval_loader(self.load_split("val"), self._collate())
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+        return self.eval_loader(self.load_split("test"), self._collate())
 
 
 class _Collate:

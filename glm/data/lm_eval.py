@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from glm.data.sampling import eval_sampler
-from glm.data.seq2seq import resolve_tokenizer
-from glm.utils.inputs import jsonl_lines, parse_json_object, read_lines
+from glm.data.base import GLMDataModule
 from glm.errors import DataFormatError
+from glm.utils.inputs import jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -222,48 +221,40 @@ def collate_scored(samples: list[ScoredSample], pad_id: int = 0) -> dict[str, to
 
 
 def collate_indexed(items: list[tuple[int, ScoredSample]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """`collate_scored` of `(sample index, sample)` pairs plus `index [B]` (the sample's place in the split)."""
+    """`collate_scored` of `(sample index, sample)` pairs plus `example_index [B]` (the sample's place in the
+    split)."""
     out = collate_scored([s for _, s in items], pad_id)
-    out["index"] = torch.tensor([i for i, _ in items], dtype=torch.long)
+    out["example_index"] = torch.tensor([i for i, _ in items], dtype=torch.long)
     return out
 
 
-try:
-    import lightning as L
-
-    _Base = L.LightningDataModule
-except ImportError:  # pragma: no cover
-    _Base = object
-
-
-class LMEvalDataModule(_Base):
+class LMEvalDataModule(GLMDataModule):
     """Evaluation-only data for `kind` = `lambada` (jsonl with `text`) or `perplexity` (a text file, one
     document; `wikitext=True` detokenises it first). `max_samples` slices LAMBADA; a perplexity slice is
     taken with `max_lines` (the windows of a document are never cut, so the token counts stay exact). The samples are served as the `test` (and `validate`)
-    loader; `num_original_words` / `num_tokens` are exposed for the adjusted perplexity. Batches carry `index`
-    (each sample's place in the list); with several processes each rank gets its share (`eval_sampler`)."""
+    loader; `num_original_words` / `num_tokens` are exposed for the adjusted perplexity. Batches carry
+    `example_index` (each sample's place in the list); with several processes each rank gets its share
+    (`GLMDataModule.eval_loader`). Evaluation batches hold `micro_batch_size` samples."""
 
     def __init__(self, path: str, tokenizer: Any, kind: str = "lambada", seq_length: int = 512,
                  overlap: int = 256, task_mask: bool = False, unidirectional: bool = False, wikitext: bool = False,
                  micro_batch_size: int = 8, num_workers: int = 0, max_samples: int | None = None,
                  max_lines: int | None = None, global_batch_size: int | None = None) -> None:
-        super().__init__()
         if kind not in ("lambada", "perplexity"):
             raise ValueError(f"LMEvalDataModule kind must be 'lambada' or 'perplexity', got {kind!r}")
+        super().__init__(
+            tokenizer,
+            micro_batch_size=micro_batch_size,
+            global_batch_size=global_batch_size,
+            num_workers=num_workers,
+        )
         self.path, self.kind, self.seq_length, self.overlap = Path(path), kind, seq_length, overlap
         self.task_mask, self.unidirectional, self.wikitext = task_mask, unidirectional, wikitext
-        self.micro_batch_size, self.num_workers = micro_batch_size, num_workers
         self.max_samples, self.max_lines = max_samples, max_lines
-        self._tokenizer = tokenizer
         self.samples: list[ScoredSample] | None = None
         self.stats: Counter = Counter()
         self.num_tokens = 0
         self.num_original_words = 0
-
-    @property
-    def tokenizer(self) -> Any:
-        self._tokenizer = resolve_tokenizer(self._tokenizer)
-        return self._tokenizer
 
     def setup(self, stage: str | None = None) -> None:
         if self.samples is not None:
@@ -291,17 +282,13 @@ class LMEvalDataModule(_Base):
                                               self.unidirectional)
         log.info("%s: %d samples from %s %s", self.kind, len(self.samples), self.path, dict(self.stats))
 
-    def _loader(self):
+    def _loader(self) -> torch.utils.data.DataLoader:
         self.setup()
         indexed = list(enumerate(self.samples))
-        # several processes: each rank scores its share (padded with repeats; the module drops them by index)
-        return torch.utils.data.DataLoader(indexed, batch_size=self.micro_batch_size, shuffle=False,
-                                           sampler=eval_sampler(indexed, getattr(self, "trainer", None)),
-                                           num_workers=self.num_workers,
-                                           collate_fn=functools.partial(collate_indexed, pad_id=self.tokenizer.pad_id))
+        return self.eval_loader(indexed, functools.partial(collate_indexed, pad_id=self.tokenizer.pad_id))
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader()
 
-    def test_dataloader(self):
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
         return self._loader()

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from glm.errors import ConfigError
+
 __all__ = [
     "PACKED_FIELDS",
     "PackingStats",
@@ -49,8 +51,6 @@ def checked_pack_flag(pack: Any) -> bool:
     """The ``data.pack`` switch of every datamodule, refused unless a real bool (a YAML string such as
     ``"yes"`` would silently pack)."""
     if not isinstance(pack, bool):
-        from glm.errors import ConfigError
-
         raise ConfigError(f"data.pack: expected true/false, got {pack!r}")
     return pack
 

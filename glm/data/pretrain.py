@@ -27,7 +27,8 @@ Decisions (documented here because the spec leaves them open):
   ``epoch * N + i`` and shards by rank itself (``use_distributed_sampler: false``), dropping the tail that
   does not divide evenly, so worker processes need no shared state.
 - Mid-epoch resume: the training loader is a :class:`glm.data.sampling.ResumableDataLoader` (shared with the
-  finetuning datamodules; that module's docstring has the rules). Both are re-exported here.
+  finetuning datamodules, :mod:`glm.data.sampling` has the rules; :class:`glm.data.base.GLMDataModule`
+  builds it).
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from glm.data.base import GLMDataModule
 from glm.data.masking import (
     GLMMasker,
     MaskedSample,
@@ -62,11 +64,11 @@ from glm.data.masking import (
     sample_rng,
     sentence_end_from_tokenizer,
 )
-from glm.data.packing import checked_pack_flag
+from glm.data.packing import pack_samples
 from glm.data.paths import missing_data
-from glm.data.sampling import EpochIndexSampler, ResumableDataLoader, fit_batches_done, rank_world
-from glm.utils.inputs import SkipLog, iter_jsonl, read_text, require
+from glm.data.sampling import EpochIndexSampler, ResumableDataLoader, rank_world
 from glm.errors import DataFormatError, MissingInputError
+from glm.utils.inputs import SkipLog, iter_jsonl, read_text, require
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +214,6 @@ def tokenize_corpus(
 def _tokenize_into(
     files: Sequence[Path], tok: Any, out: Path, document_split: str, text_field: str, progress: bool
 ) -> None:
-    from tqdm.auto import tqdm
-
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     chunks: list[np.ndarray] = []
     lengths: list[int] = []
@@ -376,8 +376,6 @@ def collate_pretrain(items: Sequence[list[MaskedSample]], pack: bool = False) ->
     samples = [s for item in items for s in item]
     if not pack:
         return collate_masked(samples)
-    from glm.data.packing import pack_samples
-
     batch = pack_samples(samples, max(len(s) for s in samples))
     batch.pop("sample_index")  # the loss is a token-weighted mean: no per-sample reduction needed
     return batch
@@ -388,35 +386,16 @@ def collate_pretrain(items: Sequence[list[MaskedSample]], pack: bool = False) ->
 # ---------------------------------------------------------------------------------------------------
 
 
-def resolve_tokenizer(tokenizer: dict[str, Any] | None, files: Sequence[Path]) -> Any:
-    """``{path: ...}`` -> ``load_tokenizer(path)``; ``{train: {...}, cache_dir}`` -> a sentencepiece tokenizer
-    trained on ``files`` once and cached under ``cache_dir/<settings hash>`` (so other settings never clash)."""
-    from glm.tokenizer import ensure_tokenizer, load_tokenizer
-
-    spec = dict(tokenizer or {})
-    unknown = set(spec) - {"path", "train", "cache_dir"}
-    if unknown:
-        raise ValueError(f"data.tokenizer: unknown key(s) {sorted(unknown)}; allowed: path, train, cache_dir")
-    if spec.get("path"):
-        return load_tokenizer(spec["path"])
-    train = dict(spec.get("train") or {})
-    if not train or not spec.get("cache_dir"):
-        raise ValueError("data.tokenizer: give `path` (an existing tokenizer) or `train` + `cache_dir`")
-    settings = json.dumps({"files": [str(p) for p in files], **train}, sort_keys=True)
-    name = f"{train.get('model_type', 'bpe')}{train.get('vocab_size', 8000)}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
-    out_dir = Path(spec["cache_dir"]) / name
-    if not out_dir.is_dir():
-        log.info("training a sentencepiece tokenizer on %d file(s) into %s (cached)", len(files), out_dir)
-    return ensure_tokenizer(out_dir, files, **{"quiet": True, **train})  # sentencepiece logs ~350 lines
-
-
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(GLMDataModule):
     """Pretraining batches from text/jsonl corpora (see the module docstring for every rule).
 
     ``objective`` is the masking config (a :class:`MaskingConfig` or a dict with optional ``preset``), handed
     over by the pipeline from the ``objective`` group. ``micro_batch_size`` is the per-device batch; the
-    pipeline derives gradient accumulation from ``global_batch_size``.
+    pipeline derives gradient accumulation from ``global_batch_size``. ``tokenizer`` may ask for a
+    sentencepiece tokenizer trained on ``files`` (``train`` + ``cache_dir``, :mod:`glm.data.base`).
     """
+
+    trains_tokenizer = True
 
     def __init__(
         self,
@@ -438,34 +417,24 @@ class PretrainDataModule(L.LightningDataModule):
         progress: bool = True,
         pack: bool = False,
     ) -> None:
-        super().__init__()
         if seq_length < 8:
             raise ValueError(f"data.seq_length: must be >= 8, got {seq_length}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"data.val_fraction: must be in (0, 1), got {val_fraction}")
-        if micro_batch_size < 1 or global_batch_size % micro_batch_size:
-            raise ValueError(
-                f"data.global_batch_size ({global_batch_size}) must be a positive multiple of "
-                f"data.micro_batch_size ({micro_batch_size})"
-            )
-        self.files_spec, self.tokenizer_spec = files, tokenizer
-        self.seq_length, self.global_batch_size, self.micro_batch_size = (
-            seq_length,
-            global_batch_size,
-            micro_batch_size,
+        super().__init__(
+            tokenizer,
+            micro_batch_size=micro_batch_size,
+            global_batch_size=global_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pack=pack,
+            seed=seed,
         )
-        self.eval_batch_size = eval_batch_size or micro_batch_size
-        self.num_workers, self.val_fraction, self.max_val_samples = num_workers, val_fraction, max_val_samples
+        self.files_spec, self.seq_length = files, seq_length
+        self.val_fraction, self.max_val_samples = val_fraction, max_val_samples
         self.samples_per_epoch, self.cache_dir = samples_per_epoch, cache_dir
-        self.text_field, self.document_split, self.seed, self.progress = (
-            text_field,
-            document_split,
-            seed,
-            progress,
-        )
+        self.text_field, self.document_split, self.progress = text_field, document_split, progress
         self.objective = _masking_config(objective)
-        self.pack = checked_pack_flag(pack)
-        self._tokenizer: Any = None
         self._files: list[Path] | None = None
         self.train_set: PretrainDataset | None = None
         self.val_set: PretrainDataset | None = None
@@ -476,12 +445,8 @@ class PretrainDataModule(L.LightningDataModule):
             self._files = expand_files(self.files_spec)
         return self._files
 
-    @property
-    def tokenizer(self) -> Any:
-        """The tokenizer (trained and cached on first use when the config asks for it)."""
-        if self._tokenizer is None:
-            self._tokenizer = resolve_tokenizer(self.tokenizer_spec, self.files)
-        return self._tokenizer
+    def tokenizer_train_files(self) -> list[Path]:
+        return self.files
 
     def prepare_data(self) -> None:
         # Rank 0 only: train the tokenizer and tokenise the corpus into the cache; setup() then memory-maps it.
@@ -528,33 +493,20 @@ class PretrainDataModule(L.LightningDataModule):
             self.seq_length,
         )
 
-    def _loader(
-        self, dataset: PretrainDataset, batch_size: int, shuffle: bool, resumable: bool = False
-    ) -> DataLoader:
-        rank, world = rank_world(getattr(self, "trainer", None))
-        sampler = EpochIndexSampler(len(dataset), self.seed, shuffle=shuffle, rank=rank, world_size=world)
-        kwargs: dict[str, Any] = {
-            "batch_size": batch_size,
-            "sampler": sampler,
-            "collate_fn": functools.partial(collate_pretrain, pack=self.pack),
-            "num_workers": self.num_workers,
-            "persistent_workers": False,
-            "drop_last": shuffle,
-        }
-        if resumable:
-            return ResumableDataLoader(dataset, progress=self._batches_done, **kwargs)
-        return DataLoader(dataset, **kwargs)
+    def _collate(self) -> functools.partial:
+        return functools.partial(collate_pretrain, pack=self.pack)
 
-    def _batches_done(self) -> int:
-        return fit_batches_done(getattr(self, "trainer", None))
-
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, self.micro_batch_size, shuffle=True, resumable=True)
+        # index epoch * N + i (a sample is masked anew each epoch); the uneven tail is dropped
+        return self.train_loader(self.train_set, self._collate(), epoch_offset=True, tail="drop", drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        # in order, the uneven tail dropped under several processes (not padded: val/loss is a mean)
+        rank, world = rank_world(getattr(self, "trainer", None))
+        sampler = EpochIndexSampler(len(self.val_set), self.seed, shuffle=False, rank=rank, world_size=world)
+        return self.eval_loader(self.val_set, self._collate(), sampler=sampler)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
@@ -48,7 +47,6 @@ __all__ = [
     "fit_batches_done",
     "rank_world",
     "resumable_train_loader",
-    "run_seed",
 ]
 
 TAILS = ("drop", "pad")
@@ -187,12 +185,6 @@ def eval_sampler(dataset: Sized, trainer: Any | None) -> DistributedSampler | No
     return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
 
 
-def run_seed() -> int:
-    """The run's seed as ``L.seed_everything`` (glm.run.pipeline.run) leaves it in ``PL_GLOBAL_SEED``; 0 unset.
-    Finetuning datamodules take no seed of their own, so the shuffle follows ``seed=`` like everything else."""
-    return int(os.environ.get("PL_GLOBAL_SEED", "0"))
-
-
 def fit_batches_done(trainer: Any | None) -> int:
     """Batches of the current epoch whose training step finished (the fit loop's own counter); 0 without
     a trainer."""
@@ -209,22 +201,27 @@ def resumable_train_loader(
     batch_size: int,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     num_workers: int = 0,
-    seed: int | None = None,
+    *,
+    seed: int,
+    epoch_offset: bool = False,
+    tail: str = "pad",
+    drop_last: bool = False,
 ) -> ResumableDataLoader:
-    """A finetuning training loader: this rank's share of each epoch's shuffle of ``dataset`` (plain indices,
-    tail padded with repeats), resumable mid-epoch. ``datamodule.trainer`` is read when Lightning asks for
-    the progress (at checkpoint time), not now, and gives the rank and world size; ``seed`` defaults to
-    :func:`run_seed`. The last batch of an epoch may be short (``drop_last=False``), as before."""
+    """A training loader: this rank's share of each epoch's shuffle of ``dataset`` from ``seed``, resumable
+    mid-epoch. ``datamodule.trainer`` is read when Lightning asks for the progress (at checkpoint time), not
+    now, and gives the rank and world size. The defaults are the finetuning ones (plain indices, tail padded
+    with repeats, the last batch of an epoch may be short); pretraining takes ``epoch_offset=True``,
+    ``tail="drop"``, ``drop_last=True`` (see the module docstring)."""
     trainer = getattr(datamodule, "trainer", None)
     rank, world = rank_world(trainer)
     sampler = EpochIndexSampler(
         len(dataset),  # type: ignore[arg-type]
-        run_seed() if seed is None else seed,
+        seed,
         shuffle=True,
         rank=rank,
         world_size=world,
-        epoch_offset=False,
-        tail="pad",
+        epoch_offset=epoch_offset,
+        tail=tail,
     )
     return ResumableDataLoader(
         dataset,
@@ -232,6 +229,6 @@ def resumable_train_loader(
         sampler=sampler,
         collate_fn=collate_fn,
         num_workers=num_workers,
-        drop_last=False,
+        drop_last=drop_last,
         progress=lambda: fit_batches_done(getattr(datamodule, "trainer", None)),
     )

@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from glm.data.packing import checked_pack_flag
-from glm.data.sampling import ResumableDataLoader, eval_sampler, resumable_train_loader
-from glm.utils.inputs import SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
+from glm.data.base import GLMDataModule
+from glm.data.packing import pack_samples
+from glm.data.sampling import ResumableDataLoader
 from glm.errors import DataFormatError
+from glm.utils.inputs import SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,6 @@ def collate_seq2seq_packed(
 ) -> dict[str, torch.Tensor]:
     """Pack a batch of compact samples into as few rows of `seq_length` (= S + T) as hold them: the fields of
     `glm.data.packing.pack_samples` (per-token `sep [R, L]`, `segment_ids`, `sample_index`)."""
-    from glm.data.packing import pack_samples
-
     return pack_samples(samples, seq_length, pad_id)  # an empty batch is refused there
 
 
@@ -318,7 +317,7 @@ def _collate_with_index(
     """Decoding batches; `context_mask` (compact sources of different lengths, right-padded here): 1 on each
     row's source, so that the padding is hidden and every row decodes as if alone."""
     out = collate_seq2seq([s for _, s in batch], pad_id)
-    out["index"] = torch.tensor([i for i, _ in batch])
+    out["example_index"] = torch.tensor([i for i, _ in batch], dtype=torch.long)
     if context_mask:
         lengths = torch.tensor([len(s.input_ids) for _, s in batch])
         out["context_mask"] = (torch.arange(out["input_ids"].shape[1])[None] < lengths[:, None]).long()
@@ -336,32 +335,15 @@ class _Indexed(torch.utils.data.Dataset):
         return i, self.ds[i]
 
 
-def resolve_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object as is; a path or `{kind, path}` dict loaded with `glm.tokenizer.load_tokenizer`."""
-    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "pad_id"):
-        return tokenizer
-    from glm.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer)
-
-
-try:
-    import lightning as L
-
-    _Base = L.LightningDataModule
-except ImportError:  # pragma: no cover - lightning is a core dependency
-    _Base = object
-
-
-class Seq2SeqDataModule(_Base):
+class Seq2SeqDataModule(GLMDataModule):
     """Summarisation data: `splits` maps stage (train/val/test) to a file stem (lines) or jsonl file name
     under `data_dir` (a null split has no loop); `max_samples` optionally slices each stage. Validation/test
-    batches carry Part A only plus `index` into `references(stage)` (they are decoded and scored with ROUGE,
+    batches carry Part A only plus `example_index` into `references(stage)` (they are decoded and scored with ROUGE,
     no teacher-forced loss). The training loader shuffles per epoch from the run seed, gives each rank its
     share (the run config sets `use_distributed_sampler: false`) and resumes mid-epoch
-    (`glm.data.sampling.resumable_train_loader`); each evaluation split is shared between ranks too
-    (`glm.data.sampling.eval_sampler`: every rank decodes its share; the module gathers the results by
-    `index`).
+    (`GLMDataModule.train_loader`); each evaluation split is shared between ranks too
+    (`GLMDataModule.eval_loader`: every rank decodes its share; the module gathers the results by
+    `example_index`).
 
     `pack` (`data.pack`): False = the original padded layout; True = compact (unpadded) samples, each
     training batch of `micro_batch_size` samples packed into rows of `src_seq_length + tgt_seq_length`
@@ -386,9 +368,17 @@ class Seq2SeqDataModule(_Base):
         bad_rows: str = "raise",
         global_batch_size: int | None = None,
         pack: bool = False,
+        seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.pack = checked_pack_flag(pack)
+        super().__init__(
+            tokenizer,
+            micro_batch_size=micro_batch_size,
+            global_batch_size=global_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pack=pack,
+            seed=seed,
+        )
         unknown = sorted(set(splits) - {"train", "val", "test"})
         if unknown:
             raise ValueError(f"data.splits: unknown stage(s) {unknown}; allowed: train, val, test")
@@ -398,17 +388,8 @@ class Seq2SeqDataModule(_Base):
         self.fields = (source_field, target_field)
         self.src_seq_length, self.tgt_seq_length = src_seq_length, tgt_seq_length
         self.task_mask, self.detokenize, self.bad_rows = task_mask, detokenize, bad_rows
-        self.micro_batch_size, self.eval_batch_size = micro_batch_size, eval_batch_size or micro_batch_size
-        self.global_batch_size = global_batch_size
-        self.num_workers = num_workers
         self.max_samples = dict(max_samples or {})
-        self._tokenizer = tokenizer
         self.datasets: dict[str, Seq2SeqDataset] = {}
-
-    @property
-    def tokenizer(self) -> Any:
-        self._tokenizer = resolve_tokenizer(self._tokenizer)
-        return self._tokenizer
 
     def _path(self, stage: str) -> Path:
         if stage not in self.splits:
@@ -460,28 +441,17 @@ class Seq2SeqDataModule(_Base):
             )
         return functools.partial(collate_seq2seq, pad_id=pad)
 
-    def _eval_loader(self, ds: Seq2SeqDataset, batch_size: int) -> torch.utils.data.DataLoader:
+    def _eval_loader(self, ds: Seq2SeqDataset) -> torch.utils.data.DataLoader:
         collate = functools.partial(_collate_with_index, pad_id=self.tokenizer.pad_id, context_mask=self.pack)
-        # several processes: each rank decodes its share (padded with repeats; the task drops them)
-        return torch.utils.data.DataLoader(
-            _Indexed(ds),
-            batch_size=batch_size,
-            shuffle=False,
-            sampler=eval_sampler(ds, getattr(self, "trainer", None)),
-            num_workers=self.num_workers,
-            collate_fn=collate,
-        )
+        return self.eval_loader(_Indexed(ds), collate)
 
     def train_dataloader(self) -> ResumableDataLoader:
-        # each rank its share of the epoch's seeded shuffle, resumable mid-epoch (glm.data.sampling)
-        return resumable_train_loader(
-            self._load("train", True), self, self.micro_batch_size, self._train_collate(), self.num_workers
-        )
+        return self.train_loader(self._load("train", True), self._train_collate())
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> torch.utils.data.DataLoader | list:
         if "val" not in self.splits:  # Lightning skips the validation loop for an empty list
             return []
-        return self._eval_loader(self._load("val", False), self.eval_batch_size)
+        return self._eval_loader(self._load("val", False))
 
-    def test_dataloader(self):
-        return self._eval_loader(self._load("test", False), self.eval_batch_size)
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._eval_loader(self._load("test", False))
