@@ -7,6 +7,8 @@ layers contract cannot see: cycles inside one layer and imports hidden inside fu
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 from pathlib import Path
 
 import grimp
@@ -131,3 +133,21 @@ def test_function_level_glm_imports_only_where_allowed() -> None:
 
 # Modules that may import a glm module inside a function, with why.
 FUNCTION_IMPORT_ALLOWED: dict[str, str] = {}
+
+
+def test_scripts_outside_the_package_import_existing_names() -> None:
+    """bench/ and recipes/ are not imported by the tests; their `from glm... import name` lines must still
+    name things that exist (a moved function would otherwise break them silently)."""
+    root = PACKAGE_DIR.parent
+    broken = []
+    for path in sorted([*root.glob("bench/*.py"), *root.glob("recipes/**/*.py"), root / "run.py"]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("glm"):
+                module = importlib.import_module(node.module)
+                broken += [
+                    f"{path.relative_to(root)}:{node.lineno} {node.module}.{a.name}"
+                    for a in node.names
+                    if not hasattr(module, a.name)
+                    and importlib.util.find_spec(f"{node.module}.{a.name}") is None
+                ]
+    assert broken == []

@@ -35,10 +35,6 @@ __all__ = [
 ]
 
 
-
-
-
-
 MissingFileError = Callable[[Path, str], MissingInputError]
 _missing_file_error: MissingFileError = lambda path, problem: MissingInputError(problem)  # noqa: E731
 
