@@ -427,8 +427,13 @@ def test_run_py_reports_bad_input_in_one_line(tmp_path: Path) -> None:
             lines[1] = lines[1][:30] + b"\xe9" + lines[1][30:]
         _write(root / "superglue" / "RTE" / f"{split}.jsonl", b"".join(lines))
     r = run_cli(
-        ["+experiment=superglue_rte", "model=glm_tiny", "logger=none", "trainer.max_epochs=1",
-         f"hydra.run.dir={tmp_path / 'run'}"],
+        [
+            "+experiment=superglue_rte",
+            "model=glm_tiny",
+            "logger=none",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
         tmp_path,
         env={"GLM_DATA_ROOT": str(root)},
     )

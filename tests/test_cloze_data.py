@@ -15,8 +15,8 @@ from glm.data.cloze import ClozeDataModule, ClozeEncoder, build_cloze_sequence, 
 from glm.data.download import resolve
 from glm.data.paths import data_root
 from glm.data.superglue import get_task
-from glm.errors import DataFormatError
 from glm.data.superglue.tasks import RTE
+from glm.errors import DataFormatError
 from glm.tokenizer import load_tokenizer
 
 ROOT = data_root()
@@ -324,7 +324,9 @@ def test_wsc_negative_candidates_grouped_by_nine(tmp_path):
     # kept, nothing else dropped), and in training a list longer than 9 is split into groups of 9, the last
     # group filled from the start of the list; span1 is candidate 0 of every group.
     names = [f"n{i}" for i in range(1, 12)]  # 11 distinct negatives
-    cands = [{"text": c} for c in names[:3]] + [{"text": "n2"}, {"text": "Bo"}] + [{"text": c} for c in names[3:]]
+    cands = (
+        [{"text": c} for c in names[:3]] + [{"text": "n2"}, {"text": "Bo"}] + [{"text": c} for c in names[3:]]
+    )
     rec = {
         "text": "Bo saw Al because he was there .",
         "label": True,
@@ -500,7 +502,9 @@ def test_empty_candidates_error(bert, tmp_path):
         "qas": [{"query": "x @placeholder", "answers": []}],
     }
     _write(tmp_path, "ReCoRD", "dev32.jsonl", [json.dumps(rec)])
-    with pytest.raises(DataFormatError, match=r"dev32\.jsonl:1: empty candidate list \(field 'passage.entities'\)"):
+    with pytest.raises(
+        DataFormatError, match=r"dev32\.jsonl:1: empty candidate list \(field 'passage.entities'\)"
+    ):
         ClozeDataModule("record", bert, tmp_path).load_split("val")
     q = {"question": "q?", "answers": []}
     _write(
@@ -509,7 +513,9 @@ def test_empty_candidates_error(bert, tmp_path):
         "val.jsonl",
         [json.dumps({"idx": 0, "passage": {"text": "t.", "questions": [q]}})],
     )
-    with pytest.raises(DataFormatError, match=r"val\.jsonl:1 \(passage.questions\[0\]\): empty candidate list"):
+    with pytest.raises(
+        DataFormatError, match=r"val\.jsonl:1 \(passage.questions\[0\]\): empty candidate list"
+    ):
         ClozeDataModule("multirc", bert, tmp_path).load_split("val")
 
 
@@ -533,9 +539,7 @@ def test_training_split_is_shared_between_ranks(bert):
     from types import SimpleNamespace
 
     _need_data()
-    dm = ClozeDataModule(
-        "rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=4, seed=7
-    )
+    dm = ClozeDataModule("rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=4, seed=7)
     seen = []
     for rank in (0, 1):
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
@@ -556,9 +560,7 @@ def test_training_loader_resumes_mid_epoch(bert):
     from glm.data.sampling import ResumableDataLoader
 
     _need_data()
-    dm = ClozeDataModule(
-        "rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=2, seed=7
-    )
+    dm = ClozeDataModule("rte", bert, ROOT, seq_length=128, max_train_examples=11, micro_batch_size=2, seed=7)
 
     def batches(loader) -> list[list[int]]:
         return [b["example_index"].tolist() for b in loader]

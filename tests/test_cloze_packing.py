@@ -18,8 +18,8 @@ from conftest import data_root, need_data
 from test_cloze_e2e import SMALL as E2E_SMALL
 
 from glm.data.cloze import ClozeDataModule, collate_cloze, collate_cloze_packed
-from glm.tasks.cloze import PAD_SCORE, ClozeModule, cloze_loss, prompt_slots
 from glm.errors import ConfigError
+from glm.tasks.cloze import PAD_SCORE, ClozeModule, cloze_loss, prompt_slots
 
 # task -> (examples, seq_length): enough sequences to fill several rows, small enough to stay fast.
 # ReCoRD candidates are ~300 tokens (10 for this example): rows of 640 hold two (positions still restart per

@@ -16,9 +16,9 @@ import pytest
 from glm.data import __main__ as cli
 from glm.data import download as dl
 from glm.data import sources
+from glm.data.paths import data_root, need_shared_data, require_data
 from glm.data.sources import RemoteFile
 from glm.errors import ChecksumError, DownloadError
-from glm.data.paths import data_root, need_shared_data, require_data
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -181,7 +181,10 @@ def test_registry_groups_and_names():
         "tokenizers/gpt2/merges.txt",
         "tokenizers/albert-base-v2/spiece.model",
     }
-    assert sources.dataset_for("lambada/lambada_test.jsonl") == "lambada" and sources.dataset_for("nope.txt") is None
+    assert (
+        sources.dataset_for("lambada/lambada_test.jsonl") == "lambada"
+        and sources.dataset_for("nope.txt") is None
+    )
     # a folder names the one data set under it, so a missing-folder message says what to download
     assert sources.dataset_for("tokenizers/gpt2") == "gpt2" and sources.dataset_for("tokenizers") is None
     for f in dl.resolve(["all"]):  # every file pinned to a commit of its source repository

@@ -144,7 +144,7 @@ def check_span_layout(tokens: np.ndarray, s: MaskedSample, mask_id: int, block_p
     mask_slots = np.flatnonzero(a == mask_id)
     assert len(begins) == len(mask_slots), "one Part-B block per mask token"
     fill = {}
-    for lo, hi in zip(begins, [*begins[1:], len(b_in)]):
+    for lo, hi in zip(begins, [*begins[1:], len(b_in)], strict=True):
         p = pos[sep + lo : sep + hi]
         assert (p == p[0]).all() and a[p[0]] == mask_id, "Part-B positions = the mask's Part-A position"
         expect_blk = np.arange(1, hi - lo + 1) if block_positions else np.ones(hi - lo)
@@ -261,7 +261,7 @@ def test_offset_formula_hand_example_and_exhaustive():
     }
     want = set()
     for starts in itertools.product(range(s0, s0 + doc), repeat=3):
-        sp = tuple((b, b + l) for b, l in zip(starts, lengths))
+        sp = tuple((b, b + n) for b, n in zip(starts, lengths, strict=True))
         if sp[-1][1] <= s0 + doc and all(sp[j + 1][0] >= sp[j][1] + 1 for j in range(2)):
             want.add(sp)
     assert got == want and len(got) == math.comb(hi + 3, 3)
@@ -486,7 +486,7 @@ def test_real_text_layouts(corpus):
 
 def truncated_poisson_mean(lam: float, cap: int) -> float:
     pmf = [lam**k * math.exp(-lam) / math.factorial(k) for k in range(1, cap)]
-    return sum(k * p for k, p in zip(range(1, cap), pmf)) / sum(pmf)
+    return sum(k * p for k, p in zip(range(1, cap), pmf, strict=True)) / sum(pmf)
 
 
 def test_truncated_poisson_mean_reference():

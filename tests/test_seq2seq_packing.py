@@ -24,8 +24,8 @@ from glm.data.seq2seq import (
     collate_seq2seq,
     collate_seq2seq_packed,
 )
-from glm.tasks.seq2seq import Seq2SeqModule
 from glm.errors import ConfigError
+from glm.tasks.seq2seq import Seq2SeqModule
 
 S, T = 96, 24  # glm-tiny holds 512 positions; short enough for fast float64 forwards
 EPS = 0.1
@@ -138,11 +138,14 @@ def test_packed_loss_and_gradients_equal_the_compact_samples_alone(bert, xsum_ex
 
     exs = list(xsum_examples[:6])
     # shorter articles so that several samples share a row (real ones fill S: one per row, nothing to pack)
-    exs += [Seq2SeqExample(" ".join(e.source.split()[:k]), e.target, "cut") for e, k in zip(exs, (8, 20, 35))]
+    exs += [
+        Seq2SeqExample(" ".join(e.source.split()[:k]), e.target, "cut")
+        for e, k in zip(exs, (8, 20, 35), strict=False)
+    ]
     samples = Seq2SeqDataset(exs, bert, S, T, compact=True).samples
     batch = collate_seq2seq_packed(samples, S + T, bert.pad_id)
     R = batch["input_ids"].shape[0]
-    assert R < len(samples) and int(batch["segment_ids"].max()) >= 2  # rows are shared
+    assert len(samples) > R and int(batch["segment_ids"].max()) >= 2  # rows are shared
     assert batch["sep"].shape == (R, S + T) and batch["input_ids"].shape == (R, S + T)
     module = _module()
     ref_sums, ref_counts = _reference_sums(module, samples)
@@ -165,7 +168,7 @@ def test_packed_loss_and_gradients_equal_the_compact_samples_alone(bert, xsum_ex
     g_packed = torch.autograd.grad(loss, params)
     g_ref = torch.autograd.grad(ref_loss, params)
     for name_p, a, b in zip(
-        (n for n, p in module.model.named_parameters() if p.requires_grad), g_packed, g_ref
+        (n for n, p in module.model.named_parameters() if p.requires_grad), g_packed, g_ref, strict=True
     ):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12, msg=name_p)
     assert sum(float(g.abs().sum()) for g in g_ref) > 1.0
@@ -200,7 +203,7 @@ def test_datamodule_packs_the_same_batches_into_fewer_rows(bert, tmp_path) -> No
     padded, packed = _loader_batches(dms[False]), _loader_batches(dms[True])
     assert len(padded) == len(packed) == 4  # 64 samples, micro batch 16: the sampler is unchanged
     L = 608 + 60
-    for a, b in zip(padded, packed):
+    for a, b in zip(padded, packed, strict=True):
         assert b["input_ids"].shape[1] == L == a["input_ids"].shape[1]
         # the same 16 samples in each batch, identified by their target sequences
         got = sorted(

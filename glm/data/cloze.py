@@ -281,7 +281,7 @@ def collate_cloze(
     C = max(len(f.sequences) for f in features)
     longest = max(len(s["input_ids"]) for f in features for s in f.sequences)
     L = longest if pad_to is None else pad_to
-    if L < longest:
+    if longest > L:
         raise ValueError(f"a sequence of {longest} tokens does not fit pad_to={pad_to}")
     input_ids = torch.full((B, C, L), pad_id, dtype=torch.long)
     targets = torch.zeros((B, C, L), dtype=torch.long)

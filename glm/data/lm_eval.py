@@ -48,8 +48,9 @@ class ScoredSample:
         return int(self.input_ids.shape[0])
 
 
-def blank_sample(part_a: list[int], mask_index: int, part_b_targets: list[int], num_scored: int,
-                 sop_id: int) -> ScoredSample:
+def blank_sample(
+    part_a: list[int], mask_index: int, part_b_targets: list[int], num_scored: int, sop_id: int
+) -> ScoredSample:
     """Part A (positions `0..n-1`, block 0) then Part B = `[sop] + targets[:-1]` at `(mask_index, 1..k)`;
     the last `num_scored` targets carry loss mask 1."""
     n, k = len(part_a), len(part_b_targets)
@@ -58,9 +59,14 @@ def blank_sample(part_a: list[int], mask_index: int, part_b_targets: list[int], 
     ids = np.asarray(part_a + [sop_id] + part_b_targets[:-1], np.int64)
     targets = np.asarray(part_a + part_b_targets, np.int64)
     loss = np.zeros(n + k, np.float32)
-    loss[n + k - num_scored:] = 1.0
-    pos = np.concatenate([np.stack([np.arange(n), np.zeros(n, np.int64)]),
-                          np.stack([np.full(k, mask_index), np.arange(1, k + 1)])], axis=1)
+    loss[n + k - num_scored :] = 1.0
+    pos = np.concatenate(
+        [
+            np.stack([np.arange(n), np.zeros(n, np.int64)]),
+            np.stack([np.full(k, mask_index), np.arange(1, k + 1)]),
+        ],
+        axis=1,
+    )
     return ScoredSample(ids, targets, loss, pos, n)
 
 
@@ -76,8 +82,15 @@ def split_lambada(text: str) -> tuple[str, str]:
     return text[: text.rfind(last)].strip(), last
 
 
-def lambada_sample(context_ids: list[int], answer_ids: list[int], tok: Any, seq_length: int,
-                   task_mask: bool = False, unidirectional: bool = False, stats: Counter | None = None) -> ScoredSample:
+def lambada_sample(
+    context_ids: list[int],
+    answer_ids: list[int],
+    tok: Any,
+    seq_length: int,
+    task_mask: bool = False,
+    unidirectional: bool = False,
+    stats: Counter | None = None,
+) -> ScoredSample:
     """One LAMBADA layout; the context loses tokens on the left when the sample would exceed `seq_length`."""
     mask = tok.gmask_id if task_mask else tok.mask_id
     k = len(answer_ids)
@@ -87,7 +100,7 @@ def lambada_sample(context_ids: list[int], answer_ids: list[int], tok: Any, seq_
     if room < 1:
         raise ValueError(f"seq_length={seq_length} is too short for a {k}-token LAMBADA answer")
     if len(context_ids) > room:
-        context_ids = context_ids[len(context_ids) - room:]
+        context_ids = context_ids[len(context_ids) - room :]
         if stats is not None:
             stats["truncated"] += 1
     if unidirectional:
@@ -99,7 +112,9 @@ def lambada_sample(context_ids: list[int], answer_ids: list[int], tok: Any, seq_
     return blank_sample(part_a, len(context_ids) + 1, answer_ids, k, tok.sop_id)
 
 
-def read_lambada(path: str | Path, max_samples: int | None = None, field: str = "text") -> list[tuple[str, str]]:
+def read_lambada(
+    path: str | Path, max_samples: int | None = None, field: str = "text"
+) -> list[tuple[str, str]]:
     """`(context, last word)` per jsonl line; malformed lines raise naming file and line."""
     path = Path(path)
     out = []
@@ -128,8 +143,14 @@ def num_windows(num_tokens: int, window: int, stride: int) -> int:
     return math.ceil(max(num_tokens - window, 0) / stride) + 1
 
 
-def perplexity_windows(tokens: list[int], tok: Any, seq_length: int, overlap: int, task_mask: bool = False,
-                       unidirectional: bool = False) -> list[ScoredSample]:
+def perplexity_windows(
+    tokens: list[int],
+    tok: Any,
+    seq_length: int,
+    overlap: int,
+    task_mask: bool = False,
+    unidirectional: bool = False,
+) -> list[ScoredSample]:
     """The overlapping windows of one document; every token but the first is scored exactly once."""
     W, o = seq_length - 1, overlap
     if not 0 < o < W:
@@ -139,7 +160,7 @@ def perplexity_windows(tokens: list[int], tok: Any, seq_length: int, overlap: in
     mask = tok.gmask_id if task_mask else tok.mask_id
     out = []
     for i in range(num_windows(len(tokens), W, o)):
-        win = tokens[i * o: i * o + W]
+        win = tokens[i * o : i * o + W]
         n_prompt = 1 if (i == 0 or unidirectional) else W - o
         prompt, text = win[:n_prompt], win[n_prompt:]
         scored = len(text) if i == 0 else len(win) - (W - o)
@@ -200,8 +221,9 @@ def perplexity(total_loss: float, num_tokens: int, num_original_words: int) -> P
     `avg * (num_tokens - 1) / (num_original_words - 1)` (per whitespace word of the raw file)."""
     avg = total_loss / (num_tokens - 1)
     adjusted = avg * (num_tokens - 1) / (num_original_words - 1)
-    return PerplexityResult(avg, math.exp(min(20.0, avg)), math.exp(min(20.0, adjusted)), num_tokens,
-                            num_original_words)
+    return PerplexityResult(
+        avg, math.exp(min(20.0, avg)), math.exp(min(20.0, adjusted)), num_tokens, num_original_words
+    )
 
 
 def collate_scored(samples: list[ScoredSample], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -215,9 +237,19 @@ def collate_scored(samples: list[ScoredSample], pad_id: int = 0) -> dict[str, to
     pos = np.zeros((B, 2, width), np.int64)
     for i, s in enumerate(samples):
         n = len(s)
-        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = s.input_ids, s.targets, s.loss_mask, s.position_ids
-    return {"input_ids": torch.from_numpy(ids), "targets": torch.from_numpy(tgt), "loss_mask": torch.from_numpy(loss),
-            "position_ids": torch.from_numpy(pos), "sep": torch.tensor([s.sep for s in samples])}
+        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = (
+            s.input_ids,
+            s.targets,
+            s.loss_mask,
+            s.position_ids,
+        )
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "targets": torch.from_numpy(tgt),
+        "loss_mask": torch.from_numpy(loss),
+        "position_ids": torch.from_numpy(pos),
+        "sep": torch.tensor([s.sep for s in samples]),
+    }
 
 
 def collate_indexed(items: list[tuple[int, ScoredSample]], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -236,10 +268,22 @@ class LMEvalDataModule(GLMDataModule):
     `example_index` (each sample's place in the list); with several processes each rank gets its share
     (`GLMDataModule.eval_loader`). Evaluation batches hold `micro_batch_size` samples."""
 
-    def __init__(self, path: str, tokenizer: Any, kind: str = "lambada", seq_length: int = 512,
-                 overlap: int = 256, task_mask: bool = False, unidirectional: bool = False, wikitext: bool = False,
-                 micro_batch_size: int = 8, num_workers: int = 0, max_samples: int | None = None,
-                 max_lines: int | None = None, global_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        tokenizer: Any,
+        kind: str = "lambada",
+        seq_length: int = 512,
+        overlap: int = 256,
+        task_mask: bool = False,
+        unidirectional: bool = False,
+        wikitext: bool = False,
+        micro_batch_size: int = 8,
+        num_workers: int = 0,
+        max_samples: int | None = None,
+        max_lines: int | None = None,
+        global_batch_size: int | None = None,
+    ) -> None:
         if kind not in ("lambada", "perplexity"):
             raise ValueError(f"LMEvalDataModule kind must be 'lambada' or 'perplexity', got {kind!r}")
         super().__init__(
@@ -264,8 +308,10 @@ class LMEvalDataModule(GLMDataModule):
             pairs = read_lambada(self.path, self.max_samples)
             contexts = tok.encode_batch([c for c, _ in pairs])
             answers = tok.encode_batch([" " + w for _, w in pairs])
-            self.samples = [lambada_sample(c, a, tok, self.seq_length, self.task_mask, self.unidirectional, self.stats)
-                            for c, a in zip(contexts, answers)]
+            self.samples = [
+                lambada_sample(c, a, tok, self.seq_length, self.task_mask, self.unidirectional, self.stats)
+                for c, a in zip(contexts, answers, strict=True)
+            ]
         else:
             lines = read_lines(self.path, "perplexity data")
             if self.max_lines is not None:
@@ -275,11 +321,14 @@ class LMEvalDataModule(GLMDataModule):
             text = wikitext_detokenize(raw) if self.wikitext else raw
             tokens = tok.encode(text)
             if len(tokens) < 2:
-                raise DataFormatError(f"{self.path}: perplexity needs a document of at least 2 tokens, "
-                                      f"got {len(tokens)} (max_lines={self.max_lines})")
+                raise DataFormatError(
+                    f"{self.path}: perplexity needs a document of at least 2 tokens, "
+                    f"got {len(tokens)} (max_lines={self.max_lines})"
+                )
             self.num_tokens = len(tokens)
-            self.samples = perplexity_windows(tokens, tok, self.seq_length, self.overlap, self.task_mask,
-                                              self.unidirectional)
+            self.samples = perplexity_windows(
+                tokens, tok, self.seq_length, self.overlap, self.task_mask, self.unidirectional
+            )
         log.info("%s: %d samples from %s %s", self.kind, len(self.samples), self.path, dict(self.stats))
 
     def _loader(self) -> torch.utils.data.DataLoader:

@@ -38,8 +38,6 @@ def data_root() -> Path:
     return Path.cwd() / "data"
 
 
-
-
 def missing_data(path: str | os.PathLike[str], problem: str) -> DataNotFoundError:
     """The error for a missing ``path`` (a file, folder or glob): ``problem``, then how to get it when
     the path lies under the data root (the download command), else where the data root is."""

@@ -499,7 +499,9 @@ class PretrainDataModule(GLMDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_set is not None, "call setup() first"
         # index epoch * N + i (a sample is masked anew each epoch); the uneven tail is dropped
-        return self.train_loader(self.train_set, self._collate(), epoch_offset=True, tail="drop", drop_last=True)
+        return self.train_loader(
+            self.train_set, self._collate(), epoch_offset=True, tail="drop", drop_last=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"

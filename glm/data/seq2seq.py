@@ -109,7 +109,7 @@ def read_examples(
                 f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
                 f"{longer}:{min(len(src), len(tgt)) + 1} is the first line without a partner"
             )
-        for i, (s, t) in enumerate(zip(src, tgt), start=1):
+        for i, (s, t) in enumerate(zip(src, tgt, strict=True), start=1):
             # "where" names the source file, or the target file when only the target line is bad
             rows.append((s, t, f"{tgt_path}:{i}" if s.strip() and not t.strip() else f"{src_path}:{i}", ""))
     elif fmt == "jsonl":
@@ -299,7 +299,7 @@ class Seq2SeqDataset(torch.utils.data.Dataset):
                 self.stats,
                 pad=not compact,
             )
-            for a, s in zip(articles, summaries)
+            for a, s in zip(articles, summaries, strict=True)
         ]
         if self.stats:
             log.info("seq2seq: %d examples, %s", len(examples), dict(self.stats))

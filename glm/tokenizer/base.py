@@ -197,7 +197,6 @@ def copy_into(src: Path, directory: Path, name: str) -> None:
         atomic_write(dest, lambda f: shutil.copyfileobj(source, f))
 
 
-
 def read_meta(directory: Path) -> dict[str, Any]:
     """The checked ``tokenizer.json`` of a saved tokenizer dir."""
     path = directory / META_FILE
@@ -210,4 +209,3 @@ def read_meta(directory: Path) -> dict[str, Any]:
             f"{path}: field 'version' is {meta.get('version')!r}; this code reads {META_VERSION}"
         )
     return meta
-

@@ -119,7 +119,7 @@ class GLMChineseTokenizer(SentencePieceTokenizer):
         plain = [k for k, t in enumerate(texts) if t.strip() and not self._command_re.search(t)]
         if plain:  # the common case in one multi-threaded call
             for k, ids in zip(
-                plain, self._sp.encode([texts[k] for k in plain], num_threads=self._num_threads)
+                plain, self._sp.encode([texts[k] for k in plain], num_threads=self._num_threads), strict=True
             ):
                 out[k] = ids
         done = set(plain)
@@ -164,4 +164,3 @@ class GLMChineseTokenizer(SentencePieceTokenizer):
         )
         write_json(directory / META_FILE, meta)
         return directory
-

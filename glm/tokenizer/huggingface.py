@@ -70,7 +70,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-
 class _HFTokenizer(GLMTokenizer):
     """Common part of the wrappers over a ``tokenizers.Tokenizer`` with GLM specials."""
 
@@ -103,10 +102,10 @@ class _HFTokenizer(GLMTokenizer):
         tok.add_special_tokens(
             [
                 AddedToken(s, special=True, normalized=False, lstrip=n in fam.lstrip)
-                for n, s in zip(names, strings)
+                for n, s in zip(names, strings, strict=True)
             ]
         )
-        for name, s in zip(names, strings):
+        for name, s in zip(names, strings, strict=True):
             if tok.token_to_id(s) != ids[name]:  # guards against a library change in id assignment
                 raise RuntimeError(f"{source}: {s!r} got id {tok.token_to_id(s)}, expected {ids[name]}")
         self.special_ids = ids
@@ -120,7 +119,7 @@ class _HFTokenizer(GLMTokenizer):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         texts = list(texts)
         encs = self._tok.encode_batch(texts, add_special_tokens=False)
-        return [e.ids if t.strip() else [] for t, e in zip(texts, encs)]
+        return [e.ids if t.strip() else [] for t, e in zip(texts, encs, strict=True)]
 
     def _decode_real(self, ids: list[int], skip_special_tokens: bool) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -286,4 +285,3 @@ class RobertaTokenizer(GPT2Tokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return super().encode_batch([self._respell(t) for t in texts])
-

@@ -103,4 +103,3 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
     if not path.exists():
         raise missing_file_error(path, f"tokenizer not found: {path}")
     raise ValueError(f"{path}: expected a tokenizer dir (with {META_FILE}) or a sentencepiece .model file")
-

@@ -90,7 +90,7 @@ class SentencePieceTokenizer(GLMTokenizer):
         out: list[list[int]] = [[] for _ in texts]
         if plain:
             encoded = self._sp.encode([texts[k] for k in plain], num_threads=self._num_threads)
-            for k, ids in zip(plain, encoded):
+            for k, ids in zip(plain, encoded, strict=True):
                 out[k] = ids
         for k, t in enumerate(texts):
             if t and SPECIAL_TOKENS["unk"] in t:
@@ -114,4 +114,3 @@ class SentencePieceTokenizer(GLMTokenizer):
             meta["trained_with"] = old["trained_with"]
         write_json(directory / META_FILE, meta)
         return directory
-

@@ -191,4 +191,3 @@ def _train_into(
 ) -> SentencePieceTokenizer:
     """The training step of :func:`ensure_tokenizer` (a seam for tests that count trainings)."""
     return train_sentencepiece(paths, out_dir, vocab_size, model_type, max_bytes, **kw)
-

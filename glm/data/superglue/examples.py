@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glm.utils.inputs import check_file, iter_jsonl, require
 from glm.errors import DataFormatError
+from glm.utils.inputs import check_file, iter_jsonl, require
 
 __all__ = [
     "ClozeExample",
