@@ -16,7 +16,10 @@ The tokenizer config (``data.tokenizer``, one schema for every datamodule; :func
   only) and cached under ``cache_dir/<model_type><vocab_size>-<settings hash>``;
 - a tokenizer object (anything with ``encode``): used as is (tests, notebooks).
 
-Every other form is a :class:`glm.errors.ConfigError` naming the key.
+Every other form is a :class:`glm.errors.ConfigError` naming the key. The configs take the common ones from
+the ``conf/tokenizer/`` group (``bert_uncased``, ``gpt2``, ``corpus_sentencepiece``): a data config lists
+``/tokenizer@tokenizer: NAME`` in its defaults, and ``tokenizer@data.tokenizer=NAME`` picks another one on
+the command line.
 
 The seed (``data.seed``, ``${seed}`` in the configs) orders the training data: each epoch's permutation
 comes from it (:class:`glm.data.sampling.EpochIndexSampler`), never from the process environment.
