@@ -208,7 +208,7 @@ def _fake_run_dir(cfg, run_dir: Path, checkpoint: bytes | None = None) -> Path:
 
 
 def test_resume_refuses_a_changed_model_objective_or_data(compose_cfg, tmp_path: Path) -> None:
-    from glm.run.pipeline import check_resume_config
+    from glm.run.resume import check_resume_config
 
     old = compose_cfg("ci_tiny", ["logger=none"])
     _fake_run_dir(old, tmp_path / "run")
