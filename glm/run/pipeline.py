@@ -1,5 +1,5 @@
 """``run(cfg)``: validate -> seed -> datamodule (tokenizer) -> task module -> callbacks/loggers -> trainer ->
-stages -> ``metrics.json``. With glm.run.instantiate, the only module that calls ``hydra.utils.instantiate``.
+stages -> ``metrics.json``. It and glm.run.instantiate are the only callers of ``hydra.utils.instantiate``.
 
 Validation resolves what the config leaves open (the tokenizer, the objective, the gradient accumulation);
 the vocabulary follows the datamodule's tokenizer. These are passed to instantiation explicitly, and
