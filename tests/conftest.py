@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import glm.run.resolvers  # noqa: F401  (the ${glm.choice:...} resolver used by conf/run.yaml)
+import glm.run.schemas  # noqa: F401  (the model/objective schemas the group configs start from)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
