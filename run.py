@@ -7,8 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import glm.run.resolvers  # noqa: F401  (registers ${glm.choice:...} before Hydra composes)
-import glm.run.schemas  # noqa: F401  (registers the model/objective schemas before Hydra composes)
+import glm.run  # noqa: F401  (registers the glm.* resolvers and the model/objective schemas before Hydra composes)
 from glm.errors import UserError
 from glm.run.pipeline import run
 from glm.run.sweep import is_multirun, optimized_metric

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from glm.data.superglue.tasks import TASKS
+from glm.errors import ConfigError
 from glm.run.resolvers import superglue_setting
 from glm.run.validation import validate
 
@@ -147,6 +148,8 @@ def test_unknown_superglue_task_is_named(compose_cfg) -> None:
     cfg = compose_cfg("superglue_cb", ["logger=none", "data.task=glue"])
     with pytest.raises(InterpolationResolutionError, match="unknown SuperGLUE task 'glue'; known: .*'boolq'"):
         OmegaConf.to_container(cfg, resolve=True)
+    with pytest.raises(ConfigError, match="config interpolation failed: .*unknown SuperGLUE task 'glue'"):
+        validate(cfg)  # one located line at start-up, not a traceback
 
 
 def test_experiment_files_say_only_what_differs() -> None:

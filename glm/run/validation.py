@@ -230,7 +230,10 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     for key in ("model", "task", "data", "trainer", "paths", "stages", "seed"):
         if key not in cfg:
             raise ConfigError(f"{key}: missing from the config (is the primary config conf/run.yaml?)")
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:  # missing_keys resolves interpolations: a failing resolver is reported like any interpolation error
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except Exception as err:  # noqa: BLE001  (interpolation errors name the key themselves)
+        raise ConfigError(f"config interpolation failed: {err}") from None
     if missing:
         raise ConfigError(
             f"{missing[0]}: required value (???) not set"
