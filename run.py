@@ -7,20 +7,19 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import glm.run.resolvers  # noqa: F401  (registers ${glm.choice:...} before Hydra composes)
+import glm.run  # noqa: F401  (registers the glm.* resolvers and the model/objective schemas before Hydra composes)
+from glm.errors import UserError
+from glm.run.pipeline import run
+from glm.run.sweep import is_multirun, optimized_metric
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
-    from glm.errors import UserError
-    from glm.run.pipeline import optimized_metric, run
-
     try:
-        metrics = run(cfg)
+        return optimized_metric(cfg, run(cfg), sweep=is_multirun())
     except UserError as err:  # config mistakes and bad or missing input: one line naming it, no traceback
         print(f"{err.label} error: {err}", file=sys.stderr)
         sys.exit(2)
-    return optimized_metric(cfg, metrics)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import glm.run.resolvers  # noqa: F401  (the ${glm.choice:...} resolver used by conf/run.yaml)
+import glm.run  # noqa: F401  (the glm.* resolvers and the model/objective schemas conf/ needs)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import need_data, run_cli
+from omegaconf import OmegaConf
 
 
 def _fails_naming(result, *needles: str) -> None:
@@ -97,7 +98,9 @@ def test_gpu_hardware_refused_without_cuda(compose_cfg) -> None:
     from glm.errors import ConfigError
 
     cfg = compose_cfg("ci_tiny", ["logger=none", "hardware=[gpu,bf16]"])
-    with pytest.raises(ConfigError, match=r"hardware: trainer.accelerator=gpu .* no CUDA device.*hardware=cpu"):
+    with pytest.raises(
+        ConfigError, match=r"hardware: trainer.accelerator=gpu .* no CUDA device.*hardware=cpu"
+    ):
         validate(cfg)
 
 
@@ -229,10 +232,162 @@ def test_ci_tiny_with_packing_end_to_end(tmp_path: Path) -> None:
     need_data("gutenberg/11-0.txt")
     run_dir = tmp_path / "run"
     r = run_cli(
-        ["+experiment=ci_tiny", "logger=none", "data.pack=true", f"hydra.run.dir={run_dir}",
-         f"paths.cache_dir={tmp_path / 'cache'}"],
+        [
+            "+experiment=ci_tiny",
+            "logger=none",
+            "data.pack=true",
+            f"hydra.run.dir={run_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
         tmp_path,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 5.0 < metrics["val/loss"] < 8.2 and 5.0 < metrics["train/loss"] < 8.2, metrics
+
+
+# ---- the model / objective schemas (glm.run.schemas) ----------------------------------------------------
+def test_schemas_hold_every_config_field() -> None:
+    import dataclasses
+
+    from glm.data.masking import MaskingConfig
+    from glm.model import GLMConfig
+    from glm.run.schemas import ModelSchema, ObjectiveSchema, set_values
+
+    for schema, cls in ((ModelSchema, GLMConfig), (ObjectiveSchema, MaskingConfig)):
+        names = [f.name for f in dataclasses.fields(schema)]
+        assert names == ["preset", *(f.name for f in dataclasses.fields(cls))]
+        assert all(f.default is None for f in dataclasses.fields(schema))
+    assert set_values({"preset": "glm-tiny", "num_layers": 4, "vocab_size": None}) == {
+        "preset": "glm-tiny",
+        "num_layers": 4,
+    }
+
+
+def test_model_and_objective_fields_override_without_plus(compose_cfg) -> None:
+    from glm.run.validation import validate
+
+    cfg = compose_cfg("ci_tiny", ["logger=none", "model.num_layers=4", "objective.bert_prob=0.25"])
+    assert cfg.model.vocab_size is None  # a placeholder: the preset's value (or the tokenizer's, at run time)
+    checked = validate(cfg)
+    assert (checked.model.num_layers, checked.model.hidden_size, checked.model.vocab_size) == (4, 64, 8064)
+    assert checked.model.hidden_dropout == 0.0  # ci_tiny's own value survives
+    assert checked.model_values == {
+        "preset": "glm-tiny",
+        "num_layers": 4,
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+    }
+    # glm-doc is 0.5 token + 0.5 document; bert_prob=0.25 leaves 0.75 for the document mode
+    assert checked.objective.bert_prob == 0.25 and checked.objective.gpt_prob == 0.75
+    assert checked.objective_values == {"preset": "glm-doc", "bert_prob": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("model.num_layayers=4", ("model.num_layayers",)),
+        ("objective.bert_prop=0.3", ("objective.bert_prop",)),
+        ("model.num_layers=abc", ("model.num_layers", "Integer")),
+    ],
+)
+def test_misspelt_or_mistyped_model_key_fails_at_compose(override: str, needles, compose_cfg) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg("ci_tiny", ["logger=none", override])
+    text = f"{err.value} {err.value.__cause__}"
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_misspelt_model_key_is_named_by_the_cli(tmp_path: Path) -> None:
+    r = run_cli(
+        ["+experiment=ci_tiny", "logger=none", "model.num_layayers=4", f"hydra.run.dir={tmp_path}"], tmp_path
+    )
+    _fails_naming(r, "model.num_layayers")
+    assert not (tmp_path / "config.yaml").exists()  # refused while composing: nothing ran
+
+
+# ---- what validation resolves ---------------------------------------------------------------------------
+def test_tokenizer_follows_the_pretrained_export(compose_cfg, tmp_path: Path) -> None:
+    from glm.run.validation import validate
+
+    export = tmp_path / "export"
+    (export / "tokenizer").mkdir(parents=True)
+    cfg = compose_cfg("superglue_copa", ["logger=none", f"task.pretrained={export}"])
+    configured = OmegaConf.to_container(cfg.data.tokenizer, resolve=True)
+    assert configured["kind"] == "bert"
+    checked = validate(cfg)
+    assert checked.tokenizer == str(export / "tokenizer")
+    assert "tokenizer" in checked.data_inputs() and "objective" not in checked.data_inputs()  # cloze data
+    assert OmegaConf.to_container(cfg.data.tokenizer, resolve=True) == configured  # the config is not edited
+    built = checked.run_config(cfg)
+    assert built.data.tokenizer == str(export / "tokenizer")
+    assert (
+        OmegaConf.to_container(built.task.model)
+        == OmegaConf.to_container(built.model)
+        == {"preset": "glm-large"}
+    )
+    # without task.pretrained: the configured tokenizer; pretraining data takes the objective
+    checked = validate(compose_cfg("ci_tiny", ["logger=none"]))
+    assert checked.tokenizer == OmegaConf.to_container(compose_cfg("ci_tiny").data.tokenizer, resolve=True)
+    assert checked.data_inputs()["objective"] is checked.objective
+
+
+def test_vocab_follows_the_tokenizer_unless_set() -> None:
+    from types import SimpleNamespace
+
+    from glm.errors import ConfigError
+    from glm.run.validation import vocab_follows_tokenizer
+
+    tiny = {"preset": "glm-tiny"}
+    assert vocab_follows_tokenizer(tiny, SimpleNamespace(vocab_size=2048)) == {
+        "preset": "glm-tiny",
+        "vocab_size": 2048,
+    }
+    assert vocab_follows_tokenizer(tiny, SimpleNamespace(vocab_size=8064)) == tiny  # the preset's V already
+    assert vocab_follows_tokenizer(tiny, None) == tiny
+    explicit = {"preset": "glm-tiny", "vocab_size": 4096}
+    assert vocab_follows_tokenizer(explicit, SimpleNamespace(vocab_size=2048)) == explicit
+    with pytest.raises(ConfigError, match=r"model.vocab_size: 4096 is smaller .* \(8192\)"):
+        vocab_follows_tokenizer(explicit, SimpleNamespace(vocab_size=8192))
+
+
+# ---- the value a sweep optimises -------------------------------------------------------------------------
+def test_optimized_metric_not_logged_fails_a_sweep_only(caplog) -> None:
+    from glm.errors import ConfigError
+    from glm.run.sweep import optimized_metric
+
+    cfg = OmegaConf.create({"optimized_metric": "val/loss"})
+    logged = {"train/loss": 2.5, "seed": 1.0}
+    assert optimized_metric(cfg, {**logged, "val/loss": 2.25}, sweep=True) == 2.25
+    with pytest.raises(
+        ConfigError, match=r"^optimized_metric: 'val/loss' was not logged .*; logged: seed, train/loss$"
+    ):
+        optimized_metric(cfg, logged, sweep=True)
+    with caplog.at_level("WARNING"):
+        assert optimized_metric(cfg, logged, sweep=False) is None  # a run without validation: a warning
+    assert "optimized_metric 'val/loss' was not logged; logged: seed, train/loss" in caplog.text
+    assert optimized_metric(OmegaConf.create({"optimized_metric": None}), logged, sweep=True) is None
+
+
+def test_sweep_with_an_unlogged_optimized_metric_stops(tmp_path: Path) -> None:
+    need_data("gutenberg/11-0.txt")
+    r = run_cli(
+        [
+            "-m",
+            "+experiment=ci_tiny",
+            "logger=none",
+            "seed=1,2",
+            "trainer.max_steps=1",
+            "optimized_metric=val/accuracy",
+            "callbacks.checkpoint.monitor=null",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        tmp_path,
+    )
+    _fails_naming(r, "Config error: optimized_metric: 'val/accuracy' was not logged", "train/loss")
+    assert r.returncode == 2
+    assert (tmp_path / "sweep" / "0" / "metrics.json").is_file() and not (tmp_path / "sweep" / "1").exists()

@@ -208,7 +208,7 @@ def _fake_run_dir(cfg, run_dir: Path, checkpoint: bytes | None = None) -> Path:
 
 
 def test_resume_refuses_a_changed_model_objective_or_data(compose_cfg, tmp_path: Path) -> None:
-    from glm.run.pipeline import check_resume_config
+    from glm.run.resume import check_resume_config
 
     old = compose_cfg("ci_tiny", ["logger=none"])
     _fake_run_dir(old, tmp_path / "run")
@@ -225,6 +225,45 @@ def test_resume_refuses_a_changed_model_objective_or_data(compose_cfg, tmp_path:
         "ci_tiny", ["logger=csv", "trainer.max_steps=50", "callbacks.checkpoint.every_n_train_steps=7"]
     )
     check_resume_config(cfg, tmp_path / "run" / "config.yaml")
+
+
+def test_resumed_run_builds_the_config_it_stored(tmp_path: Path) -> None:
+    """config.yaml is the config as built (the vocabulary the tokenizer fixed, no None placeholders); a resumed
+    run builds the same one, and a vocabulary that differs is refused once the tokenizer is known."""
+    import yaml
+
+    need_data("gutenberg/11-0.txt")
+    run_dir = tmp_path / "run"
+    common = [
+        "+experiment=ci_tiny",
+        "logger=none",
+        "trainer.val_check_interval=2",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    r = run_cli([*common, "trainer.max_steps=2"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    model = {"preset": "glm-tiny", "hidden_dropout": 0.0, "attention_dropout": 0.0, "vocab_size": 2048}
+    assert stored["model"] == stored["task"]["model"] == model
+    assert stored["objective"] == {"preset": "glm-doc"}
+
+    r = run_cli([*common, "trainer.max_steps=4", "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "resuming from" in (run_dir / "run.log").read_text()
+    resumed = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key in ("model", "objective", "data", "task"):
+        assert resumed[key] == stored[key], key
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    r = run_cli([*common, "trainer.max_steps=6", "ckpt_path=last", "model.vocab_size=4096"], tmp_path)
+    assert r.returncode == 2 and "Config error: model.vocab_size: stored 2048, now 4096" in r.stderr, r.stderr
+    # a stored vocabulary the tokenizer no longer gives: refused after the tokenizer is loaded
+    stored["model"]["vocab_size"] = 4096
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(stored))
+    r = run_cli([*common, "trainer.max_steps=6", "ckpt_path=last"], tmp_path)
+    assert r.returncode == 2 and "Config error: model.vocab_size: stored 4096, now 2048" in r.stderr, r.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 
 
 def test_pretrained_and_explicit_ckpt_path_are_exclusive(compose_cfg, tmp_path: Path) -> None:

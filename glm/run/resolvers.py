@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from omegaconf import OmegaConf
+
+from glm.data.superglue.tasks import get_task
+
+# The per-task finetuning defaults of the SuperGLUE task table (glm/data/superglue/tasks.py).
+SUPERGLUE_FIELDS = ("default_pattern", "seq_length", "main_metric", "epochs", "batch_size")
 
 
 def hydra_choice(group: str, default: str = "default") -> str:
@@ -16,9 +23,19 @@ def hydra_choice(group: str, default: str = "default") -> str:
     return str(choice) if choice else default
 
 
+def superglue_setting(task: str, field: str) -> Any:
+    """``${glm.superglue:cb,main_metric}`` -> ``val/f1``: one field of a task's row in the SuperGLUE table,
+    so the experiment configs restate none of it."""
+    if field not in SUPERGLUE_FIELDS:
+        raise ValueError(f"glm.superglue: unknown field {field!r}; known: {', '.join(SUPERGLUE_FIELDS)}")
+    return getattr(get_task(str(task)), field)
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("glm.choice"):
         OmegaConf.register_new_resolver("glm.choice", hydra_choice)
+    if not OmegaConf.has_resolver("glm.superglue"):
+        OmegaConf.register_new_resolver("glm.superglue", superglue_setting)
 
 
 register_resolvers()

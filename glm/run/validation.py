@@ -5,28 +5,65 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from glm.errors import ConfigError
 
+from glm.checkpoint.io import TOKENIZER_DIR
+from glm.data.masking import MaskingConfig
+from glm.distributed import check_deepspeed_available
+from glm.errors import ConfigError, StrategyUnavailable
+from glm.model import GLMConfig
+from glm.run.schemas import set_values
+from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
+from glm.utils.allocator import ALLOCATORS
+
+log = logging.getLogger(__name__)
 STAGES = ("fit", "validate", "test", "predict")
-
-
 
 
 @dataclass
 class Validated:
-    """The typed views of the config built while validating."""
+    """What validating resolved: the pipeline builds the run from these and leaves the config as it is."""
 
-    model: Any  # GLMConfig
-    objective: Any  # MaskingConfig | None
+    model: GLMConfig  # the model group's architecture (its vocabulary may still follow the tokenizer)
+    model_values: dict[str, Any]  # the keys the model group sets (None placeholders dropped)
+    objective: MaskingConfig | None
+    objective_values: dict[str, Any] | None  # the keys the objective group sets
+    tokenizer: Any  # data.tokenizer as the run uses it (task.pretrained's export's tokenizer/); None: no key
+    data_takes_objective: bool  # the data module has an ``objective`` argument (pretraining corpora)
     accumulate_grad_batches: int | None
     world_size: int
+
+    def data_inputs(self) -> dict[str, Any]:
+        """Keyword arguments for the data module: the resolved tokenizer and objective it takes."""
+        inputs: dict[str, Any] = {}
+        if self.tokenizer is not None:
+            inputs["tokenizer"] = self.tokenizer
+        if self.objective is not None and self.data_takes_objective:
+            inputs["objective"] = self.objective
+        return inputs
+
+    def run_config(self, cfg: DictConfig, model_values: dict[str, Any] | None = None) -> DictConfig:
+        """The config as the run builds it, plain and resolved: ``model`` (also as ``task.model``) and
+        ``objective`` hold the keys their groups set, ``model_values`` (the vocabulary fixed by the tokenizer,
+        once known) replacing the model group's; ``data.tokenizer`` is the tokenizer the data is read with.
+        Saved as ``<run dir>/config.yaml`` and compared with it when a run resumes."""
+        values = OmegaConf.to_container(cfg, resolve=True)
+        model = dict(self.model_values if model_values is None else model_values)
+        values["model"] = model
+        values["task"]["model"] = dict(model)
+        if self.objective_values is not None:
+            values["objective"] = dict(self.objective_values)
+        if self.tokenizer is not None:
+            values["data"]["tokenizer"] = self.tokenizer
+        return OmegaConf.create(values)
 
 
 def _container(node: Any) -> Any:
@@ -190,12 +227,13 @@ def check_resume_vs_pretrained(ckpt_path: Any, pretrained: Any) -> None:
 
 def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     """Check the whole run config; raise :class:`ConfigError` naming the key on the first problem."""
-    from glm.model import GLMConfig
-
     for key in ("model", "task", "data", "trainer", "paths", "stages", "seed"):
         if key not in cfg:
             raise ConfigError(f"{key}: missing from the config (is the primary config conf/run.yaml?)")
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:  # missing_keys resolves interpolations: a failing resolver is reported like any interpolation error
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except Exception as err:  # noqa: BLE001  (interpolation errors name the key themselves)
+        raise ConfigError(f"config interpolation failed: {err}") from None
     if missing:
         raise ConfigError(
             f"{missing[0]}: required value (???) not set"
@@ -208,8 +246,6 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
 
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ConfigError(f"seed: expected a non-negative int, got {cfg.seed!r}")
-    from glm.utils.allocator import ALLOCATORS
-
     if cfg.get("allocator", "system") not in ALLOCATORS:
         raise ConfigError(f"allocator: expected one of {list(ALLOCATORS)}, got {cfg.allocator!r}")
     stages = list(cfg.stages) if isinstance(cfg.stages, ListConfig) else [cfg.stages]
@@ -217,17 +253,16 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
         if stage not in STAGES:
             raise ConfigError(f"stages: unknown stage {stage!r}; allowed: {list(STAGES)}")
 
-    model_dict = _container(cfg.model)
+    model_values = set_values(cfg.model)
     try:
-        model = GLMConfig.from_dict(model_dict)
+        model = GLMConfig.from_dict(model_values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model: {err}") from None
 
-    objective = None
+    objective = objective_values = None
     if cfg.get("objective") is not None:
-        from glm.data.masking import MaskingConfig
-
-        values = dict(_container(cfg.objective))
+        objective_values = set_values(cfg.objective)
+        values = dict(objective_values)
         preset = values.pop("preset", None)
         try:
             objective = MaskingConfig.from_name(preset, **values) if preset else MaskingConfig(**values)
@@ -243,8 +278,6 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             f"task.pretrained: {pretrained} does not exist; give an export dir (`<run dir>/export` of a fit, "
             "or `python -m glm.checkpoint convert|consolidate ... --out DIR`) or a state-dict file"
         )
-    from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
-
     if inspect.isclass(task_cls) and issubclass(task_cls, GLMTaskModule):
         try:
             normalize_optimizer(task.get("optimizer"))
@@ -253,14 +286,12 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             raise ConfigError(str(err)) from None
 
     data = _container(cfg.data)
-    check_against_signature(data, "data", skip=("objective",))
+    data_cls = check_against_signature(data, "data", skip=("objective",))
+    tokenizer = tokenizer_for_run(data, pretrained)
 
     trainer = _container(cfg.trainer)
     check_against_signature(trainer, "trainer", skip=("strategy", "callbacks", "logger"))
     if _strategy_name(trainer) == "deepspeed_strategy":
-        from glm.distributed import check_deepspeed_available
-        from glm.errors import StrategyUnavailable
-
         try:
             check_deepspeed_available()
         except StrategyUnavailable as err:
@@ -298,7 +329,32 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
         for name, node in (_container(cfg.get(group)) or {}).items():
             if node is not None:
                 check_against_signature(node, f"{group}.{name}")
-    return Validated(model=model, objective=objective, accumulate_grad_batches=accumulate, world_size=world)
+    return Validated(
+        model=model,
+        model_values=model_values,
+        objective=objective,
+        objective_values=objective_values,
+        tokenizer=tokenizer,
+        data_takes_objective="objective" in _init_params(data_cls)[0],
+        accumulate_grad_batches=accumulate,
+        world_size=world,
+    )
+
+
+def tokenizer_for_run(data: Mapping[str, Any], pretrained: Any) -> Any:
+    """``data.tokenizer``, or with ``task.pretrained=<export dir>`` the export's ``tokenizer/``: the one its
+    weights were trained with. Another tokenizer would feed the model other ids, silently (e.g. the
+    ``make demo`` export's sentencepiece vs the cloze configs' BERT default). None without either."""
+    configured = data.get("tokenizer")
+    if "tokenizer" not in data or not pretrained:
+        return configured
+    exported = Path(str(pretrained)).expanduser() / TOKENIZER_DIR
+    if not exported.is_dir():  # a bare state-dict file, or an export written without its tokenizer
+        return configured
+    if isinstance(configured, str) and Path(configured).expanduser().resolve() == exported.resolve():
+        return configured
+    log.info("data.tokenizer: %s (task.pretrained's tokenizer; the config named %s)", exported, configured)
+    return str(exported)
 
 
 def check_tokenizer(tokenizer: Any, model_config: Any) -> None:
@@ -308,3 +364,24 @@ def check_tokenizer(tokenizer: Any, model_config: Any) -> None:
             f"model.vocab_size: {model_config.vocab_size} is smaller than the tokenizer's padded "
             f"vocabulary ({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size}"
         )
+
+
+def vocab_follows_tokenizer(model_values: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """The model group's values with the vocabulary the tokenizer needs, unless ``model.vocab_size`` is set.
+
+    A preset's V is what its released tokenizer needs (glm-large + BERT: 30592), so with the matching
+    tokenizer nothing changes; a small preset with another tokenizer (glm-tiny + BERT) grows its table.
+    An explicit ``model.vocab_size`` is never changed, and one smaller than the tokenizer's is refused.
+    """
+    values = dict(model_values)
+    if tokenizer is not None and "vocab_size" not in values:
+        preset_vocab = GLMConfig.from_dict(values).vocab_size
+        if int(tokenizer.vocab_size) != preset_vocab:
+            log.info(
+                "model.vocab_size: %d (the tokenizer's padded size; preset has %d)",
+                tokenizer.vocab_size,
+                preset_vocab,
+            )
+            values["vocab_size"] = int(tokenizer.vocab_size)
+    check_tokenizer(tokenizer, GLMConfig.from_dict(values))
+    return values

@@ -71,7 +71,9 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if isinstance(err, UserError):  # the CLI prints the message alone; the traceback goes to FAILED only
+            if isinstance(
+                err, UserError
+            ):  # the CLI prints the message alone; the traceback goes to FAILED only
                 log.error("run failed: %s: %s", type(err).__name__, err)
             else:
                 log.error("run failed:\n%s", text)

@@ -72,7 +72,13 @@ def with_prompt_slots(parts_a: Parts, parts_b: Parts, num_prompt_tokens: int) ->
 
 
 class SuperGLUETask:
-    """One SuperGLUE task: how to read its files and turn an example into cloze inputs."""
+    """One SuperGLUE task: how to read its files and turn an example into cloze inputs.
+
+    The class attributes are the task table: `default_pattern`, `seq_length`, `main_metric`, `epochs` and
+    `batch_size` are the per-task finetuning defaults (docs/original-glm.md §7.2-§7.3). The SuperGLUE
+    experiments read them through the `${glm.superglue:TASK,FIELD}` resolver (glm/run/resolvers.py), and
+    the datamodule falls back to `default_pattern` / `seq_length` when its config leaves them null.
+    """
 
     name: ClassVar[str]
     dirname: ClassVar[str]
@@ -82,7 +88,9 @@ class SuperGLUETask:
     pattern_ids: ClassVar[tuple[int, ...]] = (0,)
     seq_length: ClassVar[int] = 256
     standardize: ClassVar[bool] = True  # punctuation standardisation (all tasks but COPA)
-    main_metric: ClassVar[str] = "val/acc"
+    main_metric: ClassVar[str] = "val/acc"  # optimized_metric; higher is better for every task
+    epochs: ClassVar[int]  # EPOCH_SINGLE of scripts/finetune_superglue.sh
+    batch_size: ClassVar[int] = 16  # BATCH_SIZE of config_tasks/task_*.sh
     files: ClassVar[dict[str, str | None]] = {
         "train": "train.jsonl",
         "val": "val.jsonl",
@@ -157,6 +165,7 @@ class BoolQ(SuperGLUETask):
     name, dirname = "boolq", "BoolQ"
     labels = ("false", "true")
     default_pattern, pattern_ids = 4, (0, 1, 2, 3, 4, 5)
+    epochs = 20
 
     def examples_from_record(self, rec, where, split):
         fields = {
@@ -198,6 +207,7 @@ class CB(SuperGLUETask):
     labels = ("entailment", "contradiction", "neutral")
     default_pattern, pattern_ids = 3, (0, 1, 2, 3, 4)
     main_metric = "val/f1"
+    epochs = 50
 
     def examples_from_record(self, rec, where, split):
         fields = {
@@ -242,6 +252,7 @@ class RTE(CB):
     labels = ("entailment", "not_entailment")
     default_pattern, pattern_ids = 0, (0, 1, 2, 3, 4)
     main_metric = "val/acc"
+    epochs = 50
 
     def parts_p4(self, premise, hypothesis, hyp):
         return [S(premise), T(" question:"), S(" " + hyp), T(" True or False?"), T(" answer:"), T(MASK)]
@@ -256,6 +267,7 @@ class COPA(SuperGLUETask):
     multi_token = True
     default_pattern, pattern_ids = 0, (0, 1, 2)
     standardize = False
+    epochs = 50
 
     def label_key(self, value):
         return str(int(value)) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
@@ -346,6 +358,7 @@ class MultiRC(SuperGLUETask):
     default_pattern, pattern_ids = 0, (0, 1, 2, 3, 4)
     seq_length = 512
     main_metric = "val/f1a"
+    epochs, batch_size = 15, 64
 
     def label_key(self, value):
         return str(int(value)) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
@@ -455,6 +468,7 @@ class ReCoRD(SuperGLUETask):
     multi_token = True
     seq_length = 512
     main_metric = "val/f1"
+    epochs, batch_size = 5, 64
     files: ClassVar[dict[str, str | None]] = {"train": "train.jsonl", "val": "dev32.jsonl", "test": None}
     max_train_negatives = 9
     shuffle_seed = 42
@@ -549,6 +563,7 @@ class WiC(SuperGLUETask):
     name, dirname = "wic", "WiC"
     labels = ("false", "true")
     default_pattern, pattern_ids = 1, (0, 1, 2)
+    epochs = 30
 
     def examples_from_record(self, rec, where, split):
         fields = {k: self.text(require(rec, k, where, str)) for k in ("word", "sentence1", "sentence2")}
@@ -692,6 +707,7 @@ class WSC(SuperGLUETask):
     multi_token = True
     default_pattern, pattern_ids = 2, (0, 1, 2)
     seq_length = 128
+    epochs = 50
     max_train_negatives = 9  # negatives per training example (span1 comes on top)
 
     def label_key(self, value):
