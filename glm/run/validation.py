@@ -243,7 +243,8 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
             f"task.pretrained: {pretrained} does not exist; give an export dir (`<run dir>/export` of a fit, "
             "or `python -m glm.checkpoint convert|consolidate ... --out DIR`) or a state-dict file"
         )
-    from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
+    from glm.tasks.base import GLMTaskModule
+    from glm.tasks.optim import normalize_optimizer, normalize_scheduler
 
     if inspect.isclass(task_cls) and issubclass(task_cls, GLMTaskModule):
         try:

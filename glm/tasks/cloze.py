@@ -38,7 +38,8 @@ from glm.data.cloze import IGNORE_INDEX
 from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
 from glm.utils.fs import atomic_write
-from glm.tasks.base import GLMTaskModule, part_b_index
+from glm.tasks.base import GLMTaskModule
+from glm.tasks.part_b import part_b_index
 from glm.tasks.evaluation import gather_by_index, log_gathered
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from glm.generation import GenerationConfig, generate
 from glm.utils.fs import atomic_write
-from glm.tasks.base import GLMTaskModule, part_b_logits
+from glm.tasks.base import GLMTaskModule
+from glm.tasks.part_b import part_b_logits
 from glm.tasks.evaluation import gather_by_index, log_gathered, world_size
 
 log = logging.getLogger(__name__)
