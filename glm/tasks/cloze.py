@@ -18,7 +18,7 @@ its scores) and `val_metrics.json` (`{"task", "pattern_id", "epoch", "main_metri
 "val/<metric>": value, ...}`) after each validation epoch, and `test/<Task>.jsonl` in SuperGLUE
 submission format after `predict`. `metrics.json` belongs to `glm.run.pipeline.run` (the final values of
 every stage); the module never writes it. Under several processes each rank scores its share of a split;
-the per-example records (scores, loss) are gathered by `example_idx` (`glm.tasks.evaluation`), so the
+the per-example records (scores, loss) are gathered by `example_index` (`glm.tasks.evaluation`), so the
 metrics, `val/loss` and the files (written by rank 0) are those of one process.
 """
 
@@ -317,7 +317,7 @@ class ClozeModule(GLMTaskModule):
     def _records(
         batch: dict[str, Tensor], scores: Tensor, losses: Tensor | None = None
     ) -> list[dict[str, Any]]:
-        """One plain record per example (`example_idx`, the valid choices' `scores`, `best`, `loss` or None):
+        """One plain record per example (`example_index`, the valid choices' `scores`, `best`, `loss` or None):
         what the epoch end gathers from every rank."""
         valid = (
             batch["choice_mask"]
@@ -327,11 +327,11 @@ class ClozeModule(GLMTaskModule):
         per_loss = [None] * scores.size(0) if losses is None else losses.cpu().tolist()
         out = []
         for i, s, m, loss in zip(
-            batch["example_idx"].tolist(), scores.float().cpu(), valid.cpu(), per_loss, strict=True
+            batch["example_index"].tolist(), scores.float().cpu(), valid.cpu(), per_loss, strict=True
         ):
             s = s[m]
             loss = None if loss is None or math.isnan(loss) else loss
-            out.append({"example_idx": i, "scores": s.tolist(), "best": int(s.argmax()), "loss": loss})
+            out.append({"example_index": i, "scores": s.tolist(), "best": int(s.argmax()), "loss": loss})
         return out
 
     # ---- epoch ends: metrics and files ----
@@ -352,7 +352,7 @@ class ClozeModule(GLMTaskModule):
         finish_evaluation(
             self,
             records,
-            index=lambda r: r["example_idx"],
+            index=lambda r: r["example_index"],
             report=self._validation_report,
             output_dir=self._out_dir(),
             barrier="cloze_val_outputs",
@@ -367,7 +367,7 @@ class ClozeModule(GLMTaskModule):
         group_ids: dict[Any, int] = {}
         lines = []
         for r in records:
-            ex = examples[r["example_idx"]]
+            ex = examples[r["example_index"]]
             pred = task.predict(ex, r["best"])
             lines.append(
                 {
@@ -439,7 +439,7 @@ class ClozeModule(GLMTaskModule):
         finish_evaluation(
             self,
             records,
-            index=lambda r: r["example_idx"],
+            index=lambda r: r["example_index"],
             report=self._submission_report,
             output_dir=self._out_dir(),
             skip_if_empty=False,  # an empty test split still gets its (empty) submission file
@@ -451,7 +451,8 @@ class ClozeModule(GLMTaskModule):
         dm = self._datamodule()
         task, examples = dm.task, dm.examples("test")
         preds = [
-            (examples[r["example_idx"]], task.predict(examples[r["example_idx"]], r["best"])) for r in records
+            (examples[r["example_index"]], task.predict(examples[r["example_index"]], r["best"]))
+            for r in records
         ]
         relative = f"test/{task.dirname}.jsonl"
         path = self._out_dir() / relative

@@ -77,8 +77,8 @@ class LMEvalModule(GLMTaskModule):
     def _step(self, batch: dict[str, Tensor]) -> None:
         logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
         ce, count, correct = score_samples(logits, batch["targets"], batch["loss_mask"])
-        if "index" in batch:
-            index = batch["index"].tolist()
+        if "example_index" in batch:
+            index = batch["example_index"].tolist()
         else:  # a batch built without the datamodule: one process, samples numbered in the order seen
             start = len(self._records)
             index = list(range(start, start + ce.shape[0]))

@@ -214,7 +214,7 @@ class Seq2SeqModule(GLMTaskModule):
         if self._rouge is None:
             self._rouge = RougeMetric(self.rouge_postprocess)
         refs = self.trainer.datamodule.references(stage)
-        for i, hyp in zip(batch["index"].tolist(), self.decode_batch(batch), strict=True):
+        for i, hyp in zip(batch["example_index"].tolist(), self.decode_batch(batch), strict=True):
             self._decoded.append((i, hyp, self._rouge.score_one(hyp, refs[i])))
 
     def _all_ranks_finished(self, finished: bool) -> bool:
