@@ -223,7 +223,10 @@ def cloze_packing(tok, task: str, batch: int, batches: int, rounds: int) -> dict
     dm = ClozeDataModule(task, tok, require_data("superglue").parent)
     feats = list(dm.load_split("train"))
     chunks = [feats[i : i + batch] for i in range(0, len(feats), batch)]
-    real_of = lambda cs: sum(len(s["input_ids"]) for c in cs for f in c for s in f.sequences)
+
+    def real_of(cs: list) -> int:
+        return sum(len(s["input_ids"]) for c in cs for f in c for s in f.sequences)
+
     collate = {
         "padded": lambda c: collate_cloze(c, tok.pad_id),
         "packed": lambda c: collate_cloze_packed(c, tok.pad_id, dm.seq_length),

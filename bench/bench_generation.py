@@ -21,7 +21,7 @@ def uncached_greedy(model: GLM, ctx: torch.Tensor, new_tokens: int, sop: int) ->
     """Re-run context + [sop] + generated tokens in full every step (the no-cache baseline)."""
     B, S = ctx.shape
     ids = torch.cat([ctx, torch.full((B, 1), sop)], 1)
-    for t in range(new_tokens):
+    for _ in range(new_tokens):
         L = ids.shape[1]
         pos = torch.stack(
             [

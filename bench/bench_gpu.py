@@ -175,7 +175,7 @@ def bench_training(results: dict, preset: str, seq: int, batch: int, variants, s
             f"train {name:52s} {tokens_per_s:9.0f} tok/s  {achieved:6.1f} TFLOP/s  MFU {row['mfu']:.3f}",
             flush=True,
         )
-        del model, opt
+        model = opt = None  # free this variant's memory before the next one builds its model
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 

@@ -321,10 +321,14 @@ def matmul_ceiling_fn(n: int = 2048) -> tuple[Callable[[], None], float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="glm-base", help="GLMConfig preset giving the shape (glm-large: 24 x 1024)")
+    p.add_argument(
+        "--preset", default="glm-base", help="GLMConfig preset giving the shape (glm-large: 24 x 1024)"
+    )
     p.add_argument("--layers", type=int, default=None, help="override the preset's layer count")
     p.add_argument(
-        "--dropout", type=float, default=0.0,
+        "--dropout",
+        type=float,
+        default=0.0,
         help="hidden and attention dropout of every variant (the original pretraining used 0.1)",
     )
     p.add_argument("--batch", type=int, default=2)
@@ -374,8 +378,17 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
 
-    known = ["glm", "glm_eager", "glm_causal", "glm_full_head", "reference", "gpt", "glm_adamw_loop", "glm_bf16",
-             "glm_ckpt"]
+    known = [
+        "glm",
+        "glm_eager",
+        "glm_causal",
+        "glm_full_head",
+        "reference",
+        "gpt",
+        "glm_adamw_loop",
+        "glm_bf16",
+        "glm_ckpt",
+    ]
     wanted = args.only.split(",") if args.only else known
     unknown = sorted(set(wanted) - set(known))
     if unknown:
@@ -408,7 +421,9 @@ def main(argv: list[str] | None = None) -> dict:
     builders: dict[str, Callable[[], Callable[[], None]]] = {
         "glm": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data))),
         "glm_eager": lambda: make_step(ours, with_attention("eager", lambda: glm_loss(ours, data))),
-        "glm_causal": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data, causal=True))),
+        "glm_causal": lambda: make_step(
+            ours, with_attention("sdpa", lambda: glm_loss(ours, data, causal=True))
+        ),
         "glm_full_head": lambda: make_step(ours, with_attention("sdpa", lambda: glm_loss(ours, data, False))),
         "reference": lambda: make_step(ref, lambda: reference_loss(ref, data), fused=False),
         "gpt": lambda: make_step(gpt, lambda: gpt_loss(gpt, data)),

@@ -164,6 +164,7 @@ class Rotary2D(nn.Module):
         super().__init__()
         rotary_dim = head_size // 2  # one half per position id row
         inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+        self.inv_freq: Tensor
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -364,8 +365,10 @@ class GLM(nn.Module):
                 nn.init.zeros_(module.bias)
         out_std = std / math.sqrt(2.0 * cfg.num_layers)
         for layer in self.transformer.layers:
+            assert isinstance(layer, GLMBlock)
             if cfg.layernorm_order == "deepnorm":
                 h, beta = cfg.hidden_size, cfg.deepnorm_beta
+                assert beta is not None  # GLMConfig.__post_init__ sets it for deepnorm
                 qkv = layer.attention.query_key_value.weight
                 for third, gain in ((0, 1.0), (1, 1.0), (2, beta)):
                     nn.init.xavier_normal_(qkv[third * h:(third + 1) * h], gain=gain)
@@ -431,6 +434,8 @@ class GLM(nn.Module):
              V-sized head is the largest matmul of a small model, and losses need only Part B.
         """
         x_ref = input_ids if input_ids is not None else inputs_embeds
+        if x_ref is None:
+            raise ValueError("GLM.forward: give input_ids or inputs_embeds")
         B, L = x_ref.shape[:2]
         device = x_ref.device
         if position_ids is None:

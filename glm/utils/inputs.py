@@ -35,10 +35,6 @@ __all__ = [
 ]
 
 
-
-
-
-
 MissingFileError = Callable[[Path, str], MissingInputError]
 _missing_file_error: MissingFileError = lambda path, problem: MissingInputError(problem)  # noqa: E731
 
@@ -194,7 +190,7 @@ def require(record: Any, key: str, where: str, kind: type | tuple[type, ...] | N
     if name not in record:
         raise DataFormatError(f"{where}: missing field {key!r}")
     value = record[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
+    kinds: tuple[type, ...] = kind if isinstance(kind, tuple) else (kind,) if kind is not None else ()
     if kind is not None and (not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds)):
         expected = " or ".join(k.__name__ for k in kinds)
         raise DataFormatError(
