@@ -38,8 +38,8 @@ from glm.data.cloze import IGNORE_INDEX
 from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
 from glm.tasks.base import GLMTaskModule
-from glm.tasks.part_b import part_b_index
 from glm.tasks.evaluation import EvaluationReport, finish_evaluation
+from glm.tasks.part_b import part_b_index
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from torch import Tensor
 from glm.compat import attached_trainer
 from glm.generation import GenerationConfig, generate
 from glm.tasks.base import GLMTaskModule
+from glm.tasks.evaluation import EvaluationReport, finish_evaluation, world_size
 from glm.tasks.lm_eval import check_positions
 from glm.tasks.part_b import part_b_logits
-from glm.tasks.evaluation import EvaluationReport, finish_evaluation, world_size
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class RougeMetric:
     def __call__(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-        return self.average([self.score_one(p, r) for p, r in zip(predictions, references)])
+        return self.average([self.score_one(p, r) for p, r in zip(predictions, references, strict=True)])
 
     def score_one(self, prediction: str, reference: str) -> dict[str, float]:
         """ROUGE-1/2/Lsum F1 of one example (`rougeL` is Lsum)."""
