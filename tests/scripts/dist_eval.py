@@ -53,8 +53,7 @@ class CountExamples(L.Callback):
         self.count = 0
 
     def _add(self, batch: dict[str, torch.Tensor]) -> None:
-        key = next(k for k in ("index", "example_idx") if k in batch)
-        self.count += int(batch[key].numel())
+        self.count += int(batch["example_index"].numel())
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
