@@ -42,8 +42,8 @@ from glm.data.paths import require_data
 from glm.data.pretrain import PretrainDataset, TokenizedCorpus, collate_pretrain, read_documents
 from glm.data.seq2seq import Seq2SeqDataModule
 from glm.model import GLM, GLMConfig
-from glm.tasks.base import part_b_logits
 from glm.tasks.cloze import ClozeModule, cloze_loss
+from glm.tasks.part_b import part_b_logits
 from glm.tasks.pretrain import blank_infilling_loss
 from glm.tasks.seq2seq import Seq2SeqModule
 from glm.tokenizer import load_tokenizer

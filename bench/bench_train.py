@@ -75,8 +75,9 @@ from torch.utils._pytree import tree_flatten
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from reference_glm import CausalGPT, ReferenceGLM
 
+from glm.distributed import checkpoint_blocks as _checkpoint_blocks
 from glm.model import GLM, GLMConfig
-from glm.tasks.base import _checkpoint_blocks, part_b_index, part_b_logits
+from glm.tasks.part_b import part_b_index, part_b_logits
 from glm.tasks.pretrain import blank_infilling_loss
 from glm.utils.allocator import ALLOCATORS, set_host_allocator
 

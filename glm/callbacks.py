@@ -1,4 +1,5 @@
-"""Callbacks shared by the tasks."""
+"""Callbacks shared by the tasks: the checkpoint callback every config uses (``callbacks.checkpoint``:
+:class:`RunCheckpoint`), token throughput and model-FLOPs utilisation."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import torch
+
+from glm.compat import LastCheckpointHooks
 
 
 class TokenThroughput(L.Callback):
@@ -68,8 +72,6 @@ def compute_dtype(precision: str) -> str:
         return "fp16"
     if p.startswith("64"):
         return "fp64"
-    import torch
-
     return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
@@ -146,8 +148,6 @@ class MFUMonitor(L.Callback):
         if self.peak_tflops is not None:
             self.peak_flops = self.peak_tflops * 1e12
         elif pl_module.device.type == "cuda":
-            import torch
-
             name = torch.cuda.get_device_name(pl_module.device)
             peak = lookup_peak_tflops(name, compute_dtype(str(trainer.precision)), self.device_peaks)
             self.peak_flops = None if peak is None else peak * 1e12
@@ -186,3 +186,61 @@ class MFUMonitor(L.Callback):
                         "perf/mfu", rate / self.peak_flops, on_step=True, on_epoch=False, rank_zero_only=True
                     )
             self._flops, self._start = 0.0, now
+
+
+# ---- runs that survive crashes ----
+# Resume = the same command + ``hydra.run.dir=<old run dir> ckpt_path=last`` (see ``glm.run.pipeline``). For
+# that, ``last.ckpt`` must be recent and complete. Files are written by Lightning through an fsspec
+# transaction (temp file + rename), so ``last.ckpt`` is either the previous complete checkpoint or the new
+# complete one. Sharded (FSDP) checkpoints are directories rewritten in place; keep ``save_top_k >= 1``
+# there so a second complete copy exists.
+
+
+class RunCheckpoint(LastCheckpointHooks):
+    """``ModelCheckpoint`` (best-k by ``monitor`` at validation) + a periodic and a final ``last.ckpt``.
+
+    ``every_n_train_steps``: write ``last.ckpt`` after every N-th optimizer step (None/0: only after
+    validations and at the end). All other arguments are ``ModelCheckpoint``'s; ``save_last`` must be true
+    for the periodic saves.
+    """
+
+    def __init__(self, *args: Any, every_n_train_steps: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        every = int(every_n_train_steps or 0)
+        if every < 0:
+            raise ValueError(f"callbacks.checkpoint.every_n_train_steps: must be >= 0, got {every}")
+        if every and not self.save_last:
+            raise ValueError(
+                "callbacks.checkpoint.every_n_train_steps needs save_last: true (it writes last.ckpt)"
+            )
+        self.every_n_steps = every
+        self._last_step_in_last = -1  # global step of the newest last.ckpt
+
+    @property
+    def state_key(self) -> str:
+        return self.state_key_of(
+            monitor=self.monitor, mode=self.mode, every_n_train_steps=self.every_n_steps, periodic=True
+        )
+
+    def on_last_checkpoint_saved(self, trainer: L.Trainer) -> None:
+        self._last_step_in_last = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        if (
+            self.every_n_steps
+            and step > 0
+            and step % self.every_n_steps == 0
+            and step != self._last_step_in_last  # once per optimizer step under gradient accumulation
+            and not trainer.sanity_checking
+            and not trainer.fast_dev_run
+        ):
+            self.save_last_now(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self.save_last and not trainer.fast_dev_run and trainer.global_step != self._last_step_in_last:
+            self.save_last_now(trainer)

@@ -9,9 +9,12 @@
 - ``deepspeed_strategy``: ZeRO stage 2/3, refused at start-up without CUDA (Lightning would only fail at
   ``fit``).
 
-Activation checkpointing and per-block ``torch.compile`` (``task.activation_checkpointing``,
-``task.compile``) are applied to the blocks before sharding, in place, so they work under every strategy
-and never change state-dict keys.
+:func:`prepare_model` is what a task module calls on its freshly built backbone (in ``configure_model``)
+whatever the strategy: it initialises / loads the weights with every parameter whole (gathering ZeRO-3
+partitions), applies activation checkpointing and per-block ``torch.compile``
+(``task.activation_checkpointing``, ``task.compile``) to the blocks in place, so they work under every
+strategy and never change state-dict keys, and then shards the model when the strategy gave a device mesh
+(FSDP2).
 
 Multi-node DDP/FSDP: the processes are created outside Lightning (it then spawns nothing) and Lightning
 reads the standard environment. Checkpoints must go to a filesystem every node shares (``paths.output_dir``;
@@ -37,17 +40,20 @@ device per job (see ``glm.run.validation.check_multirun_strategy``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.utils.checkpoint import checkpoint
+
+from glm.compat import attached_trainer, use_every_process_for_data_parallel
 from glm.errors import StrategyUnavailable
+from glm.model import GLM
 
 SUBPROCESS_STRATEGIES = ("ddp_strategy", "fsdp_strategy", "deepspeed_strategy")
-
-
 
 
 def ddp_strategy(**kwargs: Any) -> Any:
@@ -65,10 +71,7 @@ class FSDP2Strategy(ModelParallelStrategy):
     """
 
     def setup_environment(self) -> None:
-        if self._data_parallel_size == "auto":
-            tp = 1 if self._tensor_parallel_size == "auto" else int(self._tensor_parallel_size)
-            self._tensor_parallel_size = tp
-            self._data_parallel_size = max(1, self.num_nodes * self.num_processes // tp)
+        use_every_process_for_data_parallel(self)
         super().setup_environment()
 
 
@@ -148,3 +151,47 @@ def zero3_full_parameters(model: torch.nn.Module) -> Iterator[bool]:
 
     with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
         yield True
+
+
+def checkpoint_blocks(model: GLM) -> None:
+    """Recompute each block in the backward pass; patched per instance, so module names stay the same."""
+    for block in model.transformer.layers:
+        forward = block.forward
+
+        def wrapped(*args: Any, _forward=forward, **kwargs: Any) -> Any:
+            if torch.is_grad_enabled() and not kwargs.get("use_cache", False):
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        block.forward = wrapped
+
+
+def prepare_model(
+    model: GLM,
+    owner: L.LightningModule,
+    load_weights: Callable[[GLM], None] | None = None,
+    activation_checkpointing: bool = False,
+    compile_blocks: bool = False,
+) -> None:
+    """Make a freshly built ``model`` ready for the strategy running ``owner`` (its LightningModule), in place.
+
+    ``load_weights(model)`` runs with every parameter whole (under ZeRO-3, which partitioned each submodule
+    before ``GLM.__init__`` ran its init, the parameters are gathered and initialised again first). Then
+    activation checkpointing and per-block compilation, then FSDP2 sharding when the strategy gave
+    ``owner`` a device mesh (``ModelParallelStrategy``), with the mixed-precision policy of the trainer's
+    precision."""
+    with zero3_full_parameters(model) as partitioned:
+        if partitioned:
+            model.reset_parameters()
+        if load_weights is not None:
+            load_weights(model)
+    if activation_checkpointing:
+        checkpoint_blocks(model)
+    if compile_blocks:
+        for block in model.transformer.layers:
+            block.compile()  # in place: parameters keep their names (no `_orig_mod.` prefix)
+    mesh = owner.device_mesh
+    if mesh is not None:
+        trainer = attached_trainer(owner)
+        precision = str(trainer.precision) if trainer is not None else "32-true"
+        shard_model(model, mesh, mp_policy=mixed_precision_policy(precision))

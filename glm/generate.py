@@ -20,7 +20,12 @@ from typing import Any
 
 import torch
 
+from glm.checkpoint.io import load_export
+from glm.errors import CheckpointError
 from glm.generation import GenerationConfig, fill_blanks
+from glm.model import GLM
+from glm.tokenizer import load_tokenizer
+from glm.utils.inputs import read_lines
 
 _BOOL = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
@@ -57,13 +62,8 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 
 def load(ckpt: str, tokenizer: str | None = None, device: str = "cpu") -> tuple[Any, Any]:
     """Model (eval mode) and tokenizer from an export directory."""
-    from glm.checkpoint.io import load_export
-    from glm.model import GLM
-
     config, state_dict, tok = load_export(ckpt, load_tokenizer=tokenizer is None)
     if tokenizer is not None:
-        from glm.tokenizer import load_tokenizer
-
         tok = load_tokenizer(tokenizer)
     if tok is None:
         raise SystemExit(f"glm.generate: {ckpt} has no tokenizer/; pass tokenizer=PATH")
@@ -74,8 +74,6 @@ def load(ckpt: str, tokenizer: str | None = None, device: str = "cpu") -> tuple[
 
 def read_input(source: str) -> list[str]:
     """The lines of an input file; a missing file or non-UTF-8 bytes end the program naming file and line."""
-    from glm.utils.inputs import read_lines
-
     if not Path(source).exists():
         raise SystemExit(f"glm.generate: input={source}: no such file")
     try:
@@ -86,8 +84,6 @@ def read_input(source: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Fill the blanks of `input=FILE` (one output line per input line) or of prompts typed on the terminal."""
-    from glm.errors import CheckpointError
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
     source = args.pop("input", None)
     lines = read_input(source) if source is not None else None  # bad input fails before the model loads

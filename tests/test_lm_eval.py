@@ -166,7 +166,7 @@ def test_seq2seq_configs_use_canonical_scheduler_keys():
     from omegaconf import OmegaConf
 
     from conftest import CONF
-    from glm.tasks.base import SCHEDULER_KEYS, normalize_scheduler
+    from glm.tasks.optim import SCHEDULER_KEYS, normalize_scheduler
 
     for name in ("xsum", "cnn_dm", "gigaword"):
         sch = OmegaConf.load(CONF / "experiment" / f"{name}.yaml").task.scheduler

@@ -20,7 +20,7 @@ from glm.data.pretrain import (
     read_documents,
     tokenize_corpus,
 )
-from glm.tasks.base import annealing_lr_factor, normalize_scheduler, param_groups
+from glm.tasks.optim import annealing_lr_factor, normalize_scheduler, param_groups
 from glm.tasks.pretrain import PretrainModule, blank_infilling_loss
 
 # ---------------------------------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_pretrain_tiny_val_loss_falls(tmp_path: Path) -> None:
 def test_part_b_projection_gives_the_full_logits_loss_and_gradients() -> None:
     """The training loss projects the tied head at Part-B positions only; it must equal the loss over the
     full logits (float64 model), with a row without any loss and rows of different Part-B sizes."""
-    from glm.tasks.pretrain import part_b_index
+    from glm.tasks.part_b import part_b_index
 
     torch.manual_seed(0)
     module = PretrainModule(model={"preset": "glm-tiny", "hidden_dropout": 0.0, "attention_dropout": 0.0})

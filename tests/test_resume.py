@@ -423,7 +423,8 @@ def test_each_rank_gets_its_own_rng_state_back() -> None:
     resumed mid-epoch is bit-identical only with this); a changed world size falls back to rank 0's."""
     from types import SimpleNamespace
 
-    from glm.tasks.base import GLMTaskModule, rng_states
+    from glm.tasks.base import GLMTaskModule
+    from glm.utils.rng import rng_states
 
     def draws(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)

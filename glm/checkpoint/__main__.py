@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from glm.checkpoint.consolidate import consolidate
 from glm.checkpoint.convert_hf import load_hf, save_hf
 from glm.checkpoint.convert_original import (
     EXTRAS_FILE,
@@ -30,6 +31,7 @@ from glm.checkpoint.convert_original import (
 )
 from glm.checkpoint.io import atomic_save, export_model, load_export, safe_load
 from glm.errors import CheckpointError
+from glm.tokenizer import load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -63,8 +65,6 @@ def convert(args: argparse.Namespace) -> int:
     if args.src != "hf" and args.gelu != "tanh":
         config.gelu_approximate = args.gelu
     if args.tokenizer:
-        from glm.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(args.tokenizer)
     if args.dtype:
         sd = {k: v.to(DTYPES[args.dtype]) for k, v in sd.items()}
@@ -149,8 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def consolidate_cmd(args: argparse.Namespace) -> int:
-    from glm.checkpoint.consolidate import consolidate
-
     out = consolidate(args.path, args.out, tokenizer=args.tokenizer, dtype=DTYPES.get(args.dtype or ""))
     print(f"wrote export dir {out}")
     return 0

@@ -37,6 +37,7 @@ from glm.checkpoint.io import (
 )
 from glm.errors import CheckpointError
 from glm.model import GLMConfig
+from glm.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def read_deepspeed_dir(path: Path) -> tuple[GLMConfig, dict[str, Tensor]]:
     except ImportError as err:  # pragma: no cover - depends on the optional extra
         raise CheckpointError(
             f"{path}: DeepSpeed checkpoint needs deepspeed ({err}); pip install -e '.[deepspeed]'"
-        )
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "consolidated.ckpt"
         try:
@@ -181,8 +182,6 @@ def consolidate(
     if tokenizer is None and run_dir is not None and (run_dir / "export" / "tokenizer").exists():
         tokenizer = run_dir / "export" / "tokenizer"
     if isinstance(tokenizer, (str, Path)):
-        from glm.tokenizer import load_tokenizer
-
         tokenizer = load_tokenizer(tokenizer)
     export_model(state, config, out_dir, tokenizer=tokenizer, run_config=run_config)
     log.info("consolidated %s checkpoint %s -> %s (%d tensors)", kind, src, out_dir, len(state))

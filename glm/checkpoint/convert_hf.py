@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import Tensor
 
+from glm.checkpoint.convert_original import check_original_compatible
 from glm.checkpoint.io import atomic_save, is_backbone_key, safe_load
 from glm.errors import CheckpointError
 from glm.model import GLMConfig
@@ -109,8 +110,6 @@ def hf_config_to_glm(
 
 def glm_config_to_hf(config: GLMConfig) -> dict[str, Any]:
     """The HF port's `config.json` fields for `config` (original architecture only)."""
-    from glm.checkpoint.convert_original import check_original_compatible
-
     check_original_compatible(config)
     return {
         "model_type": "glm",

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from glm.model import GLM, GLMConfig
-from glm.utils.inputs import read_text
 from glm.errors import CheckpointError
+from glm.model import GLM, GLMConfig
 from glm.tokenizer import load_tokenizer as load_tokenizer_dir
 from glm.utils.fs import atomic_write
+from glm.utils.inputs import read_text
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,6 @@ RUN_CONFIG_FILE = "run_config.yaml"
 # The key every GLM backbone state dict has; used to find where the backbone sits in a larger dict.
 ANCHOR_KEY = "word_embeddings.weight"
 POSITION_TABLES = ("transformer.position_embeddings.weight", "transformer.block_position_embeddings.weight")
-
-
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

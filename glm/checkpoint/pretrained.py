@@ -8,7 +8,7 @@ extends position tables when the model has more positions, and reports what it l
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -21,7 +21,8 @@ from glm.distributed import check_deepspeed_available
 from glm.errors import ConfigError, StrategyUnavailable
 from glm.model import GLMConfig
 from glm.run.schemas import set_values
-from glm.tasks.base import GLMTaskModule, normalize_optimizer, normalize_scheduler
+from glm.tasks.base import GLMTaskModule
+from glm.tasks.optim import normalize_optimizer, normalize_scheduler
 from glm.utils.allocator import ALLOCATORS
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ its scores) and `val_metrics.json` (`{"task", "pattern_id", "epoch", "main_metri
 "val/<metric>": value, ...}`) after each validation epoch, and `test/<Task>.jsonl` in SuperGLUE
 submission format after `predict`. `metrics.json` belongs to `glm.run.pipeline.run` (the final values of
 every stage); the module never writes it. Under several processes each rank scores its share of a split;
-the per-example records (scores, loss) are gathered by `example_idx` (`glm.tasks.evaluation`), so the
+the per-example records (scores, loss) are gathered by `example_index` (`glm.tasks.evaluation`), so the
 metrics, `val/loss` and the files (written by rank 0) are those of one process.
 """
 
@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from glm.data.cloze import IGNORE_INDEX
 from glm.data.packing import per_sample_sum
 from glm.metrics import SuperGLUEMetrics
-from glm.utils.fs import atomic_write
-from glm.tasks.base import GLMTaskModule, part_b_index
-from glm.tasks.evaluation import gather_by_index, log_gathered
+from glm.tasks.base import GLMTaskModule
+from glm.tasks.evaluation import EvaluationReport, finish_evaluation
+from glm.tasks.part_b import part_b_index
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,10 @@ class ClozeModule(GLMTaskModule):
         self._test_records.extend(self._records(batch, scores))
 
     @staticmethod
-    def _records(batch: dict[str, Tensor], scores: Tensor, losses: Tensor | None = None) -> list[dict[str, Any]]:
-        """One plain record per example (`example_idx`, the valid choices' `scores`, `best`, `loss` or None):
+    def _records(
+        batch: dict[str, Tensor], scores: Tensor, losses: Tensor | None = None
+    ) -> list[dict[str, Any]]:
+        """One plain record per example (`example_index`, the valid choices' `scores`, `best`, `loss` or None):
         what the epoch end gathers from every rank."""
         valid = (
             batch["choice_mask"]
@@ -325,11 +327,11 @@ class ClozeModule(GLMTaskModule):
         per_loss = [None] * scores.size(0) if losses is None else losses.cpu().tolist()
         out = []
         for i, s, m, loss in zip(
-            batch["example_idx"].tolist(), scores.float().cpu(), valid.cpu(), per_loss, strict=True
+            batch["example_index"].tolist(), scores.float().cpu(), valid.cpu(), per_loss, strict=True
         ):
             s = s[m]
             loss = None if loss is None or math.isnan(loss) else loss
-            out.append({"example_idx": i, "scores": s.tolist(), "best": int(s.argmax()), "loss": loss})
+            out.append({"example_index": i, "scores": s.tolist(), "best": int(s.argmax()), "loss": loss})
         return out
 
     # ---- epoch ends: metrics and files ----
@@ -347,12 +349,17 @@ class ClozeModule(GLMTaskModule):
 
     def on_validation_epoch_end(self) -> None:
         records, self._val_records = self._val_records, []
-        if self.trainer.sanity_checking:  # the same on every rank: no rank waits in the gather alone
-            return
-        # every rank's examples, each once (a padding sampler repeats some), in split order
-        records = gather_by_index(self, records, index=lambda r: r["example_idx"])
-        if not records:
-            return
+        finish_evaluation(
+            self,
+            records,
+            index=lambda r: r["example_index"],
+            report=self._validation_report,
+            output_dir=self._out_dir(),
+            barrier="cloze_val_outputs",
+        )
+
+    def _validation_report(self, records: list[dict[str, Any]]) -> EvaluationReport:
+        """Metrics, `val/loss`, `val_predictions.jsonl` and `val_metrics.json` of every example's record."""
         dm = self._datamodule()
         task, examples = dm.task, dm.examples("val")
         # every rank already holds every example: torchmetrics must not sum the ranks' states again
@@ -360,7 +367,7 @@ class ClozeModule(GLMTaskModule):
         group_ids: dict[Any, int] = {}
         lines = []
         for r in records:
-            ex = examples[r["example_idx"]]
+            ex = examples[r["example_index"]]
             pred = task.predict(ex, r["best"])
             lines.append(
                 {
@@ -386,27 +393,28 @@ class ClozeModule(GLMTaskModule):
             )
             metrics.update(torch.tensor([pred_class]), torch.tensor([ex.label]), groups)
         values = metrics.compute()
-        for k, v in values.items():
-            log_gathered(self, f"val/{k}", v, prog_bar=True)
+        logged = {f"val/{k}": v for k, v in values.items()}
         losses = [r["loss"] for r in records if r["loss"] is not None]
         if losses:
-            log_gathered(self, "val/loss", math.fsum(losses) / len(losses))
-        if self.trainer.is_global_zero:
-            out = self._out_dir()
-            out.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(out / "val_predictions.jsonl", lines)
-            self._log_prediction_table(lines)
-            main = task.main_metric
-            payload = {
-                "task": task.name,
-                "pattern_id": dm.pattern_id,
-                "epoch": self.current_epoch,
-                "optimized_metric": values[main.split("/", 1)[1]],
-                "main_metric": main,
-                **{f"val/{k}": v for k, v in values.items()},
-            }
-            atomic_write(out / "val_metrics.json", json.dumps(payload, indent=2) + "\n")
-        self.trainer.strategy.barrier("cloze_val_outputs")  # the files exist when any rank goes on
+            logged["val/loss"] = math.fsum(losses) / len(losses)
+        main = task.main_metric
+        payload = {
+            "task": task.name,
+            "pattern_id": dm.pattern_id,
+            "epoch": self.current_epoch,
+            "optimized_metric": values[main.split("/", 1)[1]],
+            "main_metric": main,
+            **{f"val/{k}": v for k, v in values.items()},
+        }
+        return EvaluationReport(
+            metrics=logged,
+            prog_bar=[f"val/{k}" for k in values],
+            files={
+                "val_predictions.jsonl": _jsonl(lines),
+                "val_metrics.json": json.dumps(payload, indent=2) + "\n",
+            },
+            on_rank_zero=lambda: self._log_prediction_table(lines),
+        )
 
     def _log_prediction_table(self, lines: list[dict[str, Any]]) -> None:
         """The first `PREDICTION_TABLE_ROWS` validation predictions as a table, on loggers that take tables
@@ -428,18 +436,30 @@ class ClozeModule(GLMTaskModule):
 
     def on_predict_epoch_end(self) -> None:
         records, self._test_records = self._test_records, []
-        records = gather_by_index(self, records, index=lambda r: r["example_idx"])  # every rank's, each once
+        finish_evaluation(
+            self,
+            records,
+            index=lambda r: r["example_index"],
+            report=self._submission_report,
+            output_dir=self._out_dir(),
+            skip_if_empty=False,  # an empty test split still gets its (empty) submission file
+            barrier="cloze_predict_outputs",
+        )
+
+    def _submission_report(self, records: list[dict[str, Any]]) -> EvaluationReport:
+        """`test/<Task>.jsonl` in SuperGLUE submission format."""
         dm = self._datamodule()
         task, examples = dm.task, dm.examples("test")
         preds = [
-            (examples[r["example_idx"]], task.predict(examples[r["example_idx"]], r["best"])) for r in records
+            (examples[r["example_index"]], task.predict(examples[r["example_index"]], r["best"]))
+            for r in records
         ]
-        if self.trainer.is_global_zero:
-            path = self._out_dir() / "test" / f"{task.dirname}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(path, submission_lines(task.name, preds))
-            log.info("wrote %d test predictions to %s", len(preds), path)
-        self.trainer.strategy.barrier("cloze_predict_outputs")
+        relative = f"test/{task.dirname}.jsonl"
+        path = self._out_dir() / relative
+        return EvaluationReport(
+            files={relative: _jsonl(submission_lines(task.name, preds))},
+            on_rank_zero=lambda: log.info("wrote %d test predictions to %s", len(preds), path),
+        )
 
 
 def submission_lines(task: str, preds: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
@@ -458,5 +478,5 @@ def submission_lines(task: str, preds: list[tuple[Any, Any]]) -> list[dict[str, 
     ]
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

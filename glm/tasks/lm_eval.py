@@ -3,7 +3,7 @@
 Both read "scored samples" from `glm.data.lm_eval.LMEvalDataModule`: one forward pass per batch, then
 per sample the summed cross-entropy over the scored slots and whether the argmax equals the target at
 every scored slot. Those per-sample results are kept with the sample's index and gathered from every
-rank at the epoch end (`glm.tasks.evaluation.gather_by_index`): under several processes each rank scores
+rank at the epoch end (`glm.tasks.evaluation.finish_evaluation`): under several processes each rank scores
 its share, and the metrics are those of one process. LAMBADA logs `{stage}/acc` (and `{stage}/loss`, mean
 CE per answer token); perplexity logs `{stage}/loss` (average per scored token), `{stage}/ppl` and
 `{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.run.pipeline.run` writes them to `metrics.json`.
@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glm.compat import attached_trainer
 from glm.data.lm_eval import perplexity
 from glm.tasks.base import GLMTaskModule
-from glm.tasks.evaluation import gather_by_index, log_gathered
+from glm.tasks.evaluation import EvaluationReport, finish_evaluation
 
 
 def score_samples(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,7 +61,7 @@ class LMEvalModule(GLMTaskModule):
                 "LMEvalModule only evaluates (zero-shot LAMBADA / perplexity): use stages=[test] or "
                 f"stages=[validate], not {stage!r}"
             )
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dm = getattr(attached_trainer(self), "datamodule", None)
         if dm is not None and getattr(dm, "samples", None):
             check_positions(
                 self.glm_config, max(int(s.position_ids.max()) for s in dm.samples), "data.seq_length"
@@ -72,27 +73,16 @@ class LMEvalModule(GLMTaskModule):
     def _reset(self) -> None:
         # per scored sample of this rank: (index in the split, summed CE, scored slots, all argmax correct)
         self._records: list[tuple[int, float, int, bool]] = []
-        self._loss, self._count, self._correct, self._samples = 0.0, 0, 0, 0
 
     def _step(self, batch: dict[str, Tensor]) -> None:
         logits = self.model(batch["input_ids"], batch["position_ids"], sep=batch["sep"]).logits
         ce, count, correct = score_samples(logits, batch["targets"], batch["loss_mask"])
-        if "index" in batch:
-            index = batch["index"].tolist()
+        if "example_index" in batch:
+            index = batch["example_index"].tolist()
         else:  # a batch built without the datamodule: one process, samples numbered in the order seen
             start = len(self._records)
             index = list(range(start, start + ce.shape[0]))
         self._records.extend(zip(index, ce.tolist(), count.tolist(), correct.tolist(), strict=True))
-
-    def _aggregate(self) -> None:
-        """The totals over the samples of every rank, each sample once (a collective: every rank calls it).
-        `math.fsum` makes the loss sum independent of the order and of how samples were batched."""
-        records = gather_by_index(self, self._records, index=lambda r: r[0])
-        self._records = []
-        self._loss = math.fsum(r[1] for r in records)
-        self._count = sum(int(r[2]) for r in records)
-        self._correct = sum(bool(r[3]) for r in records)
-        self._samples = len(records)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch)
@@ -100,25 +90,29 @@ class LMEvalModule(GLMTaskModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch)
 
-    def compute(self) -> dict[str, float]:
-        """The metrics of the totals that `_aggregate` summed (see the module docstring)."""
+    def compute(self, records: list[tuple[int, float, int, bool]]) -> dict[str, float]:
+        """The metrics of the records of every rank, each sample once (see the module docstring).
+        `math.fsum` makes the loss sum independent of the order and of how samples were batched."""
+        loss = math.fsum(r[1] for r in records)
+        count = sum(int(r[2]) for r in records)
         dm = self.trainer.datamodule
         if dm.kind == "lambada":
             # loss: mean CE per answer token (a sanity number next to the accuracy; ln V for a random model)
+            samples = len(records)
             return {
-                "acc": self._correct / max(self._samples, 1),
-                "loss": self._loss / max(self._count, 1),
-                "num_samples": float(self._samples),
+                "acc": sum(bool(r[3]) for r in records) / max(samples, 1),
+                "loss": loss / max(count, 1),
+                "num_samples": float(samples),
             }
         # every token but the first of the document is scored once: count == num_tokens - 1 (spec §10.2)
-        num_tokens = self._count + 1
+        num_tokens = count + 1
         if dm.num_tokens and num_tokens != dm.num_tokens:
             raise RuntimeError(
                 f"perplexity: scored {num_tokens - 1} tokens of a {dm.num_tokens}-token document "
                 "(each token but the first must be scored exactly once; limit_test_batches?)"
             )
         words = dm.num_original_words or num_tokens
-        r = perplexity(self._loss, num_tokens, words)
+        r = perplexity(loss, num_tokens, words)
         return {
             "loss": r.avg_loss,
             "ppl": r.ppl,
@@ -127,17 +121,18 @@ class LMEvalModule(GLMTaskModule):
         }
 
     def _finish(self, stage: str) -> None:
-        if self.trainer.sanity_checking:  # the same on every rank: no rank waits in the gather alone
-            self._reset()
-            return
-        self._aggregate()
-        if self._samples == 0:
-            self._reset()
-            return
-        values = self.compute()
+        records = self._records
         self._reset()
-        for k, v in values.items():  # the pipeline writes these to metrics.json; float64 keeps every digit
-            log_gathered(self, f"{stage}/{k}", torch.tensor(v, dtype=torch.float64))
+        finish_evaluation(
+            self, records, index=lambda r: r[0], report=lambda gathered: self._report(stage, gathered)
+        )
+
+    def _report(self, stage: str, records: list[tuple[int, float, int, bool]]) -> EvaluationReport:
+        # the pipeline writes these to metrics.json; float64 keeps every digit
+        values = self.compute(records)
+        return EvaluationReport(
+            metrics={f"{stage}/{k}": torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._finish("val")

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from glm.tasks.base import GLMTaskModule, part_b_index, part_b_logits
+from glm.tasks.base import GLMTaskModule
+from glm.tasks.part_b import part_b_index, part_b_logits
 
 
 def blank_infilling_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:

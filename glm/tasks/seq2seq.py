@@ -19,17 +19,18 @@ earlier sentence that passed the length filter, removed ones included, as in the
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from glm.compat import attached_trainer
 from glm.generation import GenerationConfig, generate
-from glm.utils.fs import atomic_write
-from glm.tasks.base import GLMTaskModule, part_b_logits
-from glm.tasks.evaluation import gather_by_index, log_gathered, world_size
+from glm.tasks.base import GLMTaskModule
+from glm.tasks.evaluation import EvaluationReport, finish_evaluation, world_size
+from glm.tasks.lm_eval import check_positions
+from glm.tasks.part_b import part_b_logits
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class RougeMetric:
     def __call__(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-        return self.average([self.score_one(p, r) for p, r in zip(predictions, references)])
+        return self.average([self.score_one(p, r) for p, r in zip(predictions, references, strict=True)])
 
     def score_one(self, prediction: str, reference: str) -> dict[str, float]:
         """ROUGE-1/2/Lsum F1 of one example (`rougeL` is Lsum)."""
@@ -100,8 +101,11 @@ class RougeMetric:
         if self.postprocess:
             p = postprocess_prediction(p)
         scores = self.scorer.score("\n".join(split_sentences(reference)), "\n".join(p))
-        return {"rouge1": scores["rouge1"].fmeasure, "rouge2": scores["rouge2"].fmeasure,
-                "rougeL": scores["rougeLsum"].fmeasure}
+        return {
+            "rouge1": scores["rouge1"].fmeasure,
+            "rouge2": scores["rouge2"].fmeasure,
+            "rougeL": scores["rougeLsum"].fmeasure,
+        }
 
     @staticmethod
     def average(per_example: list[dict[str, float]]) -> dict[str, float]:
@@ -148,9 +152,8 @@ class Seq2SeqModule(GLMTaskModule):
         self._rouge: RougeMetric | None = None
 
     def setup(self, stage: str) -> None:
-        from glm.tasks.lm_eval import check_positions
-
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        trainer = attached_trainer(self)
+        dm = getattr(trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "src_seq_length"):
             # Part A positions 0..S-1; Part B block positions 1..T (training) / 1..max_new_tokens (decoding)
             largest = max(
@@ -211,7 +214,7 @@ class Seq2SeqModule(GLMTaskModule):
         if self._rouge is None:
             self._rouge = RougeMetric(self.rouge_postprocess)
         refs = self.trainer.datamodule.references(stage)
-        for i, hyp in zip(batch["index"].tolist(), self.decode_batch(batch), strict=True):
+        for i, hyp in zip(batch["example_index"].tolist(), self.decode_batch(batch), strict=True):
             self._decoded.append((i, hyp, self._rouge.score_one(hyp, refs[i])))
 
     def _all_ranks_finished(self, finished: bool) -> bool:
@@ -228,27 +231,34 @@ class Seq2SeqModule(GLMTaskModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._decode_and_score(batch, "test")
 
-    def _finish(self, stage: str) -> dict[str, float]:
-        # every rank takes part (a collective), then all hold every example once, in split order
-        decoded, self._decoded = gather_by_index(self, self._decoded, index=lambda r: r[0]), []
-        if not decoded:
-            return {}
+    def _finish(self, stage: str) -> None:
+        decoded, self._decoded = self._decoded, []
+        finish_evaluation(
+            self,
+            decoded,
+            index=lambda r: r[0],
+            report=lambda records: self._report(stage, records),
+            output_dir=self.output_dir or self.trainer.default_root_dir,
+            barrier="seq2seq_outputs",
+        )
+
+    def _report(self, stage: str, decoded: list[tuple[int, str, dict[str, float]]]) -> EvaluationReport:
+        """ROUGE over every example; on test also `test.jsonl.hyps` / `test.jsonl.refs`."""
         refs_all = self.trainer.datamodule.references(stage)
         hyps = [h for _, h, _ in decoded]
         refs = [refs_all[i] for i, _, _ in decoded]
         scores = RougeMetric.average([s for _, _, s in decoded])
-        for k, v in scores.items():
-            log_gathered(self, f"{stage}/{k}", v, prog_bar=k == "rouge1")
-        if self.trainer.is_global_zero:
-            out = Path(self.output_dir or self.trainer.default_root_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            if stage == "test":
-                # one line per example: newlines inside a summary would break the line pairing
-                atomic_write(out / "test.jsonl.hyps", "".join(h.replace("\n", " ") + "\n" for h in hyps))
-                atomic_write(out / "test.jsonl.refs", "".join(r.replace("\n", " ") + "\n" for r in refs))
-            self._log_table(stage, hyps, refs)
-        self.trainer.strategy.barrier("seq2seq_outputs")  # the files exist when the stage returns on any rank
-        return scores
+        files = {}
+        if stage == "test":
+            # one line per example: newlines inside a summary would break the line pairing
+            files["test.jsonl.hyps"] = "".join(h.replace("\n", " ") + "\n" for h in hyps)
+            files["test.jsonl.refs"] = "".join(r.replace("\n", " ") + "\n" for r in refs)
+        return EvaluationReport(
+            metrics={f"{stage}/{k}": v for k, v in scores.items()},
+            prog_bar=[f"{stage}/rouge1"],
+            files=files,
+            on_rank_zero=lambda: self._log_table(stage, hyps, refs),
+        )
 
     def _log_table(self, stage: str, hyps: list[str], refs: list[str]) -> None:
         """A W&B table of sample summaries when a WandbLogger is attached (no-op otherwise)."""
@@ -262,9 +272,6 @@ class Seq2SeqModule(GLMTaskModule):
                 )
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self._decoded = []
-            return
         self._finish("val")
 
     def on_test_epoch_end(self) -> None:
