@@ -7,7 +7,7 @@ does not depend on the values); `--layers` fewer than 12 is reported as such. In
 validation examples of a multi-token task (COPA: 2 candidates each), laid out by `ClozeDataModule`.
 
 - one pass: `ClozeModule.score` on collated batches (`--batch` examples, all candidates in one forward,
-  every answer token scored from that forward via the sep mask, spec §7.1);
+  every answer token scored from that forward via the sep mask, docs/original-glm.md §7.1);
 - loop: per candidate and per answer slot t (the k answer tokens + [eop]) one plain forward pass of
   `[CLS] A eos [sop] a1..a_t` (its own prefix, nothing cached), reading log p(target) at the last position.
 Both must give the same scores (max |difference| is printed). Prints examples/s for both and the ratio.

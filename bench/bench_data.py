@@ -3,7 +3,7 @@
     GLM_DATA_ROOT=../shared/data python bench/bench_data.py [--books 3] [--json OUT.json]
 
 1. Masking: samples/s of the real pretraining pipeline in one process — `PretrainDataset.__getitem__`
-   (spec §5.1 raw sample from the corpus + `GLMMasker`) and `collate_pretrain` — on Gutenberg books tokenised
+   (docs/original-glm.md §5.1 raw sample from the corpus + `GLMMasker`) and `collate_pretrain` — on Gutenberg books tokenised
    with the BERT tokenizer (glm-base/large's), objective presets glm-base and glm-large, seq 512; against the
    training samples/s of the full 12-layer glm-base model (fp32, batch 1 x 512, measured in the same run).
 2. Packing: padding fraction of SuperGLUE RTE train (pattern 0, seq 256, BERT tokenizer, the glm-large

@@ -26,7 +26,7 @@ process on the same batch:
                    (no mask tensor), LM loss at every position (what a GPT needs), fused AdamW
   glm_adamw_loop   glm with torch.optim.AdamW's per-parameter loop instead of the fused kernel
   glm_bf16         glm under torch.autocast("cpu", bfloat16)
-  glm_ckpt         glm with activation checkpointing (glm.tasks.base._checkpoint_blocks)
+  glm_ckpt         glm with activation checkpointing (glm.distributed.checkpoint_blocks)
 
 Timing: variants are interleaved round by round (per round and variant, `--settle-steps` untimed steps then
 one timed step; each round starts one variant later, so no variant always follows the same neighbour);

@@ -1,11 +1,11 @@
 """Baselines for bench/bench_train.py: a GLM computed the way the 2021 GLM code computes it, and a plain
 causal GPT of the same size. Benchmark baselines only; the toolkit never imports this file.
 
-`ReferenceGLM` mirrors the arithmetic of the original `mpu/transformer.py` (spec §1-§2), written from the
+`ReferenceGLM` mirrors the arithmetic of the original `mpu/transformer.py` (docs/original-glm.md §1-§2), written from the
 spec's description (no code copied):
 - the mask is an explicit float 0/1 matrix `[B, 1, L, L]` built once per forward from `sep` with
   `torch.ones(...).tril()` plus the Part-A columns (`build_mask_matrix`), and applied in every layer as
-  `S * m + (-65504) * (1 - m)` (spec §1.3 gives -65504; Megatron's GPT-2 used -10000, same cost);
+  `S * m + (-65504) * (1 - m)` (docs/original-glm.md §1.3 gives -65504; Megatron's GPT-2 used -10000, same cost);
 - scores `Q @ (K^T / sqrt(d))`, `torch.nn.Softmax` over keys, dropout, `P @ V`, with the view/permute/
   contiguous head split and merge of `_transpose_for_scores`;
 - GELU as the tanh formula written out in tensor ops (`gelu_impl`), separate bias-add linears;
@@ -29,7 +29,7 @@ from glm.model import GLMConfig
 
 
 def build_mask_matrix(sep: Tensor, batch_size: int, length: int, dtype: torch.dtype) -> Tensor:
-    """Float 0/1 `[B, 1, L, L]`: lower triangle plus the first `sep[b]` columns (spec §2)."""
+    """Float 0/1 `[B, 1, L, L]`: lower triangle plus the first `sep[b]` columns (docs/original-glm.md §2)."""
     m = torch.ones(batch_size, length, length, dtype=dtype, device=sep.device).tril()
     ids = torch.arange(length, device=sep.device)
     part_a = (ids[None, :] < sep[:, None]).to(dtype)  # [B, L] columns of Part A

@@ -3,7 +3,7 @@
 - ``ddp_strategy``: Lightning DDP, gloo on CPU and nccl on CUDA.
 - ``fsdp_strategy``: Lightning ``ModelParallelStrategy`` (FSDP2): :func:`shard_model` applies
   ``fully_shard`` to every GLM block and then to the root inside ``GLMTaskModule.configure_model``. It works
-  on CPU with gloo (stack notes R1), unlike Lightning's ``strategy='fsdp'``. The mixed-precision policy
+  on CPU with gloo (docs/lightning-hydra-notes.md R1), unlike Lightning's ``strategy='fsdp'``. The mixed-precision policy
   passed to ``fully_shard`` follows the ``hardware=bf16``/``fp16`` option (:func:`mixed_precision_policy`);
   checkpoints are sharded directories, turned into one export by ``python -m glm.checkpoint consolidate``.
 - ``deepspeed_strategy``: ZeRO stage 2/3, refused at start-up without CUDA (Lightning would only fail at

@@ -1,4 +1,4 @@
-"""Interactive blank filling, like the original `generate_samples.py` (spec §3(d)).
+"""Interactive blank filling, like the original `generate_samples.py` (docs/original-glm.md §3(d)).
 
     python -m glm.generate ckpt=EXPORT_DIR                       # prompt on the terminal, empty line quits
     python -m glm.generate ckpt=EXPORT_DIR input=FILE            # one text per line, one filled line each
@@ -54,7 +54,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
             else:
                 out[key] = type(default)(value)
         except (KeyError, ValueError):
-            raise SystemExit(f"glm.generate: {key}={value!r} is not a valid {type(default).__name__}") from None
+            raise SystemExit(
+                f"glm.generate: {key}={value!r} is not a valid {type(default).__name__}"
+            ) from None
     if "ckpt" not in out:
         raise SystemExit("glm.generate: ckpt=EXPORT_DIR is required")
     return out
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if lines is not None:
         with torch.no_grad():
             for text in lines:  # an empty input line gives an empty output line, so the lines stay paired
-                print(fill_blanks(model, tok, text, config, task_mask).text if text.strip() else "", flush=True)
+                print(
+                    fill_blanks(model, tok, text, config, task_mask).text if text.strip() else "", flush=True
+                )
         return 0
     while True:  # interactive: an empty line or EOF ends the session
         try:

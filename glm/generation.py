@@ -1,19 +1,19 @@
 """Decoding for GLM: greedy, beam search and sampling over the blank-infilling layout, plus blank filling.
 
-Every strategy shares one layout (spec §3(d)): step 0 runs the Part-A context plus `[sop]` (positions
+Every strategy shares one layout (docs/original-glm.md §3(d)): step 0 runs the Part-A context plus `[sop]` (positions
 `0..S-1, mask_pos`; blocks `0.., 1`; `sep`) once and keeps the backbone's KV cache; step `t >= 1` feeds
 only the previous token at position `(mask_pos, t + 1)` with `sep = 0` against the cache, so a new token
 costs one position of compute and the prefix is never re-run. Beam search reorders the cache with the
-selected beam indices every step (spec §9).
+selected beam indices every step (docs/original-glm.md §9).
 
-Beam search follows the original `generation_utils.py` bookkeeping (spec §9): initial beam scores
+Beam search follows the original `generation_utils.py` bookkeeping (docs/original-glm.md §9): initial beam scores
 `[0, -1e9, ...]`, logits processors on `log_softmax`, `2 * beams` candidates (top-k or sampled),
 `[eop]` candidates ranked within the first `beams` close a hypothesis scored
 `sum_logprob / max(len, 1) ** length_penalty`, and the early-stop rule
 `worst_kept >= best_sum / cur_len ** length_penalty`, where `best_sum` is the highest of the step's
 `2 * beams` candidate scores, an `[eop]` candidate included (the original `BeamSearchScorer.process`
-passes `next_scores.max()`; the spec's "best live" reads it as the best not-yet-finished candidate).
-Decision (the spec leaves `cur_len` implicit): `cur_len` is the number of tokens generated *before*
+passes `next_scores.max()`; the original's "best live" reads it as the best not-yet-finished candidate).
+Decision (the original leaves `cur_len` implicit): `cur_len` is the number of tokens generated *before*
 the current step (the length of a hypothesis closed at this step), floored at 1 -- the value the
 original gets from `input_ids.shape[-1]` when `input_ids` holds only generated tokens. With it a
 1-beam search is exactly greedy decoding for every length penalty.
@@ -34,12 +34,12 @@ if TYPE_CHECKING:
     from glm.model import GLM, KVCache
 
 NEG_INF = float("-inf")
-DEAD_BEAM = -1e9  # initial score of beams 1..K-1 (spec §9): only beam 0 is live at step 0
+DEAD_BEAM = -1e9  # initial score of beams 1..K-1 (docs/original-glm.md §9): only beam 0 is live at step 0
 
 
 @dataclass
 class GenerationConfig:
-    """Decoding settings; defaults are the original `arguments.py` defaults (spec §9).
+    """Decoding settings; defaults are the original `arguments.py` defaults (docs/original-glm.md §9).
 
     `do_sample=False` is the original `--select-topk` (deterministic top candidates); with
     `do_sample=True` greedy becomes top-k/top-p/temperature sampling and beam search samples its
@@ -60,7 +60,9 @@ class GenerationConfig:
     sop_id: int = 7
     eop_id: int = 8
     pad_id: int = 0
-    extra_stop_ids: tuple[int, ...] = ()  # e.g. eos for blank filling (spec §3(d): a blank ends at eop or eos)
+    extra_stop_ids: tuple[
+        int, ...
+    ] = ()  # e.g. eos for blank filling (docs/original-glm.md §3(d): a blank ends at eop or eos)
 
     def __post_init__(self) -> None:
         problems = []
@@ -115,8 +117,10 @@ def log_probs(logits: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 # Logits processors (operate on log-probabilities [N, V] in place)
 # --------------------------------------------------------------------------------------------------
-def apply_min_length(scores: Tensor, num_generated: int, min_new_tokens: int, stop_ids: tuple[int, ...]) -> Tensor:
-    """Ban the stop tokens while fewer than `min_new_tokens` tokens have been generated (spec §9)."""
+def apply_min_length(
+    scores: Tensor, num_generated: int, min_new_tokens: int, stop_ids: tuple[int, ...]
+) -> Tensor:
+    """Ban the stop tokens while fewer than `min_new_tokens` tokens have been generated (docs/original-glm.md §9)."""
     if num_generated < min_new_tokens:
         scores[:, list(stop_ids)] = NEG_INF
     return scores
@@ -128,8 +132,12 @@ def banned_ngram_tokens(generated: list[int], n: int) -> set[int]:
         return set()
     if n == 1:
         return set(generated)
-    prefix = tuple(generated[len(generated) - n + 1:])
-    return {generated[i + n - 1] for i in range(len(generated) - n + 1) if tuple(generated[i:i + n - 1]) == prefix}
+    prefix = tuple(generated[len(generated) - n + 1 :])
+    return {
+        generated[i + n - 1]
+        for i in range(len(generated) - n + 1)
+        if tuple(generated[i : i + n - 1]) == prefix
+    }
 
 
 def apply_no_repeat_ngram(scores: Tensor, generated: list[list[int]], n: int) -> Tensor:
@@ -169,7 +177,7 @@ class _Decoder:
 
     `key_valid` (only when `context_mask` is given) marks which cached columns real tokens may see, so a
     batch of right-padded contexts of different lengths decodes exactly as each context alone would.
-    Without it the padding inside Part A is visible, as in the original seq2seq pipeline (spec §2).
+    Without it the padding inside Part A is visible, as in the original seq2seq pipeline (docs/original-glm.md §2).
     """
 
     def __init__(self, model: GLM, mask_positions: Tensor) -> None:
@@ -180,10 +188,14 @@ class _Decoder:
         self.step = 0  # number of Part-B tokens fed so far ([sop] included)
 
     def prefill(
-        self, input_ids: Tensor, position_ids: Tensor, sep: Tensor, sop_id: int,
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        sep: Tensor,
+        sop_id: int,
         context_mask: Tensor | None = None,
     ) -> Tensor:
-        """Run `context + [sop]` once (spec §3(d) step 0); return the `[sop]` slot's logits `[N, V]`."""
+        """Run `context + [sop]` once (docs/original-glm.md §3(d) step 0); return the `[sop]` slot's logits `[N, V]`."""
         N, S = input_ids.shape
         device = input_ids.device
         sop = torch.full((N, 1), sop_id, dtype=torch.long, device=device)
@@ -211,8 +223,14 @@ class _Decoder:
         if self.key_valid is not None:
             self.key_valid = torch.cat([self.key_valid, self.key_valid.new_ones(N, 1)], dim=1)
             attention_mask = self.key_valid[:, None, None, :]
-        out = self.model(tokens[:, None], pos[:, :, None], sep=0, attention_mask=attention_mask,
-                         cache=self.cache, use_cache=True)
+        out = self.model(
+            tokens[:, None],
+            pos[:, :, None],
+            sep=0,
+            attention_mask=attention_mask,
+            cache=self.cache,
+            use_cache=True,
+        )
         self.cache = out.cache
         self.step += 1
         return out.logits[:, -1]
@@ -226,12 +244,17 @@ class _Decoder:
 
 
 def _prepare(
-    input_ids: Tensor, position_ids: Tensor | None, sep: Tensor | int | None, mask_positions: Tensor | int,
+    input_ids: Tensor,
+    position_ids: Tensor | None,
+    sep: Tensor | int | None,
+    mask_positions: Tensor | int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     B, S = input_ids.shape
     device = input_ids.device
     if position_ids is None:  # Part A positions 0..S-1, block 0
-        position_ids = torch.stack([torch.arange(S, device=device), torch.zeros(S, dtype=torch.long, device=device)])
+        position_ids = torch.stack(
+            [torch.arange(S, device=device), torch.zeros(S, dtype=torch.long, device=device)]
+        )
         position_ids = position_ids[None].expand(B, 2, S)
     if position_ids.shape != (B, 2, S):
         raise ValueError(f"position_ids must be [B, 2, S] = {[B, 2, S]}, got {list(position_ids.shape)}")
@@ -277,9 +300,14 @@ def generate(
 
 @torch.no_grad()
 def greedy_or_sample(
-    model: GLM, input_ids: Tensor, mask_positions: Tensor | int, config: GenerationConfig,
-    position_ids: Tensor | None = None, sep: Tensor | int | None = None,
-    context_mask: Tensor | None = None, generator: torch.Generator | None = None,
+    model: GLM,
+    input_ids: Tensor,
+    mask_positions: Tensor | int,
+    config: GenerationConfig,
+    position_ids: Tensor | None = None,
+    sep: Tensor | int | None = None,
+    context_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
     may_stop: Callable[[bool], bool] | None = None,
 ) -> GenerationOutput:
     """Greedy decoding (`do_sample=False`) or top-k/top-p/temperature sampling, batched.
@@ -300,7 +328,9 @@ def greedy_or_sample(
         apply_min_length(logp, t, config.min_new_tokens, config.stop_ids)
         apply_no_repeat_ngram(logp, generated, config.no_repeat_ngram_size)
         if config.do_sample:
-            filtered = top_k_top_p_filter(logits.to(logp.dtype) / config.temperature, config.top_k, config.top_p)
+            filtered = top_k_top_p_filter(
+                logits.to(logp.dtype) / config.temperature, config.top_k, config.top_p
+            )
             filtered = filtered.masked_fill(torch.isinf(logp), NEG_INF)  # processors' bans still hold
             nxt = torch.multinomial(filtered.softmax(-1), 1, generator=generator)[:, 0]
         else:
@@ -342,7 +372,7 @@ class BeamHypotheses:
             self.worst_score = min(s for s, _ in self.beams)
 
     def is_done(self, best_sum_logprobs: float, cur_len: int) -> bool:
-        """Spec §9: done once full and no live beam can beat the worst kept hypothesis."""
+        """docs/original-glm.md §9: done once full and no live beam can beat the worst kept hypothesis."""
         if len(self) < self.num_beams:
             return False
         return self.worst_score >= best_sum_logprobs / (max(cur_len, 1) ** self.length_penalty)
@@ -353,12 +383,17 @@ class BeamHypotheses:
 
 @torch.no_grad()
 def beam_search(
-    model: GLM, input_ids: Tensor, mask_positions: Tensor | int, config: GenerationConfig,
-    position_ids: Tensor | None = None, sep: Tensor | int | None = None,
-    context_mask: Tensor | None = None, generator: torch.Generator | None = None,
+    model: GLM,
+    input_ids: Tensor,
+    mask_positions: Tensor | int,
+    config: GenerationConfig,
+    position_ids: Tensor | None = None,
+    sep: Tensor | int | None = None,
+    context_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
     may_stop: Callable[[bool], bool] | None = None,
 ) -> GenerationOutput:
-    """Batched beam search with the original bookkeeping (spec §9); see the module docstring."""
+    """Batched beam search with the original bookkeeping (docs/original-glm.md §9); see the module docstring."""
     position_ids, sep, mask_positions = _prepare(input_ids, position_ids, sep, mask_positions)
     B, device = input_ids.shape[0], input_ids.device
     K = config.num_beams
@@ -400,7 +435,11 @@ def beam_search(
                 continue
             filled = 0
             for rank in range(n_cand):
-                beam, tok, score = int(cand_beam[b, rank]), int(cand_tok[b, rank]), float(cand_scores_cpu[b, rank])
+                beam, tok, score = (
+                    int(cand_beam[b, rank]),
+                    int(cand_tok[b, rank]),
+                    float(cand_scores_cpu[b, rank]),
+                )
                 if tok in stop_ids:
                     if rank < K:  # an end candidate ranked within the first K closes a hypothesis
                         hyps[b].add(list(beam_tokens[b * K + beam]), score)
@@ -418,7 +457,9 @@ def beam_search(
         if (may_stop or bool)(all(done)):
             break
         rows = (torch.arange(B)[:, None] * K + next_beams).reshape(-1)
-        beam_tokens = [beam_tokens[int(r)] + [int(tok)] for r, tok in zip(rows, next_tokens.reshape(-1))]
+        beam_tokens = [
+            beam_tokens[int(r)] + [int(tok)] for r, tok in zip(rows, next_tokens.reshape(-1), strict=True)
+        ]
         beam_scores = next_scores.to(device=device, dtype=beam_scores.dtype)
         if t + 1 == config.max_new_tokens:
             break
@@ -443,7 +484,7 @@ def beam_search(
 
 
 # --------------------------------------------------------------------------------------------------
-# Interactive blank filling (spec §3(d), `generate_samples.py`)
+# Interactive blank filling (docs/original-glm.md §3(d), `generate_samples.py`)
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class FilledText:
@@ -454,7 +495,7 @@ class FilledText:
 
 def build_blank_context(token_ids: list[int], tokenizer: Any, task_mask: bool = True) -> list[int]:
     """`[CLS] + text (+ [gMASK] or [MASK] when the text has no mask) + [eos]` (no eos after a final
-    `[gMASK]`), spec §3(d)."""
+    `[gMASK]`), docs/original-glm.md §3(d)."""
     masks = {tokenizer.mask_id, tokenizer.smask_id, tokenizer.gmask_id}
     ids = [tokenizer.cls_id, *token_ids]
     if not any(t in masks for t in token_ids):
@@ -466,7 +507,11 @@ def build_blank_context(token_ids: list[int], tokenizer: Any, task_mask: bool = 
 
 @torch.no_grad()
 def fill_blanks(
-    model: GLM, tokenizer: Any, text: str, config: GenerationConfig, task_mask: bool = True,
+    model: GLM,
+    tokenizer: Any,
+    text: str,
+    config: GenerationConfig,
+    task_mask: bool = True,
     generator: torch.Generator | None = None,
 ) -> FilledText:
     """Fill every `[MASK]`/`[sMASK]`/`[gMASK]` of `text`, left to right, each in its own Part-B span.
@@ -480,8 +525,12 @@ def fill_blanks(
     context = build_blank_context(tokenizer.encode(text), tokenizer, task_mask)
     masks = {tokenizer.mask_id, tokenizer.smask_id, tokenizer.gmask_id}
     mask_idx = [i for i, t in enumerate(context) if t in masks]
-    config = config.replace(sop_id=tokenizer.sop_id, eop_id=tokenizer.eop_id, pad_id=tokenizer.pad_id,
-                            extra_stop_ids=tuple(sorted({*config.extra_stop_ids, tokenizer.eos_id})))
+    config = config.replace(
+        sop_id=tokenizer.sop_id,
+        eop_id=tokenizer.eop_id,
+        pad_id=tokenizer.pad_id,
+        extra_stop_ids=tuple(sorted({*config.extra_stop_ids, tokenizer.eos_id})),
+    )
     if config.do_sample and generator is None and config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
     ids = torch.tensor([context], dtype=torch.long, device=device)
@@ -496,7 +545,7 @@ def fill_blanks(
         pos = torch.tensor([[[m] * span.shape[1], list(range(1, span.shape[1] + 1))]], device=device)
         cache = model(span, pos, sep=0, cache=cache, use_cache=True).cache
     pieces, last = [], 1  # drop [CLS]
-    for m, filled in zip(mask_idx, blanks):
+    for m, filled in zip(mask_idx, blanks, strict=True):  # one blank filled per mask
         pieces.append(tokenizer.decode(context[last:m]))
         pieces.append(tokenizer.decode(filled))
         last = m + 1
@@ -504,15 +553,23 @@ def fill_blanks(
     return FilledText(text="".join(pieces), blanks=[tokenizer.decode(b) for b in blanks], blank_ids=blanks)
 
 
-def _fill_one(model: GLM, cache: KVCache, mask_index: int, config: GenerationConfig,
-              generator: torch.Generator | None) -> list[int]:
+def _fill_one(
+    model: GLM, cache: KVCache, mask_index: int, config: GenerationConfig, generator: torch.Generator | None
+) -> list[int]:
     """Decode one blank of a batch-1 context whose keys/values are already in `cache`."""
     device = cache.keys[0].device
     # The context is in the cache; the decoder's "prefill" is then just the [sop] slot (an empty Part A).
     empty = torch.zeros(1, 0, dtype=torch.long, device=device)
     runner = _CachedPrefixModel(model, cache)
-    out = generate(runner, empty, mask_index, config, position_ids=torch.zeros(1, 2, 0, dtype=torch.long,
-                   device=device), sep=0, generator=generator)
+    out = generate(
+        runner,
+        empty,
+        mask_index,
+        config,
+        position_ids=torch.zeros(1, 2, 0, dtype=torch.long, device=device),
+        sep=0,
+        generator=generator,
+    )
     return out.sequences[0]
 
 
@@ -525,9 +582,19 @@ class _CachedPrefixModel:
     def __init__(self, model: GLM, prefix: KVCache) -> None:
         self.model, self.prefix = model, prefix
 
-    def __call__(self, input_ids: Tensor, position_ids: Tensor, sep: Any = None, attention_mask: Any = None,
-                 cache: KVCache | None = None, use_cache: bool = False):
+    def __call__(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        sep: Any = None,
+        attention_mask: Any = None,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+    ):
         if cache is None:
-            cache = self.prefix.reorder(torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device))
-        return self.model(input_ids, position_ids, sep=sep, attention_mask=attention_mask, cache=cache,
-                          use_cache=use_cache)
+            cache = self.prefix.reorder(
+                torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
+            )
+        return self.model(
+            input_ids, position_ids, sep=sep, attention_mask=attention_mask, cache=cache, use_cache=use_cache
+        )

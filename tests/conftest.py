@@ -97,7 +97,7 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 240, env: dict[str, 
 
 def run_dist_script(script: Path, out: Path, *args: str, timeout: int = 300) -> dict:
     """Run a multi-process test script (``tests/scripts/``) in a subprocess, outside pytest (Lightning's DDP
-    launcher re-runs the launching command: stack notes R6), with no rank variables inherited and glm
+    launcher re-runs the launching command: docs/lightning-hydra-notes.md R6), with no rank variables inherited and glm
     imported from this checkout; return the ``result.json`` it writes under ``out``."""
     import json
     import subprocess
@@ -110,7 +110,12 @@ def run_dist_script(script: Path, out: Path, *args: str, timeout: int = 300) -> 
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     r = subprocess.run(
         [sys.executable, str(script), "--out", str(out), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     return json.loads((out / "result.json").read_text())

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from glm.utils.allocator import set_host_allocator
-from glm.run.validation import validate
 from glm.errors import ConfigError
+from glm.run.validation import validate
+from glm.utils.allocator import set_host_allocator
 
 PAGES_PER_BUFFER = 64 * 2**20 // 4096  # 16384 pages of 4 KiB
 

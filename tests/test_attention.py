@@ -12,8 +12,16 @@ V = 97
 
 def model_with(attention: str, seed: int = 0) -> GLM:
     torch.manual_seed(seed)
-    cfg = GLMConfig(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V, max_sequence_length=64,
-                    hidden_dropout=0.0, attention_dropout=0.0, attention=attention)
+    cfg = GLMConfig(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        vocab_size=V,
+        max_sequence_length=64,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        attention=attention,
+    )
     return GLM(cfg).eval()
 
 
@@ -35,8 +43,8 @@ def pack(samples, row_length: int):
     offset = 0
     for index, (s_ids, s_pos, s_sep) in enumerate(samples):
         n = len(s_ids)
-        ids[offset:offset + n], pos[:, offset:offset + n] = s_ids, s_pos  # positions restart per sample
-        seg[offset:offset + n], sep[offset:offset + n] = index, offset + s_sep
+        ids[offset : offset + n], pos[:, offset : offset + n] = s_ids, s_pos  # positions restart per sample
+        seg[offset : offset + n], sep[offset : offset + n] = index, offset + s_sep
         offset += n
     seg[offset:] = len(samples)  # trailing padding is its own segment
     return ids[None], pos[None], sep[None], seg[None]
@@ -46,13 +54,15 @@ def test_packed_mask_never_crosses_samples():
     seg = torch.tensor([[0, 0, 0, 1, 1]])
     sep = torch.tensor([[2, 2, 2, 4, 4]])  # sample 0: Part A = 2 tokens; sample 1: Part A = 1 token
     mask = build_attention_mask(sep, 1, 5, segment_ids=seg)[0, 0].int()
-    expected = torch.tensor([
-        [1, 1, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [0, 0, 0, 1, 0],
-        [0, 0, 0, 1, 1],
-    ])
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [0, 0, 0, 1, 0],
+            [0, 0, 0, 1, 1],
+        ]
+    )
     assert torch.equal(mask, expected)
 
 
@@ -65,7 +75,7 @@ def test_packed_rows_give_per_sample_logits(impl):
     offset = 0
     for s_ids, s_pos, s_sep in samples:
         alone = model(s_ids[None], s_pos[None], sep=s_sep).logits[0]
-        torch.testing.assert_close(packed[offset:offset + len(s_ids)], alone, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(packed[offset : offset + len(s_ids)], alone, rtol=1e-10, atol=1e-10)
         offset += len(s_ids)
 
 

@@ -1,4 +1,4 @@
-"""SuperGLUE cloze data: exact pattern strings on real examples, spec §3(b) layout, §7.1 truncation, errors."""
+"""SuperGLUE cloze data: exact pattern strings on real examples, docs/original-glm.md §3(b) layout, §7.1 truncation, errors."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def test_record_training_candidates(gpt2):
 
 
 def test_record_training_negatives_reshuffled_from_sorted_per_gold(tmp_path):
-    # spec §7.2: per gold answer, [gold] + 9 of the other entities, a random.Random(42) shuffle of the sorted
+    # docs/original-glm.md §7.2: per gold answer, [gold] + 9 of the other entities, a random.Random(42) shuffle of the sorted
     # non-answer list when it is longer than 9. The list is rebuilt sorted for each gold (as the original),
     # so the second gold's shuffle starts from the sorted list again, not from the first gold's order.
     names = ["Al", "Bo", *[f"E{i:02d}" for i in range(11)]]  # entities, sorted; Al and Bo are gold
@@ -231,7 +231,7 @@ def test_layout_single_token_bert(bert):
     np.testing.assert_array_equal(seq["position_ids"][0], list(range(sep)) + [mask_pos])
     np.testing.assert_array_equal(seq["position_ids"][1], [0] * sep + [1])
     assert seq["loss_mask"].sum() == 0
-    assert ids[sep - 1] == bert.eos_id == 0  # BERT's eos is [PAD] (spec §4.1)
+    assert ids[sep - 1] == bert.eos_id == 0  # BERT's eos is [PAD] (docs/original-glm.md §4.1)
     # RTE p0 verbalizers: entailment -> " Yes", not_entailment -> " No"
     assert feat.verbalizer_ids == [bert.encode(" Yes")[0], bert.encode(" No")[0]] == [2748, 2053]
     assert (
@@ -258,7 +258,7 @@ def test_layout_multi_token_copa(bert):
 
 
 def test_spec_worked_example_layout():
-    # spec §3(b): [CLS] a b [M] c [eos] | [sop] y1 y2 ; positions 0..5 | 3 3 3 ; blocks 0.. | 1 2 3 ; sep 6
+    # docs/original-glm.md §3(b): [CLS] a b [M] c [eos] | [sop] y1 y2 ; positions 0..5 | 3 3 3 ; blocks 0.. | 1 2 3 ; sep 6
     CLS, EOS, M, SOP, EOP = 101, 0, 103, 500, 501
     s = build_cloze_sequence(
         [11, 12, M, 13], [21, 22], cls_id=CLS, eos_id=EOS, mask_id=M, sop_id=SOP, eop_id=EOP, pad_id=EOS
@@ -320,7 +320,7 @@ def test_copa_mirroring_and_multirc_and_wsc_splits():
 
 
 def test_wsc_negative_candidates_grouped_by_nine(tmp_path):
-    # spec §7.2 (WSC-negative records): the `candidates` list is deduplicated exactly (first occurrence
+    # docs/original-glm.md §7.2 (WSC-negative records): the `candidates` list is deduplicated exactly (first occurrence
     # kept, nothing else dropped), and in training a list longer than 9 is split into groups of 9, the last
     # group filled from the start of the list; span1 is candidate 0 of every group.
     names = [f"n{i}" for i in range(1, 12)]  # 11 distinct negatives
@@ -346,7 +346,7 @@ def test_wsc_negative_candidates_grouped_by_nine(tmp_path):
 
 
 def test_wsc_pronoun_glued_to_punctuation_is_split_off_and_marked(tmp_path):
-    # spec §7.2: the word at span2_index is wrapped as *word*; the original splits a word that only starts
+    # docs/original-glm.md §7.2: the word at span2_index is wrapped as *word*; the original splits a word that only starts
     # with the pronoun (three training records have 'him,"'), so the marked text reads '*him* ,"'.
     rec = {
         "text": 'They paid for him," he said .',

@@ -1,4 +1,4 @@
-"""Cloze scoring and losses against independent recomputations (spec §7.1)."""
+"""Cloze scoring and losses against independent recomputations (docs/original-glm.md §7.1)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def test_module_single_token_scores_project_only_the_sop_slot(bert, tiny_glm):
     those read from the full logits."""
     from glm.tasks.cloze import ClozeModule
 
-    module = ClozeModule(model={"preset": "glm-tiny", "vocab_size": 30592}, optimizer={}, scheduler={}, task="cb")
+    module = ClozeModule(
+        model={"preset": "glm-tiny", "vocab_size": 30592}, optimizer={}, scheduler={}, task="cb"
+    )
     module.model = tiny_glm
     feats = ClozeDataModule("cb", bert, ROOT, max_eval_examples=4).load_split("val").features
     batch = collate_cloze(feats, bert.eos_id)

@@ -1,6 +1,6 @@
-"""Conversion of original GLM (spec §1.9, §12.1) and HF-port (§12.2) checkpoints, on synthetic files.
+"""Conversion of original GLM (docs/original-glm.md §1.9, §12.1) and HF-port (§12.2) checkpoints, on synthetic files.
 
-The synthetic checkpoints are built here from the spec's key table, and model-parallel shards by the
+The synthetic checkpoints are built here from the original's key table, and model-parallel shards by the
 spec's split rule written independently of `glm.checkpoint` (`shard_by_spec`).
 """
 
@@ -29,12 +29,12 @@ from glm.model import GLM, GLMConfig
 
 L, H, N, V, P = 2, 64, 4, 256, 32
 CONFIG = GLMConfig(num_layers=L, hidden_size=H, num_attention_heads=N, vocab_size=V, max_sequence_length=P)
-# Spec §11 count: L*(12h^2 + 13h) + V*h + 2*(P+1)*h + 2h
+# docs/original-glm.md §11 count: L*(12h^2 + 13h) + V*h + 2*(P+1)*h + 2h
 N_PARAMS = L * (12 * H * H + 13 * H) + V * H + 2 * (P + 1) * H + 2 * H
 
 
 def spec_module(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights with the keys and shapes of spec §12.1 (LayerNorms not 1/0 so mix-ups show)."""
+    """Random weights with the keys and shapes of docs/original-glm.md §12.1 (LayerNorms not 1/0 so mix-ups show)."""
     g = torch.Generator().manual_seed(seed)
     shapes = {
         "word_embeddings.weight": (V, H),
@@ -69,7 +69,7 @@ def spec_module(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def shard_by_spec(sd: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
-    """Spec §1.9, forwards: what rank r of k stores."""
+    """docs/original-glm.md §1.9, forwards: what rank r of k stores."""
     ranks = []
     for r in range(k):
         shard = {}
@@ -184,7 +184,7 @@ def test_round_trip_original_ours_original_is_exact(tmp_path: Path) -> None:
     back1 = torch.load(tmp_path / "back1" / "release" / "mp_rank_00_model_states.pt", weights_only=True)
     assert list(back1) == ["module"]
     assert_same(back1["module"], sd)
-    for r, expected in enumerate(shard_by_spec(sd, 2)):  # re-sharding is the spec's split, exactly
+    for r, expected in enumerate(shard_by_spec(sd, 2)):  # re-sharding is the original's split, exactly
         shard = torch.load(
             tmp_path / "back2" / "iter_7" / f"mp_rank_{r:02d}_model_states.pt", weights_only=True
         )

@@ -2,7 +2,7 @@
 the activation-checkpointing / compile switches (state-dict keys, equal losses).
 
 Every multi-process run is a subprocess (``tests/scripts/dist_train.py``): Lightning's DDP launcher re-runs
-the launching command, which inside pytest would be pytest itself (stack notes R6).
+the launching command, which inside pytest would be pytest itself (docs/lightning-hydra-notes.md R6).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "dist_train.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
-from dist_train import MODEL, N_SAMPLES, make_sample
+from dist_train import MODEL, N_SAMPLES, make_sample  # noqa: E402  (a script beside the tests)
 
 
 def _run(out: Path, *args: str, timeout: int = 300) -> dict:

@@ -4,7 +4,7 @@ half of each split. Odd split sizes (7 XSum pairs, 9 LAMBADA lines, 11 RTE / Mul
 evaluation sampler pad one rank with a repeated example, which must not be counted twice.
 
 The multi-process runs are subprocesses of ``tests/scripts/dist_eval.py`` (Lightning's DDP launcher
-re-runs the launching command, stack notes R6); the 1-process reference runs the same code in this process.
+re-runs the launching command, docs/lightning-hydra-notes.md R6); the 1-process reference runs the same code in this process.
 A glm-tiny trained for a few steps here (so that ROUGE is not 0) is loaded by every module of every run.
 """
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "dist_eval.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
-from dist_eval import N_LAMBADA, N_MULTIRC, N_RTE, N_XSUM, evaluate, train_weights
+from dist_eval import N_LAMBADA, N_MULTIRC, N_RTE, N_XSUM, evaluate, train_weights  # noqa: E402
 
 DATA = [
     "xsum/test.jsonl",

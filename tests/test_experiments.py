@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from glm.errors import ConfigError
 from glm.model import GLMConfig
 from glm.run.validation import validate
-from glm.errors import ConfigError
 
 EXPERIMENTS = sorted(
     p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
@@ -51,7 +51,7 @@ def test_pretrain_tiny_values(compose_cfg) -> None:
     checked = validate(cfg)
     assert checked.model.name == "glm-small" and checked.model.vocab_size == 8064
     assert (checked.model.num_layers, checked.model.hidden_size) == (4, 256)
-    # 4 * (12 h^2 + 13 h) + V h + 2 (P + 1) h + 2 h with h 256, V 8064, P 512 (spec §11 formula)
+    # 4 * (12 h^2 + 13 h) + V h + 2 (P + 1) h + 2 h with h 256, V 8064, P 512 (docs/original-glm.md §11 formula)
     assert (
         checked.model.num_parameters() == 4 * (12 * 256**2 + 13 * 256) + 8064 * 256 + 2 * 513 * 256 + 2 * 256
     )

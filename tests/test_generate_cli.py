@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, need_data, run_cli
 
-TEXTS = ["Alice was beginning to get very [MASK] of sitting by her sister.", "", "The Rabbit ran down the hole"]
+TEXTS = [
+    "Alice was beginning to get very [MASK] of sitting by her sister.",
+    "",
+    "The Rabbit ran down the hole",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +35,20 @@ def test_generate_cli_fills_every_line_like_the_library(export_dir: Path, tmp_pa
     src = tmp_path / "in.txt"
     src.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
     r = subprocess.run(
-        [sys.executable, "-m", "glm.generate", f"ckpt={export_dir}", f"input={src}", "max_new_tokens=6",
-         "min_new_tokens=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "glm.generate",
+            f"ckpt={export_dir}",
+            f"input={src}",
+            "max_new_tokens=6",
+            "min_new_tokens=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout.split("\n")

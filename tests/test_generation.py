@@ -1,9 +1,9 @@
 """Decoding tests: cached vs uncached, beam = greedy at 1 beam, beam = exhaustive search, processors on
 constructed logits, sampling filters, padded batches, blank filling.
 
-References are independent of `glm.generation`: `full_logprobs` re-runs the whole spec §3(c) training
+References are independent of `glm.generation`: `full_logprobs` re-runs the whole docs/original-glm.md §3(c) training
 layout (`context + [sop] + seq[:-1]`, one forward, no cache) in float64, and the exhaustive search
-enumerates every sequence up to length 3 with the spec §9 scores.
+enumerates every sequence up to length 3 with the docs/original-glm.md §9 scores.
 """
 
 from __future__ import annotations
@@ -32,8 +32,15 @@ V, PAD, SOP, EOP = 6, 0, 4, 5
 
 def tiny_model(seed: int = 0, vocab: int = V) -> GLM:
     torch.manual_seed(seed)
-    cfg = GLMConfig(num_layers=2, hidden_size=16, num_attention_heads=2, vocab_size=vocab, max_sequence_length=32,
-                    hidden_dropout=0.0, attention_dropout=0.0)
+    cfg = GLMConfig(
+        num_layers=2,
+        hidden_size=16,
+        num_attention_heads=2,
+        vocab_size=vocab,
+        max_sequence_length=32,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     model = GLM(cfg).double().eval()
     with torch.no_grad():  # a flatter-than-init but non-uniform next-token distribution
         model.word_embeddings.weight.mul_(40.0)
@@ -48,7 +55,7 @@ def cfg(**kw) -> GenerationConfig:
 
 
 def layout(context: list[int], mask_pos: int, seq: list[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Spec §3(c): Part A = context (positions 0..S-1, block 0); Part B = [sop] + seq at (mask_pos, 1..)."""
+    """docs/original-glm.md §3(c): Part A = context (positions 0..S-1, block 0); Part B = [sop] + seq at (mask_pos, 1..)."""
     S = len(context)
     ids = context + [SOP] + seq
     pos = list(range(S)) + [mask_pos] * (len(seq) + 1)
@@ -97,7 +104,9 @@ def test_cached_step_logits_equal_full_forward():
 
     context, seq = CONTEXTS[0], [3, 1, 2, 2]
     dec = _Decoder(model, torch.tensor([2]))
-    step_logits = [dec.prefill(torch.tensor([context]), layout(context, 2, [])[1][:, :, :-1], torch.tensor([5]), SOP)]
+    step_logits = [
+        dec.prefill(torch.tensor([context]), layout(context, 2, [])[1][:, :, :-1], torch.tensor([5]), SOP)
+    ]
     for tok in seq:
         step_logits.append(dec.advance(torch.tensor([tok])))
     full = full_logprobs(model, context, 2, seq)
@@ -116,8 +125,10 @@ def test_one_beam_equals_greedy(length_penalty):
         assert beam.sequences == greedy.sequences
 
 
-def exhaustive(model: GLM, context: list[int], mask_pos: int, max_len: int, lp: float) -> list[tuple[float, list[int]]]:
-    """Every hypothesis reachable in `max_len` steps, scored as spec §9: a sequence closed by eop scores
+def exhaustive(
+    model: GLM, context: list[int], mask_pos: int, max_len: int, lp: float
+) -> list[tuple[float, list[int]]]:
+    """Every hypothesis reachable in `max_len` steps, scored as docs/original-glm.md §9: a sequence closed by eop scores
     `sum_logprob(seq + eop) / max(len(seq), 1) ** lp`; a sequence still open at `max_len` scores
     `sum_logprob(seq) / len(seq) ** lp`."""
     words = [t for t in range(V) if t != EOP]
@@ -130,7 +141,7 @@ def exhaustive(model: GLM, context: list[int], mask_pos: int, max_len: int, lp: 
             if n < max_len:
                 out.append(((body + float(lp_all[n, EOP])) / max(n, 1) ** lp, seq))
             else:
-                out.append((body / n ** lp, seq))
+                out.append((body / n**lp, seq))
     return sorted(out, key=lambda x: -x[0])
 
 
@@ -141,15 +152,23 @@ def test_beam_search_equals_exhaustive_search(length_penalty):
     ref = exhaustive(model, context, mask_pos, max_len, length_penalty)
     assert len(ref) == 1 + 5 + 25 + 125
     # enough beams that nothing is pruned: the kept hypotheses must be exactly the exhaustive ranking
-    out = beam_search(model, torch.tensor([context]), mask_pos,
-                      cfg(max_new_tokens=max_len, num_beams=len(ref), length_penalty=length_penalty))
+    out = beam_search(
+        model,
+        torch.tensor([context]),
+        mask_pos,
+        cfg(max_new_tokens=max_len, num_beams=len(ref), length_penalty=length_penalty),
+    )
     got = out.hypotheses[0]
     assert [s for _, s in got] == [s for _, s in ref]
     assert [sc for sc, _ in got] == pytest.approx([sc for sc, _ in ref], abs=1e-9)
     assert out.sequences[0] == ref[0][1]
     # a small beam on the same model: its answer is a real hypothesis with its exact exhaustive score
-    small = beam_search(model, torch.tensor([context]), mask_pos,
-                        cfg(max_new_tokens=max_len, num_beams=3, length_penalty=length_penalty))
+    small = beam_search(
+        model,
+        torch.tensor([context]),
+        mask_pos,
+        cfg(max_new_tokens=max_len, num_beams=3, length_penalty=length_penalty),
+    )
     by_seq = {tuple(s): sc for sc, s in ref}
     assert small.scores[0] == pytest.approx(by_seq[tuple(small.sequences[0])], abs=1e-9)
 
@@ -219,9 +238,17 @@ def test_no_repeat_ngram_and_min_length_on_constructed_logits():
     c = GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=7, no_repeat_ngram_size=2)
     # hand trace: 3, 3 (no bigram yet), then (3,3) is banned -> 2, then 3, then (3,3),(3,2) banned -> 1,
     # then 3; now (3,3),(3,2),(3,1) are all banned after a 3, so eop (the next preference) ends it
-    assert greedy_or_sample(model, torch.zeros(1, 2, dtype=torch.long), 1, c).sequences[0] == [3, 3, 2, 3, 1, 3]
-    assert beam_search(model, torch.zeros(1, 2, dtype=torch.long), 1, c.replace(num_beams=1)).sequences[0] == \
-        [3, 3, 2, 3, 1, 3]
+    assert greedy_or_sample(model, torch.zeros(1, 2, dtype=torch.long), 1, c).sequences[0] == [
+        3,
+        3,
+        2,
+        3,
+        1,
+        3,
+    ]
+    assert beam_search(model, torch.zeros(1, 2, dtype=torch.long), 1, c.replace(num_beams=1)).sequences[
+        0
+    ] == [3, 3, 2, 3, 1, 3]
     # eop is preferred at every step: without min length nothing is generated, with it exactly min tokens
     eop_first = torch.tensor([-9.0, 1.0, 2.0, 3.0, -9.0, 9.0, -9.0, -9.0])
     model = Scripted(lambda step: eop_first)
@@ -236,10 +263,16 @@ def test_no_repeat_ngram_and_min_length_on_constructed_logits():
 def test_beam_early_stop_rule_on_constructed_logits():
     # eop dominates: step 0 closes [] (beam 0), step 1 closes two one-token hypotheses -> 2 kept and the best
     # live beam cannot beat the worst -> done after 2 model calls (prefill + one step) out of 20 allowed.
-    row = torch.log_softmax(torch.tensor([-9.0, 1.0, 2.0, 3.0, -9.0, 6.0, -9.0, -9.0], dtype=torch.float64), -1)
+    row = torch.log_softmax(
+        torch.tensor([-9.0, 1.0, 2.0, 3.0, -9.0, 6.0, -9.0, -9.0], dtype=torch.float64), -1
+    )
     model = Scripted(lambda step: row)
-    out = beam_search(model, torch.zeros(1, 2, dtype=torch.long), 1,
-                      GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=20, num_beams=2))
+    out = beam_search(
+        model,
+        torch.zeros(1, 2, dtype=torch.long),
+        1,
+        GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=20, num_beams=2),
+    )
     assert model.calls == 2
     assert out.sequences[0] == []
     assert out.scores[0] == pytest.approx(float(row[5]))
@@ -262,9 +295,12 @@ def test_beam_done_check_uses_the_best_candidate_eop_included():
         return torch.log(torch.tensor([p.get(t, 0.0) for t in range(8)], dtype=torch.float64))
 
     model = Scripted(probs)
-    out = beam_search(model, torch.zeros(1, 2, dtype=torch.long), 1,
-                      GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=20, num_beams=2,
-                                       length_penalty=1.0))
+    out = beam_search(
+        model,
+        torch.zeros(1, 2, dtype=torch.long),
+        1,
+        GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=20, num_beams=2, length_penalty=1.0),
+    )
     assert out.sequences[0] == [3, 3]
     assert out.scores[0] == pytest.approx((math.log(0.6) + math.log(0.35) + math.log(0.9)) / 2)
     assert [s for _, s in out.hypotheses[0]] == [[3, 3], [3]]
@@ -285,8 +321,9 @@ def test_sampling_is_seeded_and_matches_tempered_distribution():
     logits = torch.tensor([-9.0, 1.0, 2.0, 0.0, -30.0, -30.0, -30.0, -30.0])
     model = Scripted(lambda step: logits)
     n = 4000
-    c = GenerationConfig(sop_id=4, eop_id=5, pad_id=0, max_new_tokens=1, do_sample=True, temperature=2.0,
-                         top_k=3, seed=123)
+    c = GenerationConfig(
+        sop_id=4, eop_id=5, pad_id=0, max_new_tokens=1, do_sample=True, temperature=2.0, top_k=3, seed=123
+    )
     ctx = torch.zeros(n, 1, dtype=torch.long)
     first = [s[0] for s in generate(model, ctx, 0, c).sequences]
     assert first == [s[0] for s in generate(model, ctx, 0, c).sequences]  # same seed, same samples
@@ -336,7 +373,9 @@ def test_fill_blanks_left_to_right_equals_uncached_reference():
         seq: list[int] = []
         for step in range(4):
             with torch.no_grad():
-                logits = model(torch.tensor([ids]), torch.tensor([[pos, blk]]), sep=len(context)).logits[0, -1]
+                logits = model(torch.tensor([ids]), torch.tensor([[pos, blk]]), sep=len(context)).logits[
+                    0, -1
+                ]
             t = int(logits.argmax())
             if t in (tok.eop_id, tok.eos_id):
                 break
@@ -380,7 +419,12 @@ def test_may_stop_keeps_stepping_without_changing_the_results(num_beams):
     assert early.calls < 8  # the batch finished before max_new_tokens ...
     asked: list[bool] = []
     lockstep = _EndsAfter(tiny_model(5, vocab=11), after=3)
-    out = generate(lockstep, torch.tensor(CONTEXTS), torch.tensor([1, 2, 3]), c,
-                   may_stop=lambda finished: asked.append(finished) or False)
+    out = generate(
+        lockstep,
+        torch.tensor(CONTEXTS),
+        torch.tensor([1, 2, 3]),
+        c,
+        may_stop=lambda finished: asked.append(finished) or False,
+    )
     assert lockstep.calls == 8 and asked[-1] is True  # ... and kept stepping: prefill + 7 advances
     assert out.sequences == ref.sequences and out.scores == ref.scores

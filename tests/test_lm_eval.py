@@ -1,4 +1,4 @@
-"""LM evaluation: LAMBADA layouts (bi/uni) and perplexity windows by hand (spec §10), the perplexity
+"""LM evaluation: LAMBADA layouts (bi/uni) and perplexity windows by hand (docs/original-glm.md §10), the perplexity
 arithmetic, and the experiments on slices of the shared files (once the pipeline exists)."""
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ def test_lambada_unidirectional_layout_by_hand():
     assert s.sep == 4
 
 
-@pytest.mark.parametrize("n,seq,o,expected", [(10, 5, 2, 4), (11, 5, 2, 5), (4, 5, 2, 1), (3, 5, 2, 1),
-                                              (1000, 512, 256, 3), (1024, 1025, 256, 1)])
+@pytest.mark.parametrize(
+    "n,seq,o,expected",
+    [(10, 5, 2, 4), (11, 5, 2, 5), (4, 5, 2, 1), (3, 5, 2, 1), (1000, 512, 256, 3), (1024, 1025, 256, 1)],
+)
 def test_window_count(n, seq, o, expected):
     assert num_windows(n, seq - 1, o) == expected
 
@@ -69,7 +71,7 @@ def test_perplexity_windows_score_every_token_but_the_first_once(n, unidirection
     tokens = list(range(100, 100 + n))
     wins = perplexity_windows(tokens, Ids, seq_length=5, overlap=2, unidirectional=unidirectional)
     assert len(wins) == num_windows(n, 4, 2)
-    scored = [int(t) for w in wins for t, m in zip(w.targets, w.loss_mask) if m]
+    scored = [int(t) for w in wins for t, m in zip(w.targets, w.loss_mask, strict=True) if m]
     assert scored == tokens[1:]
     assert all(len(w) <= 5 + 1 for w in wins)
 
@@ -138,13 +140,22 @@ def test_score_samples_against_hand_values():
 
     from glm.tasks.lm_eval import score_samples
 
-    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]],
-                                     [[0.2, 0.5, 0.3], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]], dtype=torch.float64))
+    logits = torch.log(
+        torch.tensor(
+            [
+                [[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.3, 0.3, 0.4]],
+                [[0.2, 0.5, 0.3], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]],
+            ],
+            dtype=torch.float64,
+        )
+    )
     targets = torch.tensor([[0, 1, 2], [1, 2, 2]])
     mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     ce, count, correct = score_samples(logits, targets, mask)
-    torch.testing.assert_close(ce, torch.tensor([-math.log(0.6) - math.log(0.4), -math.log(0.5) - math.log(0.25)],
-                                                dtype=torch.float64))
+    torch.testing.assert_close(
+        ce,
+        torch.tensor([-math.log(0.6) - math.log(0.4), -math.log(0.5) - math.log(0.25)], dtype=torch.float64),
+    )
     assert count.tolist() == [2, 2]
     assert correct.tolist() == [True, False]  # row 1 slot 1: argmax 0 != target 2
 
@@ -163,15 +174,17 @@ def test_lm_eval_module_has_no_optimizer_and_refuses_fit():
 
 
 def test_seq2seq_configs_use_canonical_scheduler_keys(compose_cfg):
+    from conftest import CONF
     from omegaconf import OmegaConf
 
-    from conftest import CONF
     from glm.tasks.optim import SCHEDULER_KEYS, normalize_scheduler
 
     for name in ("xsum", "cnn_dm", "gigaword"):  # the composed values (the experiments share a base)
         sch = OmegaConf.to_container(compose_cfg(name, ["logger=none"]).task.scheduler, resolve=True)
         assert set(sch) <= set(SCHEDULER_KEYS), name  # no alias (warmup/decay) spellings
-        assert normalize_scheduler(dict(sch)) == normalize_scheduler({"warmup_ratio": 0.06, "decay_style": "linear"})
+        assert normalize_scheduler(dict(sch)) == normalize_scheduler(
+            {"warmup_ratio": 0.06, "decay_style": "linear"}
+        )
     assert set(OmegaConf.load(CONF / "task" / "seq2seq.yaml").scheduler) <= set(SCHEDULER_KEYS)
     assert "optimizer" not in OmegaConf.load(CONF / "task" / "lm_eval.yaml")
 
@@ -209,8 +222,9 @@ def test_wikitext_perplexity_experiment_on_the_real_file(compose_cfg, tmp_path):
 
     path = need_shared_data("wikitext-2/wiki.test.tokens", "WikiText-2 test")
     need_shared_data("tokenizers/bert-base-uncased/vocab.txt", "BERT vocabulary")
-    m = _run_experiment(compose_cfg, tmp_path, "wikitext_ppl",
-                        ["data.max_lines=12", "data.seq_length=128", "data.overlap=32"])
+    m = _run_experiment(
+        compose_cfg, tmp_path, "wikitext_ppl", ["data.max_lines=12", "data.seq_length=128", "data.overlap=32"]
+    )
     # the token count of the slice, recomputed from the file; every token but the first is scored once
     from glm.tokenizer import load_tokenizer
 
@@ -229,9 +243,13 @@ def test_position_ids_beyond_the_model_are_refused_naming_the_key(compose_cfg, t
     from glm.run.pipeline import run
 
     need_shared_data("wikitext-2/wiki.test.tokens", "WikiText-2 test")
-    cfg = compose_cfg("wikitext_ppl", ["model=glm_tiny", "logger=none", "callbacks.progress=null", "data.max_lines=30"])
-    # seq_length 1024 (spec §10.2, zero_wikitext.sh) does not fit glm-tiny's 512 positions
-    with pytest.raises(ValueError, match=r"data.seq_length: .*position ids up to 1022.*max_sequence_length=512"):
+    cfg = compose_cfg(
+        "wikitext_ppl", ["model=glm_tiny", "logger=none", "callbacks.progress=null", "data.max_lines=30"]
+    )
+    # seq_length 1024 (docs/original-glm.md §10.2, zero_wikitext.sh) does not fit glm-tiny's 512 positions
+    with pytest.raises(
+        ValueError, match=r"data.seq_length: .*position ids up to 1022.*max_sequence_length=512"
+    ):
         run(cfg)
 
 
@@ -272,7 +290,9 @@ def test_lm_eval_bad_input_named_and_truncation_counted(tmp_path):
     with pytest.raises(DataFormatError, match=r"doc.txt:2: not valid UTF-8"):
         LMEvalDataModule(str(t), WordIds(), kind="perplexity", seq_length=8, overlap=2).setup("test")
     t.write_text("word\n")
-    with pytest.raises(DataFormatError, match=r"doc.txt: perplexity needs a document of at least 2 tokens, got 1"):
+    with pytest.raises(
+        DataFormatError, match=r"doc.txt: perplexity needs a document of at least 2 tokens, got 1"
+    ):
         LMEvalDataModule(str(t), WordIds(), kind="perplexity", seq_length=8, overlap=2).setup("test")
 
 
@@ -295,9 +315,17 @@ def test_lambada_on_a_pretraining_export_takes_its_architecture_and_tokenizer(co
     shutil.rmtree(tmp_path / "run")
     exported = yaml.safe_load((export / "model_config.yaml").read_text())
 
-    cfg = compose_cfg("lambada_zeroshot", ["model=glm_base", "logger=none", "callbacks.progress=null",
-                                           f"task.pretrained={export}",
-                                           "data.max_samples=6", "data.micro_batch_size=6"])
+    cfg = compose_cfg(
+        "lambada_zeroshot",
+        [
+            "model=glm_base",
+            "logger=none",
+            "callbacks.progress=null",
+            f"task.pretrained={export}",
+            "data.max_samples=6",
+            "data.micro_batch_size=6",
+        ],
+    )
     assert cfg.model.preset == "glm-base" and cfg.data.tokenizer.kind == "bert"  # what the config alone says
     m = run(cfg)
     assert m["test/num_samples"] == 6

@@ -1,4 +1,4 @@
-"""Tests for glm/data/masking.py: exact layouts (spec §3(a), §5.5), invariants per mode, statistics on real
+"""Tests for glm/data/masking.py: exact layouts (docs/original-glm.md §3(a), §5.5), invariants per mode, statistics on real
 text, determinism per (seed, epoch, index), config checks and collation."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from glm.data.masking import (
     MaskedSample,
     MaskingConfig,
     SpecialIds,
-    _allocate,  # the spec §5.3 placement, checked on a hand case
+    _allocate,  # the docs/original-glm.md §5.3 placement, checked on a hand case
     build_sentence_end,
     collate_masked,
     layout_spans,
@@ -83,7 +83,7 @@ class WordTokenizer:
 
 
 def pack(paragraphs: list[np.ndarray], first: int, seq: int = SEQ) -> np.ndarray:
-    """Spec §5.1 framing: ``[CLS] doc [eos]`` segments from paragraph ``first`` on, the last one cut."""
+    """docs/original-glm.md §5.1 framing: ``[CLS] doc [eos]`` segments from paragraph ``first`` on, the last one cut."""
     out: list[int] = []
     p = first
     while seq - len(out) >= 3:
@@ -122,7 +122,7 @@ def real_samples(paragraphs, count: int, seq: int = SEQ) -> list[np.ndarray]:
 
 
 def check_span_layout(tokens: np.ndarray, s: MaskedSample, mask_id: int, block_positions: bool = True):
-    """Assert every spec §3(a) invariant; return the masked spans as (start, end) in text order."""
+    """Assert every docs/original-glm.md §3(a) invariant; return the masked spans as (start, end) in text order."""
     n_out = len(s)
     assert s.input_ids.shape == s.targets.shape == s.loss_mask.shape == (n_out,)
     assert s.position_ids.shape == (2, n_out)
@@ -197,7 +197,7 @@ def check_suffix(tokens: np.ndarray, s: MaskedSample, mask_id: int, loss_mask: n
 
 
 def test_spec_worked_example_exactly():
-    # spec §3(a): [CLS] x1..x8 [eos], spans x2 x3 and x6, Part B = second span first.
+    # docs/original-glm.md §3(a): [CLS] x1..x8 [eos], spans x2 x3 and x6, Part B = second span first.
     x = {i: 100 + i for i in range(1, 9)}
     tokens = np.array([CLS, *x.values(), EOS])
     s = layout_spans(tokens, [(2, 4), (6, 7)], [1, 0], mask_id=MASK, sop_id=SOP, eop_id=EOP)
@@ -208,7 +208,7 @@ def test_spec_worked_example_exactly():
     np.testing.assert_array_equal(s.position_ids[1], [0] * 9 + [1, 2, 1, 2, 3])
     np.testing.assert_array_equal(s.loss_mask, [0] * 9 + [1] * 5)
     assert s.sep == 9 and s.mode == "token"
-    # --no-block-position: every Part-B token gets block id 1 (spec §1.1); nothing else changes.
+    # --no-block-position: every Part-B token gets block id 1 (docs/original-glm.md §1.1); nothing else changes.
     flat = layout_spans(
         tokens, [(2, 4), (6, 7)], [1, 0], mask_id=MASK, sop_id=SOP, eop_id=EOP, block_position_encoding=False
     )
@@ -230,7 +230,7 @@ def test_layout_rejects_bad_spans():
 
 
 def test_suffix_layout_hand_example():
-    # spec §5.5 with S = 3, G = 3: [CLS] a b [gMASK] | [sop] c d, targets ... [gMASK] c d e, sep = S + 1.
+    # docs/original-glm.md §5.5 with S = 3, G = 3: [CLS] a b [gMASK] | [sop] c d, targets ... [gMASK] c d e, sep = S + 1.
     a, b, c, d, e = 11, 12, 13, 14, 15
     tokens = np.array([CLS, a, b, c, d, e])
     s = layout_suffix(tokens, 3, mask_id=GMASK, sop_id=SOP, cls_id=CLS)
@@ -247,7 +247,7 @@ def test_suffix_layout_hand_example():
 
 
 def test_offset_formula_hand_example_and_exhaustive():
-    # spec §5.3: start_j = s0 + offset_j + l_1 + ... + l_{j-1} + (j - 1)
+    # docs/original-glm.md §5.3: start_j = s0 + offset_j + l_1 + ... + l_{j-1} + (j - 1)
     np.testing.assert_array_equal(place_spans([2, 3], 1, [0, 0]), [[1, 3], [4, 7]])
     # 5+1=6; 5+2+2+1=10; 5+4+(2+1)+2=14
     np.testing.assert_array_equal(place_spans([2, 1, 1], 5, [1, 2, 4]), [[6, 8], [10, 11], [14, 15]])
@@ -268,7 +268,7 @@ def test_offset_formula_hand_example_and_exhaustive():
 
 
 def test_span_length_pmf_by_hand():
-    # spec §5.3: Poisson(3) restricted to 1 .. max_block_length - 1 and renormalised.
+    # docs/original-glm.md §5.3: Poisson(3) restricted to 1 .. max_block_length - 1 and renormalised.
     # Cap 4 (lengths 1..3): weights 3^k / k! = 3, 4.5, 4.5 -> / 12.
     np.testing.assert_allclose(span_length_pmf(3.0, 4), [0.25, 0.375, 0.375], rtol=1e-12)
     # Default cap 40: 39 lengths; the mass above 39 is ~1e-29, so P(1) = 3 / (e^3 - 1).
@@ -279,7 +279,7 @@ def test_span_length_pmf_by_hand():
 
 
 def test_lengths_drawn_until_the_budget_is_reached():
-    # spec §5.3: draw until the sum reaches the budget; only the last draw may overshoot.
+    # docs/original-glm.md §5.3: draw until the sum reaches the budget; only the last draw may overshoot.
     masker = GLMMasker(MaskingConfig.from_name("span"), IDS, np.zeros(300, bool))
     for i in range(300):
         lengths = masker._draw_lengths(76, sample_rng(9, 0, i), single=False)
@@ -287,7 +287,7 @@ def test_lengths_drawn_until_the_budget_is_reached():
 
 
 def test_allocation_hand_case_shortest_first_and_offset_range():
-    # Two documents (spec §5.3): A = 7 maskable tokens at 1..7, B = 20 at 10..29. Lengths in list order
+    # Two documents (docs/original-glm.md §5.3): A = 7 maskable tokens at 1..7, B = 20 at 10..29. Lengths in list order
     # [1, 2, 3]. A (shorter) first: budget int(0.15 * 7) = 1 -> takes [1]; 1 + 2 > 1 stops it. B (longest)
     # takes the rest while m + k - 1 <= 20: [2, 3]. Offsets: A from {0..7-1-1+1} = {0..6};
     # B: two sorted draws from {0..20-5-2+1} = {0..14}, span 1 at 10 + o1, span 2 at 10 + o2 + 2 + 1.
@@ -419,7 +419,7 @@ def test_token_mode_edge_cases():
 
 
 def test_many_short_documents_use_the_spread_fallback():
-    # 20 documents of 12 maskable tokens (at most int(0.15 * 12) = 1 masked token each under the spec
+    # 20 documents of 12 maskable tokens (at most int(0.15 * 12) = 1 masked token each under the original
     # rule) and one of 14: the ~44 masked tokens cannot go to the longest, so they are spread.
     docs = [[CLS, *range(20 + 12 * j, 32 + 12 * j), EOS] for j in range(20)]
     tokens = np.array([t for doc in docs for t in doc] + [CLS, *range(270, 284), EOS])
@@ -454,7 +454,7 @@ def test_dblock_replacement_rate():
         total += int((b_in != SOP).sum())
     # ~24k Bernoulli(0.1) trials: sd 0.0019, bound at about 4 sd.
     assert abs(hits / total - 0.1) < 0.008
-    # Only token mode replaces Part-B inputs (spec §5.3).
+    # Only token mode replaces Part-B inputs (docs/original-glm.md §5.3).
     doc = GLMMasker(MaskingConfig.from_name("document", block_mask_prob=0.5), IDS, np.zeros(300, bool))
     assert all(
         DBLOCK not in doc(np.r_[CLS, gen.integers(15, 300, 100), EOS], sample_rng(1, 0, i)).input_ids
@@ -664,7 +664,7 @@ def test_split_short_pieces_are_sentence_aligned(corpus):
 
 
 def test_presets_match_spec_table():
-    rows = {  # spec §5.7: bert, gap, gpt_min_ratio, task mask, block_mask, short_seq, single_span
+    rows = {  # docs/original-glm.md §5.7: bert, gap, gpt_min_ratio, task mask, block_mask, short_seq, single_span
         "glm-base": (1.0, 0.0, False, 0.0, 0.0, 0.0),
         "glm-large": (1.0, 0.0, False, 0.0, 0.0, 0.0),
         "glm-roberta": (1.0, 0.0, True, 0.0, 0.0, 0.0),

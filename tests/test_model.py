@@ -1,6 +1,6 @@
 """Backbone tests: the sep mask, kernels, float64 recomputation, KV cache, GLM-130B switches.
 
-`reference_forward` re-implements the original GLM forward pass (spec §1-§2) independently of
+`reference_forward` re-implements the original GLM forward pass (docs/original-glm.md §1-§2) independently of
 `glm.model`: explicit mask matrix built the original way, K pre-scaled, the -65504 fill arithmetic
 `S*m - 65504*(1-m)`, the tanh GELU written out as in `gelu_impl`, and the original's memory
 ("mems" = layer inputs, re-projected every step) for incremental decoding.
@@ -20,8 +20,15 @@ V = 97
 
 
 def tiny(**overrides) -> GLMConfig:
-    base = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V, max_sequence_length=64,
-                hidden_dropout=0.0, attention_dropout=0.0)
+    base = dict(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        vocab_size=V,
+        max_sequence_length=64,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     return GLMConfig(**{**base, **overrides})
 
 
@@ -79,16 +86,18 @@ def reference_forward(sd, cfg, ids, pos, sep, mems=None, matrix=None):
     m = (original_mask(sep, B, L, M) if matrix is None else matrix).to(x.dtype)
     new_mems = [x]
     for i in range(cfg.num_layers):
-        p = lambda k: sd[f"transformer.layers.{i}.{k}"]  # noqa: E731
+        p = lambda k, i=i: sd[f"transformer.layers.{i}.{k}"]  # noqa: E731
         ln = layer_norm(x, p("input_layernorm.weight"), p("input_layernorm.bias"))
         qkv = ln @ p("attention.query_key_value.weight").T + p("attention.query_key_value.bias")
         q = qkv[..., :h]
         if mems:
             mem_ln = layer_norm(mems[i], p("input_layernorm.weight"), p("input_layernorm.bias"))
-            kv = torch.cat([mem_ln, ln], 1) @ p("attention.query_key_value.weight").T + p("attention.query_key_value.bias")
-            k, v = kv[..., h:2 * h], kv[..., 2 * h:]
+            kv = torch.cat([mem_ln, ln], 1) @ p("attention.query_key_value.weight").T + p(
+                "attention.query_key_value.bias"
+            )
+            k, v = kv[..., h : 2 * h], kv[..., 2 * h :]
         else:
-            k, v = qkv[..., h:2 * h], qkv[..., 2 * h:]
+            k, v = qkv[..., h : 2 * h], qkv[..., 2 * h :]
         heads = lambda t: t.view(B, -1, n, d).permute(0, 2, 1, 3)  # noqa: E731
         q, k, v = heads(q), heads(k), heads(v)
         s = q @ (k.transpose(-1, -2) / math.sqrt(d))
@@ -103,12 +112,12 @@ def reference_forward(sd, cfg, ids, pos, sep, mems=None, matrix=None):
     out = layer_norm(x, sd["transformer.final_layernorm.weight"], sd["transformer.final_layernorm.bias"])
     logits = out @ sd["word_embeddings.weight"].T
     if mems:
-        new_mems = [torch.cat([old, new], 1) for old, new in zip(mems, new_mems)]
+        new_mems = [torch.cat([old, new], 1) for old, new in zip(mems, new_mems, strict=True)]
     return logits, new_mems
 
 
 # --------------------------------------------------------------------------------------------------
-# Mask semantics (spec §2)
+# Mask semantics (docs/original-glm.md §2)
 # --------------------------------------------------------------------------------------------------
 def test_sep_zero_is_causal_and_sep_L_is_bidirectional():
     L = 5
@@ -120,13 +129,16 @@ def test_sep_zero_is_causal_and_sep_L_is_bidirectional():
 
 def test_sep_mask_hand_built_case():
     # sep = 3, L = 5: Part A (0..2) sees only Part A; Part B token 3 sees 0..3, token 4 sees 0..4.
-    expected = torch.tensor([
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 1, 1, 0],
-        [1, 1, 1, 1, 1],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
     mask = build_attention_mask(torch.tensor([3, 0]), 2, 5, memory_length=2)
     assert mask.shape == (2, 1, 5, 7)
     assert bool(mask[:, :, :, :2].all())  # memory columns always visible
@@ -157,22 +169,23 @@ def test_sep_forms_agree():
 
 
 def test_original_calling_convention_dispatches_sep_and_matrix():
-    """The original's third argument is a sep (one element or [B]) or an explicit matrix (spec §2)."""
+    """The original's third argument is a sep (one element or [B]) or an explicit matrix (docs/original-glm.md §2)."""
     model = make_model().double()
     ids, pos, sep = glm_inputs()
     expected = model(ids, pos, sep=sep).logits
     matrix = original_mask(sep, *ids.shape, 0).double()
     torch.testing.assert_close(model(ids, pos, attention_mask=sep).logits, expected, rtol=0, atol=0)
     torch.testing.assert_close(model(ids, pos, matrix).logits, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(model(ids, pos, attention_mask=torch.tensor(5)).logits,
-                               model(ids, pos, sep=5).logits, rtol=0, atol=0)
+    torch.testing.assert_close(
+        model(ids, pos, attention_mask=torch.tensor(5)).logits, model(ids, pos, sep=5).logits, rtol=0, atol=0
+    )
     with pytest.raises(ValueError, match=r"attention_mask must be .* got shape \(3, 12, 12\)"):
         model(ids, pos, attention_mask=matrix[:, 0])
 
 
 def test_query_row_with_no_visible_key_gets_uniform_weights_as_the_original():
     """An all-zero row of an explicit matrix: every score is the -65504 fill, so the original averages
-    all values there (spec §1.3); SDPA alone would return zeros."""
+    all values there (docs/original-glm.md §1.3); SDPA alone would return zeros."""
     model = make_model(attention="sdpa").double()
     ids, pos, sep = glm_inputs()
     matrix = original_mask(sep, *ids.shape, 0).double()
@@ -183,7 +196,7 @@ def test_query_row_with_no_visible_key_gets_uniform_weights_as_the_original():
 
 
 def test_key_padding_mask_is_broadcast_over_queries():
-    """A `[B, L]` mask is the Hugging Face port's key padding mask (spec §12.3): bidirectional over the
+    """A `[B, L]` mask is the Hugging Face port's key padding mask (docs/original-glm.md §12.3): bidirectional over the
     keys it marks."""
     model = make_model().double()
     ids, pos, _ = glm_inputs()
@@ -230,7 +243,7 @@ def test_eager_equals_sdpa_with_gradients():
 
 def test_original_state_dict_loads_and_gives_reference_logits():
     source = make_model(seed=3)
-    original = {k: v.clone() for k, v in source.state_dict().items()}  # spec §12.1 key layout
+    original = {k: v.clone() for k, v in source.state_dict().items()}  # docs/original-glm.md §12.1 key layout
     model = GLM(tiny()).eval()
     model.load_original_state_dict(original)
     ids, pos, sep = glm_inputs()
@@ -246,11 +259,21 @@ def test_state_dict_keys_are_the_original_layout():
     cfg = tiny(num_layers=1)
     keys = set(GLM(cfg).state_dict())
     h = cfg.hidden_size
-    expected = {"word_embeddings.weight", "transformer.position_embeddings.weight",
-                "transformer.block_position_embeddings.weight", "transformer.final_layernorm.weight",
-                "transformer.final_layernorm.bias"}
-    for part in ("input_layernorm", "attention.query_key_value", "attention.dense", "post_attention_layernorm",
-                 "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"):
+    expected = {
+        "word_embeddings.weight",
+        "transformer.position_embeddings.weight",
+        "transformer.block_position_embeddings.weight",
+        "transformer.final_layernorm.weight",
+        "transformer.final_layernorm.bias",
+    }
+    for part in (
+        "input_layernorm",
+        "attention.query_key_value",
+        "attention.dense",
+        "post_attention_layernorm",
+        "mlp.dense_h_to_4h",
+        "mlp.dense_4h_to_h",
+    ):
         expected |= {f"transformer.layers.0.{part}.weight", f"transformer.layers.0.{part}.bias"}
     assert keys == expected
     sd = GLM(cfg).state_dict()
@@ -261,7 +284,9 @@ def test_state_dict_keys_are_the_original_layout():
 
 def test_initialisation_follows_spec():
     torch.manual_seed(0)
-    cfg = GLMConfig(num_layers=8, hidden_size=256, num_attention_heads=4, vocab_size=2048, max_sequence_length=256)
+    cfg = GLMConfig(
+        num_layers=8, hidden_size=256, num_attention_heads=4, vocab_size=2048, max_sequence_length=256
+    )
     model = GLM(cfg)
     sd = model.state_dict()
     assert abs(sd["word_embeddings.weight"].std().item() - 0.02) < 1e-3
@@ -291,9 +316,13 @@ def test_logits_index_gathers_rows_of_the_full_logits_and_gradients():
     torch.testing.assert_close(part, full[torch.arange(3)[:, None], index], rtol=0, atol=1e-12)
     # the same loss through either path gives the same parameter gradients
     target = torch.randint(0, V, (3, 3), generator=torch.Generator().manual_seed(2))
-    g_part = torch.autograd.grad(F.cross_entropy(part.flatten(0, 1), target.flatten()), model.word_embeddings.weight)
+    g_part = torch.autograd.grad(
+        F.cross_entropy(part.flatten(0, 1), target.flatten()), model.word_embeddings.weight
+    )
     full = model(ids, pos, sep=sep).logits[torch.arange(3)[:, None], index]
-    g_full = torch.autograd.grad(F.cross_entropy(full.flatten(0, 1), target.flatten()), model.word_embeddings.weight)
+    g_full = torch.autograd.grad(
+        F.cross_entropy(full.flatten(0, 1), target.flatten()), model.word_embeddings.weight
+    )
     torch.testing.assert_close(g_part[0], g_full[0], rtol=0, atol=1e-12)
 
 
@@ -310,17 +339,21 @@ def test_kv_cache_decoding_equals_full_forward(impl):
     steps = [out.logits]
     cache = out.cache
     for t in range(part_a, ids.shape[1]):
-        out = model(ids[:, t:t + 1], pos[:, :, t:t + 1], sep=0, cache=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], pos[:, :, t : t + 1], sep=0, cache=cache, use_cache=True)
         cache = out.cache
         steps.append(out.logits)
     assert cache.length == ids.shape[1]
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-10, atol=1e-10)
     # and the original's memory mechanism gives the same logits step by step
     sd = model.state_dict()
-    ref_logits, mems = reference_forward(sd, model.config, ids[:, :part_a], pos[:, :, :part_a], torch.tensor([part_a] * 2))
+    ref_logits, mems = reference_forward(
+        sd, model.config, ids[:, :part_a], pos[:, :, :part_a], torch.tensor([part_a] * 2)
+    )
     ref_steps = [ref_logits]
     for t in range(part_a, ids.shape[1]):
-        logits, mems = reference_forward(sd, model.config, ids[:, t:t + 1], pos[:, :, t:t + 1], torch.zeros(2, dtype=torch.long), mems)
+        logits, mems = reference_forward(
+            sd, model.config, ids[:, t : t + 1], pos[:, :, t : t + 1], torch.zeros(2, dtype=torch.long), mems
+        )
         ref_steps.append(logits)
     torch.testing.assert_close(torch.cat(ref_steps, 1), full, rtol=1e-10, atol=1e-10)
 
@@ -354,7 +387,9 @@ def test_switch_changes_output_and_trains(name):
     ids, pos, sep = glm_inputs(batch=4, length=16)
     base = make_model(seed=5)
     switched = make_model(seed=5, **SWITCHES[name])
-    if name == "erf_gelu":  # same weights, different function; GELU inputs of order 1 where tanh and erf differ
+    if (
+        name == "erf_gelu"
+    ):  # same weights, different function; GELU inputs of order 1 where tanh and erf differ
         switched.load_state_dict(base.state_dict())
         with torch.no_grad():
             for model in (base, switched):
@@ -392,8 +427,8 @@ def test_rotary_uses_both_position_rows_and_cache():
 
 def test_deepnorm_values_follow_deepnet_rule():
     cfg = tiny(layernorm_order="deepnorm", num_layers=6)
-    assert math.isclose(cfg.deepnorm_alpha, 12 ** 0.25)
-    assert math.isclose(cfg.deepnorm_beta, 48 ** -0.25)
+    assert math.isclose(cfg.deepnorm_alpha, 12**0.25)
+    assert math.isclose(cfg.deepnorm_beta, 48**-0.25)
 
 
 def test_geglu_shapes():
@@ -441,12 +476,19 @@ def test_config_validation_messages():
 
 
 def test_presets_match_spec_parameter_counts():
-    expected_millions = {"glm-base": 109.3, "glm-large": 334.7, "glm-roberta-large": 354.9, "glm-410m": 410.3,
-                         "glm-515m": 514.6, "glm-2b": 1920.1, "glm-10b": 9880.7}
+    expected_millions = {
+        "glm-base": 109.3,
+        "glm-large": 334.7,
+        "glm-roberta-large": 354.9,
+        "glm-410m": 410.3,
+        "glm-515m": 514.6,
+        "glm-2b": 1920.1,
+        "glm-10b": 9880.7,
+    }
     for name, millions in expected_millions.items():
         cfg = GLMConfig.from_name(name)
         h, L, V_, P = cfg.hidden_size, cfg.num_layers, cfg.vocab_size, cfg.max_sequence_length
-        formula = L * (12 * h * h + 13 * h) + V_ * h + 2 * (P + 1) * h + 2 * h  # spec §11
+        formula = L * (12 * h * h + 13 * h) + V_ * h + 2 * (P + 1) * h + 2 * h  # docs/original-glm.md §11
         assert cfg.num_parameters() == formula
         assert abs(formula / 1e6 - millions) < 0.1, name
     small = GLMConfig.from_name("glm-small")

@@ -79,8 +79,8 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
     import yaml
     from omegaconf import OmegaConf, open_dict
 
-    from glm.run.validation import validate
     from glm.errors import ConfigError
+    from glm.run.validation import validate
 
     key, value = override.lstrip("+").split("=", 1)
     cfg = compose_cfg("ci_tiny", ["logger=none"])
@@ -94,8 +94,8 @@ def test_wrong_value_is_named(override: str, needles: tuple[str, ...], compose_c
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_gpu_hardware_refused_without_cuda(compose_cfg) -> None:
-    from glm.run.validation import validate
     from glm.errors import ConfigError
+    from glm.run.validation import validate
 
     cfg = compose_cfg("ci_tiny", ["logger=none", "hardware=[gpu,bf16]"])
     with pytest.raises(

@@ -1,4 +1,4 @@
-"""Pretraining pieces against independent references: the spec §5.8 schedule at hand-picked steps, the
+"""Pretraining pieces against independent references: the docs/original-glm.md §5.8 schedule at hand-picked steps, the
 decay/no-decay groups, the loss, data determinism across worker counts, the memmap cache, and a short real
 run whose validation loss must fall clearly."""
 
@@ -24,7 +24,7 @@ from glm.tasks.optim import annealing_lr_factor, normalize_scheduler, param_grou
 from glm.tasks.pretrain import PretrainModule, blank_infilling_loss
 
 # ---------------------------------------------------------------------------------------------------------
-# Schedule (spec §5.8): warmup over warmup * decay_iters, then cosine / linear to rho.
+# Schedule (docs/original-glm.md §5.8): warmup over warmup * decay_iters, then cosine / linear to rho.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -97,7 +97,7 @@ def test_configure_model_is_idempotent() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Decay groups: biases and LayerNorm weights without decay (spec §5.8).
+# Decay groups: biases and LayerNorm weights without decay (docs/original-glm.md §5.8).
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -163,7 +163,7 @@ def test_read_documents_paragraphs_and_jsonl_errors(tmp_path: Path) -> None:
 
 
 def test_raw_sample_layout() -> None:
-    """Hand-made corpus: doc 0 = [10, 11], doc 1 = 20..29 with a sentence end at 24 (spec §5.1 rules)."""
+    """Hand-made corpus: doc 0 = [10, 11], doc 1 = 20..29 with a sentence end at 24 (docs/original-glm.md §5.1 rules)."""
     from glm.data.pretrain import TokenizedCorpus
 
     tokens = np.array([10, 11] + list(range(20, 30)), dtype=np.uint16)
@@ -177,7 +177,7 @@ def test_raw_sample_layout() -> None:
         assert len(s) <= 9 and s[0] == cls
         # segments: [CLS] doc [eos], or a final cut piece [CLS] piece without eos
         starts = np.flatnonzero(s == cls)
-        for a, b in zip(starts, [*starts[1:], len(s)]):
+        for a, b in zip(starts, [*starts[1:], len(s)], strict=True):
             seg = s[a + 1 : b]
             if seg[-1] == eos:
                 assert seg[:-1].tolist() in ([10, 11], list(range(20, 30)))
@@ -241,7 +241,7 @@ def test_same_batches_with_0_and_2_workers(corpus_cfg) -> None:
     dm2.setup("fit")
     for epoch in (0, 1):
         a, b = _batches(dm0, epoch, 3), _batches(dm2, epoch, 3)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert x.keys() == y.keys()
             for key in x:
                 assert torch.equal(x[key], y[key]), (epoch, key)
@@ -262,7 +262,7 @@ def test_same_batches_with_0_and_2_workers(corpus_cfg) -> None:
 
 def _same(a, b) -> bool:
     return len(a) == len(b) and all(
-        np.array_equal(x.input_ids, y.input_ids) and x.sep == y.sep for x, y in zip(a, b)
+        np.array_equal(x.input_ids, y.input_ids) and x.sep == y.sep for x, y in zip(a, b, strict=True)
     )
 
 

@@ -46,7 +46,7 @@ def _assert_same_end(full: Path, resumed: Path, steps: int, resumed_at: int) -> 
         assert torch.equal(value, b["state_dict"][key]), key  # bit-identical on CPU
     sa_all, sb_all = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert sa_all.keys() == sb_all.keys()
-    for sa, sb in zip(sa_all.values(), sb_all.values()):
+    for sa, sb in zip(sa_all.values(), sb_all.values(), strict=True):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == steps
 
@@ -184,8 +184,8 @@ def test_two_process_cloze_resumed_mid_epoch_is_bit_identical(tmp_path: Path) ->
 
 
 def _refusal(cfg, tmp_path: Path) -> str:
-    from glm.run.pipeline import run
     from glm.errors import ConfigError
+    from glm.run.pipeline import run
 
     with pytest.raises(ConfigError) as err:
         run(cfg)
@@ -267,8 +267,8 @@ def test_resumed_run_builds_the_config_it_stored(tmp_path: Path) -> None:
 
 
 def test_pretrained_and_explicit_ckpt_path_are_exclusive(compose_cfg, tmp_path: Path) -> None:
-    from glm.run.validation import validate
     from glm.errors import ConfigError
+    from glm.run.validation import validate
 
     ckpt = tmp_path / "x.ckpt"
     torch.save({"state_dict": {}, "loops": {}}, ckpt)

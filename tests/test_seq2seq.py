@@ -1,4 +1,4 @@
-"""Seq2seq data and task: the spec §8.1 / §3(c) layout by hand, file reading errors, label smoothing,
+"""Seq2seq data and task: the docs/original-glm.md §8.1 / §3(c) layout by hand, file reading errors, label smoothing,
 ROUGE post-processing, and (once the pipeline exists) an end-to-end XSum run on the shared files."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_source_and_target_layout_by_hand():
     assert s.loss_mask.tolist() == [0] * 6 + [1, 1, 1, 0, 0]
     assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 1, 1, 1, 1, 1], [0] * 6 + [1, 2, 3, 4, 5]]
     assert s.sep == 6 and s.mask_pos == 1
-    # a target longer than T loses its tail, eop included (spec §8.1)
+    # a target longer than T loses its tail, eop included (docs/original-glm.md §8.1)
     stats = Counter()
     s = build_seq2seq_sample(src, [x, y, x], tok, tgt_seq_length=3, stats=stats)
     assert s.input_ids.tolist()[6:] == [7, x, y] and s.targets.tolist()[6:] == [x, y, x]
@@ -68,7 +68,9 @@ def test_source_and_target_layout_by_hand():
     # decoding input: Part A only
     s = build_seq2seq_sample(src, None, tok, tgt_seq_length=3)
     assert s.input_ids.tolist() == src and s.loss_mask.sum() == 0
-    batch = collate_seq2seq([build_seq2seq_sample(src, [x], tok, 3), build_seq2seq_sample(src, [y, y], tok, 3)])
+    batch = collate_seq2seq(
+        [build_seq2seq_sample(src, [x], tok, 3), build_seq2seq_sample(src, [y, y], tok, 3)]
+    )
     assert batch["input_ids"].shape == (2, 9) and batch["sep"].tolist() == [6, 6]
     assert batch["mask_pos"].tolist() == [1, 1] and batch["loss_mask"].sum().item() == 2 + 3
 
@@ -161,7 +163,7 @@ def test_label_smoothed_loss_matches_float64_hand_formula():
 def test_rouge_sentences_postprocess_and_scores():
     from glm.tasks.seq2seq import RougeMetric, postprocess_prediction, split_sentences
 
-    # spec §8.3: sentences come from [SEP] only; a text without it is one sentence
+    # docs/original-glm.md §8.3: sentences come from [SEP] only; a text without it is one sentence
     assert split_sentences("One two. Three four! Five") == ["One two. Three four! Five"]
     assert split_sentences("a b [SEP] c d. e f") == ["a b", "c d. e f"]
     # so the <= 4 words filter sees the whole summary: "He died. He was 90." (5 words) is kept whole, and
@@ -171,10 +173,11 @@ def test_rouge_sentences_postprocess_and_scores():
         {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     )
     assert rouge(["He died."], ["He died."]) == pytest.approx({"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0})
-    kept = postprocess_prediction(["too short here", "the cat sat on the mat", "the cat sat on a mat",
-                                   "dogs run in the park"])
+    kept = postprocess_prediction(
+        ["too short here", "the cat sat on the mat", "the cat sat on a mat", "dogs run in the park"]
+    )
     assert kept == ["the cat sat on the mat", "dogs run in the park"]  # 5/6 words overlap -> removed
-    # spec §8.3: overlap with the earlier sentences together. C shares 2/5 words with A and 2/5 with B but
+    # docs/original-glm.md §8.3: overlap with the earlier sentences together. C shares 2/5 words with A and 2/5 with B but
     # 4/5 = 0.8 > 0.7 with A and B: removed. E's words {alpha, zeta, lambda, mu}: 3/4 = 0.75 seen only
     # because the removed C brought "lambda" (the original's history keeps every earlier sentence): removed.
     # F: {alpha, pi, xi, omicron}: 1/4 -> kept; the short "tiny pi xi" is dropped first and adds nothing
@@ -187,7 +190,9 @@ def test_rouge_sentences_postprocess_and_scores():
     assert same == pytest.approx({"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0})
     # hand count: pred "the cat ran" vs ref "the cat sat down": unigram P = 2/3, R = 2/4 -> F = 4/7
     part = rouge(["the cat ran"], ["the cat sat down"])
-    assert part["rouge1"] == pytest.approx(4 / 7) and part["rouge2"] == pytest.approx(2 * (1 / 2 * 1 / 3) / (1 / 2 + 1 / 3))
+    assert part["rouge1"] == pytest.approx(4 / 7) and part["rouge2"] == pytest.approx(
+        2 * (1 / 2 * 1 / 3) / (1 / 2 + 1 / 3)
+    )
 
 
 def test_datamodule_null_split_means_no_loop_and_unknown_stage_is_named(tmp_path):
@@ -195,8 +200,13 @@ def test_datamodule_null_split_means_no_loop_and_unknown_stage_is_named(tmp_path
 
     write(tmp_path / "tr.source", "doc one\n")
     write(tmp_path / "tr.target", "sum one\n")
-    dm = Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr", "val": None, "test": "tr"},
-                           src_seq_length=8, tgt_seq_length=4)
+    dm = Seq2SeqDataModule(
+        str(tmp_path),
+        WordTok(),
+        splits={"train": "tr", "val": None, "test": "tr"},
+        src_seq_length=8,
+        tgt_seq_length=4,
+    )
     assert dm.val_dataloader() == []  # Lightning skips validation for an empty list
     assert next(iter(dm.test_dataloader()))["example_index"].tolist() == [0]
     with pytest.raises(ValueError, match=r"data.splits: unknown stage\(s\) \['dev'\]"):
@@ -219,14 +229,18 @@ def test_empty_source_line_is_named_or_skipped_with_a_logged_count(tmp_path, cap
 
 
 def test_jsonl_non_utf8_null_field_empty_line_and_bom(tmp_path):
-    p = write(tmp_path / "a.jsonl", b'{"document": "d", "summary": "s"}\n{"document": "caf\xe9", "summary": "s"}\n')
+    p = write(
+        tmp_path / "a.jsonl", b'{"document": "d", "summary": "s"}\n{"document": "caf\xe9", "summary": "s"}\n'
+    )
     with pytest.raises(DataFormatError, match=r"a.jsonl:2: not valid UTF-8"):
         read_examples(p)
     # null must not become the text "None"
     p = write(tmp_path / "b.jsonl", '{"document": "d", "summary": null}\n')
     with pytest.raises(DataFormatError, match=r"b.jsonl:1: field 'summary' is NoneType, not text"):
         read_examples(p)
-    p = write(tmp_path / "c.jsonl", '{"document": "d", "summary": "s"}\n\n{"document": "e", "summary": "t"}\n')
+    p = write(
+        tmp_path / "c.jsonl", '{"document": "d", "summary": "s"}\n\n{"document": "e", "summary": "t"}\n'
+    )
     with pytest.raises(DataFormatError, match=r"c.jsonl:2: \(empty line\)"):
         read_examples(p)
     stats = Counter()
@@ -240,8 +254,12 @@ def test_jsonl_non_utf8_null_field_empty_line_and_bom(tmp_path):
 def test_dataset_truncates_over_long_inputs_and_counts_them(caplog):
     from glm.data.seq2seq import Seq2SeqDataset, Seq2SeqExample
 
-    examples = [Seq2SeqExample("a b c d e f", "x", "f:1"), Seq2SeqExample("a", "x y z w", "f:2"),
-                Seq2SeqExample("a b c d e f g", "x y z w", "f:3"), Seq2SeqExample("a b", "x", "f:4")]
+    examples = [
+        Seq2SeqExample("a b c d e f", "x", "f:1"),
+        Seq2SeqExample("a", "x y z w", "f:2"),
+        Seq2SeqExample("a b c d e f g", "x y z w", "f:3"),
+        Seq2SeqExample("a b", "x", "f:4"),
+    ]
     with caplog.at_level("INFO", logger="glm.data.seq2seq"):
         ds = Seq2SeqDataset(examples, WordTok(), src_seq_length=6, tgt_seq_length=3)
     # Part A: [CLS] [MASK] Content: + 3 article words; target: summary + eop must fit 3 slots
@@ -261,13 +279,16 @@ def test_training_set_is_split_between_ranks(tmp_path):
     seen = []
     for rank in (0, 1):
         tok = WordTok()
-        dm = Seq2SeqDataModule(str(tmp_path), tok, splits={"train": "tr"}, src_seq_length=6, tgt_seq_length=4,
-                               micro_batch_size=2)
+        dm = Seq2SeqDataModule(
+            str(tmp_path), tok, splits={"train": "tr"}, src_seq_length=6, tgt_seq_length=4, micro_batch_size=2
+        )
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
         dm.setup("fit")
         inv = {v: k for k, v in tok.vocab.items()}
         rows = [b for batch in dm.train_dataloader() for b in batch["input_ids"].tolist()]
-        seen.append(sorted(inv[r[4]] for r in rows))  # the article's number token: [CLS] [MASK] Content: doc N
+        seen.append(
+            sorted(inv[r[4]] for r in rows)
+        )  # the article's number token: [CLS] [MASK] Content: doc N
     assert len(seen[0]) == len(seen[1]) == 5
     assert sorted(seen[0] + seen[1]) == sorted(str(i) for i in range(10))  # disjoint halves cover the set
 
@@ -284,11 +305,21 @@ def test_training_loader_resumes_mid_epoch(tmp_path):
     write(tmp_path / "tr.target", "".join(f"sum {i}\n" for i in range(7)))
 
     def loader(done: int) -> ResumableDataLoader:
-        dm = Seq2SeqDataModule(str(tmp_path), WordTok(), splits={"train": "tr"}, src_seq_length=6,
-                               tgt_seq_length=4, micro_batch_size=2, seed=3)
+        dm = Seq2SeqDataModule(
+            str(tmp_path),
+            WordTok(),
+            splits={"train": "tr"},
+            src_seq_length=6,
+            tgt_seq_length=4,
+            micro_batch_size=2,
+            seed=3,
+        )
         progress = SimpleNamespace(current=SimpleNamespace(processed=done))
-        dm.trainer = SimpleNamespace(world_size=1, global_rank=0, fit_loop=SimpleNamespace(
-            epoch_loop=SimpleNamespace(batch_progress=progress)))
+        dm.trainer = SimpleNamespace(
+            world_size=1,
+            global_rank=0,
+            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        )
         dm.setup("fit")
         out = dm.train_dataloader()
         assert isinstance(out, ResumableDataLoader) and out.sampler.seed == 3
@@ -303,15 +334,18 @@ def test_training_loader_resumes_mid_epoch(tmp_path):
 
 
 def test_training_loss_projects_only_part_b_and_equals_the_full_loss():
-    """training_step computes the V-sized head only from the shortest Part A on; the loss is the spec §8.2
+    """training_step computes the V-sized head only from the shortest Part A on; the loss is the docs/original-glm.md §8.2
     label-smoothed loss over the full logits (Part A has loss mask 0)."""
     import torch
 
     from glm.tasks.seq2seq import Seq2SeqModule, label_smoothed_loss
 
     torch.manual_seed(0)
-    module = Seq2SeqModule(model={"preset": "glm-tiny", "hidden_dropout": 0.0, "attention_dropout": 0.0},
-                           optimizer={}, scheduler={})
+    module = Seq2SeqModule(
+        model={"preset": "glm-tiny", "hidden_dropout": 0.0, "attention_dropout": 0.0},
+        optimizer={},
+        scheduler={},
+    )
     module.configure_model()
     module.log = lambda *a, **k: None  # no trainer attached
     B, L, V = 3, 20, module.glm_config.vocab_size

@@ -32,10 +32,17 @@ def test_xsum_experiment_end_to_end(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     r = run_cli(
         [
-            "+experiment=xsum", "model=glm_tiny", "logger=wandb", f"hydra.run.dir={run_dir}",
-            f"data.max_samples.train={N_TRAIN}", f"data.max_samples.test={N_TEST}",
+            "+experiment=xsum",
+            "model=glm_tiny",
+            "logger=wandb",
+            f"hydra.run.dir={run_dir}",
+            f"data.max_samples.train={N_TRAIN}",
+            f"data.max_samples.test={N_TEST}",
             # glm-tiny holds 512 positions: shorter than XSum's 608 + 60 (the truncation is counted)
-            "data.src_seq_length=96", "data.tgt_seq_length=24", "trainer.max_steps=2", "callbacks.progress=null",
+            "data.src_seq_length=96",
+            "data.tgt_seq_length=24",
+            "trainer.max_steps=2",
+            "callbacks.progress=null",
         ],
         tmp_path,
         env={"WANDB_MODE": "offline"},
@@ -85,29 +92,55 @@ def test_tiny_model_overfits_16_xsum_pairs_and_beam_search_reproduces_them(tmp_p
 
     test_file = need_data("xsum/test.jsonl")
     records = _first_records(test_file, 300)
-    pairs = [{"document": " ".join(r["document"].split()[:40]), "summary": " ".join(r["summary"].split()[:10])}
-             for r in records[:16]]
+    pairs = [
+        {"document": " ".join(r["document"].split()[:40]), "summary": " ".join(r["summary"].split()[:10])}
+        for r in records[:16]
+    ]
     data = tmp_path / "data"
     data.mkdir()
     (data / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
-    (data / "corpus.txt").write_text("\n".join(r[k] for r in records for k in ("document", "summary")), "utf-8")
-    tok = train_sentencepiece([data / "corpus.txt"], tmp_path / "tok", vocab_size=1024, progress=False, quiet=True)
+    (data / "corpus.txt").write_text(
+        "\n".join(r[k] for r in records for k in ("document", "summary")), "utf-8"
+    )
+    tok = train_sentencepiece(
+        [data / "corpus.txt"], tmp_path / "tok", vocab_size=1024, progress=False, quiet=True
+    )
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: one thread avoids oversubscription (10x slower steps)
     try:
         L.seed_everything(0)
-        dm = Seq2SeqDataModule(str(data), tok, splits={"train": "pairs.jsonl", "test": "pairs.jsonl"}, format="jsonl",
-                               src_seq_length=64, tgt_seq_length=40, micro_batch_size=16, eval_batch_size=16)
+        dm = Seq2SeqDataModule(
+            str(data),
+            tok,
+            splits={"train": "pairs.jsonl", "test": "pairs.jsonl"},
+            format="jsonl",
+            src_seq_length=64,
+            tgt_seq_length=40,
+            micro_batch_size=16,
+            eval_batch_size=16,
+        )
         module = Seq2SeqModule(
-            model={"preset": "glm-tiny", "vocab_size": tok.vocab_size, "hidden_dropout": 0.0, "attention_dropout": 0.0},
+            model={
+                "preset": "glm-tiny",
+                "vocab_size": tok.vocab_size,
+                "hidden_dropout": 0.0,
+                "attention_dropout": 0.0,
+            },
             optimizer={"lr": 5e-3, "weight_decay": 0.0},
             scheduler={"warmup_ratio": 0.05, "decay_style": "cosine", "min_lr_ratio": 0.1},
             generation={"num_beams": 4, "length_penalty": 1.0, "no_repeat_ngram_size": 3},
-            label_smoothing=0.1, output_dir=str(tmp_path / "out"),
+            label_smoothing=0.1,
+            output_dir=str(tmp_path / "out"),
         )
-        kwargs = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      accelerator="cpu", gradient_clip_val=1.0)
+        kwargs = dict(
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            gradient_clip_val=1.0,
+        )
         L.Trainer(**kwargs).test(module, datamodule=dm, verbose=False)  # before training: a random model
         untrained = (tmp_path / "out" / "test.jsonl.hyps").read_text(encoding="utf-8").splitlines()
         trainer = L.Trainer(max_steps=150, **kwargs)
@@ -123,11 +156,13 @@ def test_tiny_model_overfits_16_xsum_pairs_and_beam_search_reproduces_them(tmp_p
     refs = [p["summary"] for p in pairs]
     assert (tmp_path / "out" / "test.jsonl.refs").read_text(encoding="utf-8").splitlines() == refs
     logged = float(trainer.callback_metrics["test/rougeL"])
-    assert logged >= 0.9, list(zip(hyps, refs))
+    assert logged >= 0.9, list(zip(hyps, refs, strict=True))
     # independent recomputation with rouge_score alone (no sentence post-processing): the same verdict
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    direct = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / len(refs)
+    direct = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs, strict=True)) / len(refs)
     assert direct >= 0.9
-    assert sum(h == r for h, r in zip(hyps, refs)) >= 12  # most summaries come back verbatim
-    before = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(untrained, refs)) / len(refs)
+    assert sum(h == r for h, r in zip(hyps, refs, strict=True)) >= 12  # most summaries come back verbatim
+    before = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(untrained, refs, strict=True)) / len(
+        refs
+    )
     assert before < 0.2  # the score is learnt, not an artefact of decoding or scoring

@@ -1,4 +1,4 @@
-"""Seq2seq packing (`data.pack=true`): the compact layout (spec §8.1 without the padding), packed rows that
+"""Seq2seq packing (`data.pack=true`): the compact layout (docs/original-glm.md §8.1 without the padding), packed rows that
 compute exactly what the compact samples compute one by one (loss and gradients, float64 model, against a
 full-logits hand formula), fewer rows and less padding than the padded layout on real XSum pairs, the
 `data.pack` check, and `run.py +experiment=xsum data.pack=true` end to end."""
@@ -62,7 +62,7 @@ def _module() -> Seq2SeqModule:
 
 def _reference_sums(module: Seq2SeqModule, samples) -> tuple[torch.Tensor, torch.Tensor]:
     """Independent reference: each compact sample alone (batch of 1, scalar sep, full logits, no index, no
-    segment ids), spec §8.2 written out in float64: per-sample `sum(loss_t)` over the target and its count."""
+    segment ids), docs/original-glm.md §8.2 written out in float64: per-sample `sum(loss_t)` over the target and its count."""
     sums, counts = [], []
     for s in samples:
         ids = torch.as_tensor(s.input_ids)[None]
@@ -78,7 +78,7 @@ def _reference_sums(module: Seq2SeqModule, samples) -> tuple[torch.Tensor, torch
 
 
 # --------------------------------------------------------------------------------------------------
-# The compact layout, token by token (spec §8.1 / §3(c) without the padding)
+# The compact layout, token by token (docs/original-glm.md §8.1 / §3(c) without the padding)
 # --------------------------------------------------------------------------------------------------
 def test_compact_layout_of_one_real_xsum_pair_token_by_token(bert, xsum_examples) -> None:
     ex = xsum_examples[0]
@@ -123,7 +123,7 @@ def test_compact_layout_by_hand_with_a_cut_target() -> None:
     src = build_source([30, 31], [20], Tok(), src_seq_length=8, task_mask=True, pad=False)
     assert src == [2, 5, 20, 30, 31]  # [CLS] [sMASK] Content: a b, no padding to 8
     s = build_seq2seq_sample(src, [40, 41, 42], Tok(), tgt_seq_length=3, pad=False)
-    # target = x y z [eop] cut to T = 3 (the eop is lost, spec §8.1): Part B = [sop] x y
+    # target = x y z [eop] cut to T = 3 (the eop is lost, docs/original-glm.md §8.1): Part B = [sop] x y
     assert s.input_ids.tolist() == [2, 5, 20, 30, 31, 7, 40, 41]
     assert s.targets.tolist()[5:] == [40, 41, 42] and s.loss_mask.tolist() == [0] * 5 + [1] * 3
     assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 1, 1, 1], [0, 0, 0, 0, 0, 1, 2, 3]]

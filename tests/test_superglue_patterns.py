@@ -1,8 +1,8 @@
-"""Spec §7.2, piece by piece: every pattern's parts (string, shortenable flag), verbalizers, label order,
-default pattern id and sequence length, written out by hand from the spec.
+"""docs/original-glm.md §7.2, piece by piece: every pattern's parts (string, shortenable flag), verbalizers, label order,
+default pattern id and sequence length, written out by hand from the original.
 
 The pattern tests in test_cloze_data.py decode whole sequences, which cannot see how a pattern is cut into
-pieces; the original tokenizes each piece on its own (spec §7.1), so the cut changes the ids (e.g. `","`
+pieces; the original tokenizes each piece on its own (docs/original-glm.md §7.1), so the cut changes the ids (e.g. `","`
 then `' "'` is not the same token sequence as `', "'`). No data or tokenizer needed.
 """
 

@@ -1,4 +1,4 @@
-"""Tokenizers: GLM special ids (contracts.md, spec §4.1), exact round trips, caching, BERT/GPT-2.
+"""Tokenizers: GLM special ids (contracts.md, docs/original-glm.md §4.1), exact round trips, caching, BERT/GPT-2.
 
 The SentencePiece model is trained once per module (vocab 600 on 300 KB of two Gutenberg books,
 ~0.2 s). BERT/GPT-2 expectations are looked up by hand in the vocabulary files, not in the library.
@@ -52,7 +52,7 @@ SP_STRINGS = [
     "<|endofpiece|>",
     "[dBLOCK]",
 ]
-# spec §4.1 (BERT with task mask; dBLOCK by the original append order, see docs/tokenizers.md)
+# docs/original-glm.md §4.1 (BERT with task mask; dBLOCK by the original append order, see docs/tokenizers.md)
 BERT_IDS = {
     "eos": 0,
     "pad": 0,
@@ -127,7 +127,7 @@ def test_sp_special_ids_and_pieces(sp):
 
 
 def test_pad_vocab_size_rule():
-    # spec §4.1: BERT 30522+4 -> 30592, GPT-2 50257+9 -> 50304; contracts: 8000 -> 8064
+    # docs/original-glm.md §4.1: BERT 30522+4 -> 30592, GPT-2 50257+9 -> 50304; contracts: 8000 -> 8064
     assert [pad_vocab_size(n) for n in (1, 128, 129, 8000, 30526, 50266)] == [
         128,
         128,
@@ -348,7 +348,7 @@ def test_gpt2_encodings_match_vocab_lookup(gpt2):
     v = _gpt2_vocab()
     assert gpt2.encode("hello world") == [v["hello"], v["\u0120world"]] == [31373, 995]
     assert gpt2.encode("Hello world") == [15496, 995]
-    # masks absorb the whitespace on their left (spec §4.2); other specials do not
+    # masks absorb the whitespace on their left (docs/original-glm.md §4.2); other specials do not
     assert gpt2.encode("a  [MASK] b") == [v["a"], 50260, v["\u0120b"]]
     assert gpt2.encode("a [gMASK]") == [v["a"], 50263]
     assert gpt2.encode("a [CLS]") == [v["a"], v["\u0120"], 50259]

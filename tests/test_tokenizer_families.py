@@ -1,9 +1,9 @@
-"""RoBERTa BPE and GLM Chinese SentencePiece tokenizers (spec §4.1, §4.2, §11).
+"""RoBERTa BPE and GLM Chinese SentencePiece tokenizers (docs/original-glm.md §4.1, §4.2, §11).
 
 The released files (RoBERTa's vocab.json/merges.txt, GLM's cog-pretrain.model) are not available
 offline, so the tests build their own: a hand-written byte-level BPE in RoBERTa's id layout (its
 encodings checked by hand against the merges) and a 2000-piece SentencePiece model trained in ~0.1 s.
-The ids are checked against the spec's rule relative to those files, and the spec's real-size numbers
+The ids are checked against the original's rule relative to those files, and the original's real-size numbers
 are checked on a generated 50265-entry vocab.json and by pure arithmetic for 50000 pieces.
 """
 
@@ -71,7 +71,7 @@ def roberta(roberta_files) -> RobertaTokenizer:
 
 
 def _roberta_rule(v: int, task_mask: bool = True) -> dict[str, int | None]:
-    # spec §4.1 relative to a vocabulary of v entries (<mask> last); dBLOCK after the task masks
+    # docs/original-glm.md §4.1 relative to a vocabulary of v entries (<mask> last); dBLOCK after the task masks
     appended = v + 2 + (2 if task_mask else 0)
     return {
         "eos": 2,
@@ -115,7 +115,7 @@ def test_roberta_real_size_vocab_gives_the_spec_table(tmp_path):
         "dblock": 50269,
     }
     assert tok.vocab_size == 50304 == GLMConfig.from_name("glm-roberta-large").vocab_size
-    # glm-roberta-large's finetuning config has no task masks (spec §11): same sop/eop and V
+    # glm-roberta-large's finetuning config has no task masks (docs/original-glm.md §11): same sop/eop and V
     no_task = RobertaTokenizer(tmp_path / "vocab.json", tmp_path / "merges.txt", task_mask=False)
     assert (no_task.sop_id, no_task.eop_id, no_task.gmask_id, no_task.dblock_id) == (
         50265,
@@ -202,7 +202,7 @@ def test_roberta_preset_matches_data_tokenizer(tmp_path):
 # ---------------------------------------------------------------------------------------------
 PIECES = 2000
 
-# spec §4.1 with N = 50000 pieces
+# docs/original-glm.md §4.1 with N = 50000 pieces
 LARGE_CHINESE = {
     "eos": 50000,
     "sep": 50001,

@@ -1,10 +1,10 @@
-"""Hugging Face GLM port (THUDM/glm-large, glm-10b, ...) <-> our weights (spec §12.2, §12.3).
+"""Hugging Face GLM port (THUDM/glm-large, glm-10b, ...) <-> our weights (docs/original-glm.md §12.2, §12.3).
 
 The HF port keeps the original parameter names; in memory they sit under the `glm.` attribute, and
 `pytorch_model.bin` was written by the original converter without the prefix. Both forms are read
-(spec §13.3: the hub files were not inspected). `config.json` fields map onto GLMConfig as below.
+(docs/original-glm.md §13.3: the hub files were not inspected). `config.json` fields map onto GLMConfig as below.
 
-GELU decision (spec §12.3): the HF port applies the exact erf GELU, the original training code the tanh
+GELU decision (docs/original-glm.md §12.3): the HF port applies the exact erf GELU, the original training code the tanh
 approximation. Converting from HF keeps `gelu_approximate="tanh"` by default, because the weights were
 trained with it and that is what reproduces the original model; pass `gelu_approximate="none"`
 (CLI `--gelu none`) to reproduce the HF port's logits instead (they differ by ~3e-3 on a small model).
@@ -68,7 +68,7 @@ def hf_config_to_glm(
         )
     emb, out = hf.get("embedding_dropout_prob", 0.1), hf.get("output_dropout_prob", 0.1)
     if emb != out:
-        # Our backbone has one hidden dropout for all three places (as the original code, spec §1.6).
+        # Our backbone has one hidden dropout for all three places (as the original code, docs/original-glm.md §1.6).
         log.warning(
             "%s: embedding_dropout_prob %s != output_dropout_prob %s; using %s for both",
             source,
@@ -97,7 +97,7 @@ def hf_config_to_glm(
             num_layers=number(layers_key, int),
             hidden_size=number("hidden_size", int),
             num_attention_heads=number("num_attention_heads", int),
-            vocab_size=number("vocab_size", int, 30592),  # the HF port's default (spec §12.2)
+            vocab_size=number("vocab_size", int, 30592),  # the HF port's default (docs/original-glm.md §12.2)
             max_sequence_length=number("max_sequence_length", int),
             hidden_dropout=number("output_dropout_prob", float, 0.1),
             attention_dropout=number("attention_dropout_prob", float, 0.1),

@@ -1,11 +1,11 @@
-"""Original THUDM/GLM checkpoints <-> our export directory (spec §1.9, §12.1).
+"""Original THUDM/GLM checkpoints <-> our export directory (docs/original-glm.md §1.9, §12.1).
 
 Original layout: `DIR/latest_checkpointed_iteration.txt` holds a tag (an iteration or `release`), and
 `DIR/<tag>/mp_rank_XX_model_states.pt` is one file per model-parallel rank; each is a dict whose
 `module` entry is the model state dict. Our backbone uses the same parameter names, so the conversion
 is: pick `module`, strip wrapper prefixes, merge model-parallel shards, infer the config.
 
-Merging k shards (spec §1.9, `mpu/layers.py`, `change_mp.py`), per key:
+Merging k shards (docs/original-glm.md §1.9, `mpu/layers.py`, `change_mp.py`), per key:
 - `word_embeddings.weight`, `mlp.dense_h_to_4h.weight/bias`: concatenated along dim 0;
 - `attention.query_key_value.weight/bias`: rank r holds `[Q_r; K_r; V_r]`; merged is
   `[Q_0..Q_{k-1}; K_0..K_{k-1}; V_0..V_{k-1}]` (not a plain concatenation);
@@ -18,7 +18,7 @@ Memory: shard files are opened with `mmap=True`; merged tensors are built one ke
 shard's entry is dropped as soon as it is used, so at most one full copy (the output) is resident.
 With one shard nothing is copied at all.
 
-Decisions (spec §13.5: released checkpoints are probably all model-parallel size 1; sharded ones are
+Decisions (docs/original-glm.md §13.5: released checkpoints are probably all model-parallel size 1; sharded ones are
 handled anyway):
 - The classification wrapper (`GLMForSequenceClassification`) stores the backbone under `model.`; the
   prefix is stripped. Its `pool_layer.*` / `multichoice_head.*` and P-tuning's `prompt_spell.*` are not
@@ -26,7 +26,7 @@ handled anyway):
   `keep_extras=True`.
 - The head count cannot be read from the shapes (the fused QKV is `[3h, h]` for any head count): it
   comes from `--model PRESET` or `num_attention_heads`, else from the rule every GLM release follows,
-  head size 64 (spec §11), with a warning.
+  head size 64 (docs/original-glm.md §11), with a warning.
 - V and P always come from the tables (V = embedding rows, P = position rows - 1), so a preset can be
   named for a checkpoint with a different (padded) vocabulary.
 """
@@ -59,7 +59,7 @@ TRACKER_FILE = "latest_checkpointed_iteration.txt"
 SHARD_RE = re.compile(r"^mp_rank_(\d{2})_model_states\.pt$")
 EXTRA_PREFIXES = ("pool_layer.", "multichoice_head.", "prompt_spell.")
 EXTRAS_FILE = "extra_heads.pt"
-HEAD_SIZE = 64  # every original release (spec §11)
+HEAD_SIZE = 64  # every original release (docs/original-glm.md §11)
 
 
 def _numpy_safe_globals() -> list:
@@ -170,7 +170,7 @@ def split_extras(module: dict[str, Tensor], source: str) -> tuple[dict[str, Tens
 # Model-parallel merge / split
 # --------------------------------------------------------------------------------------------------
 def shard_rule(key: str) -> str:
-    """How `key` is split across model-parallel ranks: rows | qkv | cols | replicated (spec §1.9)."""
+    """How `key` is split across model-parallel ranks: rows | qkv | cols | replicated (docs/original-glm.md §1.9)."""
     if key.endswith("word_embeddings.weight") or re.search(r"mlp\.dense_h_to_4h\.(weight|bias)$", key):
         return "rows"
     if re.search(r"attention\.query_key_value\.(weight|bias)$", key):

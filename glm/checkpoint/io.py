@@ -10,7 +10,7 @@ Every failure becomes a `CheckpointError` that names the file and says what is w
 
 Export directory (what `export_model` writes and `load_export` reads):
 
-    DIR/model.pt             plain state dict {name: tensor} with the backbone's parameter names (spec §12.1)
+    DIR/model.pt             plain state dict {name: tensor} with the backbone's parameter names (docs/original-glm.md §12.1)
     DIR/model_config.yaml    the GLMConfig fields
     DIR/tokenizer/           `tok.save(DIR/tokenizer)` (optional)
     DIR/run_config.yaml      the resolved run config (optional)
@@ -302,7 +302,7 @@ _BACKBONE_RE = re.compile(
 
 
 def is_backbone_key(name: str) -> bool:
-    """Whether `name` (without prefix) is a parameter of the GLM backbone (spec §12.1 names)."""
+    """Whether `name` (without prefix) is a parameter of the GLM backbone (docs/original-glm.md §12.1 names)."""
     return bool(_BACKBONE_RE.match(name))
 
 

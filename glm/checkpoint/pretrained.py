@@ -74,7 +74,7 @@ def read_weights(
 def extend_position_table(
     table: Tensor, rows: int, std: float, generator: torch.Generator | None = None
 ) -> Tensor:
-    """A fresh N(0, std) table of `rows` rows whose first rows are `table` (spec §1.1, §12.1)."""
+    """A fresh N(0, std) table of `rows` rows whose first rows are `table` (docs/original-glm.md §1.1, §12.1)."""
     if table.shape[0] > rows:
         raise ValueError(f"cannot shrink a position table from {table.shape[0]} to {rows} rows")
     fresh = torch.empty(rows, table.shape[1], dtype=table.dtype)
@@ -91,7 +91,7 @@ def load_pretrained_into(model: nn.Module, path: str | Path, *, strict_backbone:
     all work. Keys outside the backbone are loaded when the model has them with the same shape and
     reported otherwise (task heads are allowed to be missing). Position tables shorter than the model's
     are extended as the original `load_pretrained` does. `strict_backbone`: a backbone key missing from
-    the file is an error (set False for partial finetuning checkpoints, spec §12.1).
+    the file is an error (set False for partial finetuning checkpoints, docs/original-glm.md §12.1).
     """
     source = str(path)
     sd, kind = read_weights(path)

@@ -1,4 +1,4 @@
-"""Cloze finetuning data: pattern parts -> token ids -> the GLM cloze layout (spec §3(b), §7.1), batches.
+"""Cloze finetuning data: pattern parts -> token ids -> the GLM cloze layout (docs/original-glm.md §3(b), §7.1), batches.
 
 One example becomes C sequences (C = 1 for single-token tasks, one per candidate for multi-token
 tasks), each laid out as
@@ -15,7 +15,7 @@ Batches are dicts of tensors shaped `[B, C, ...]` (the task module flattens them
 `example_index [B]` (index into `datamodule.examples(split)`), `prompt_mask [B, C, L]` (continuous-prompt
 slots; only with P-tuning) and, for single-token scoring, `verbalizer_ids [B, K]`.
 
-Padding uses the eos id with position 0, block 0, target 0, loss mask 0 (spec §3(b)). By default a
+Padding uses the eos id with position 0, block 0, target 0, loss mask 0 (docs/original-glm.md §3(b)). By default a
 batch is padded to its longest sequence rather than to the full sequence length: trailing padding is
 invisible to every real token under the sep mask, so scores are identical (`pad_to_seq_length=True`
 restores the original tensors exactly).
@@ -72,7 +72,7 @@ _PROMPT = -1  # placeholder id of a continuous-prompt slot until the layout repl
 
 
 def truncate_parts(parts_a: list[list], parts_b: list[list], answer_len: int, max_length: int) -> int:
-    """Shorten shortenable parts in place until the sequence fits (spec §7.1); return tokens removed.
+    """Shorten shortenable parts in place until the sequence fits (docs/original-glm.md §7.1); return tokens removed.
 
     Parts are `[ids, shortenable]` lists. Total length = [CLS] + A + B + eos + (answer_len, or 1 for the
     lone [sop] when there is no answer). Each step drops the last token of the last non-empty
@@ -111,7 +111,7 @@ def build_cloze_sequence(
     eop_id: int,
     pad_id: int,
 ) -> dict[str, np.ndarray]:
-    """Lay out one cloze sequence (unpadded) per spec §3(b).
+    """Lay out one cloze sequence (unpadded) per docs/original-glm.md §3(b).
 
     `ids_a`: the pattern tokens (Part A without [CLS]/eos; `-1` marks a continuous-prompt slot).
     `answer`: candidate ids `a1..ak` (multi-token) or None (single-token: Part B is the lone [sop]).
@@ -366,9 +366,9 @@ def collate_cloze_packed(
 class ClozeDataModule(GLMDataModule):
     """SuperGLUE cloze data for one task: `<data_dir>/superglue/<Task>/{train,val,test}.jsonl`.
 
-    `pattern_id` and `seq_length` default to the spec's task config (§7.2/§7.3). `max_*_examples` keep
+    `pattern_id` and `seq_length` default to the original's task config (docs/original-glm.md §7.2/§7.3). `max_*_examples` keep
     the first N examples of a split (tiny runs and tests). Examples longer than `seq_length` are
-    truncated per spec §7.1; their number is logged per split. `pack` packs each batch's candidate
+    truncated per docs/original-glm.md §7.1; their number is logged per split. `pack` packs each batch's candidate
     sequences into shared rows (`collate_cloze_packed`; the same scores, fewer padding tokens). The
     training loader shuffles per epoch from `seed`, gives each rank its share and resumes mid-epoch
     (`GLMDataModule.train_loader`); under several processes the val/test/predict loaders give each rank

@@ -1,4 +1,4 @@
-"""Zero-shot language-model evaluation data: LAMBADA (spec §10.1) and perplexity windows (spec §10.2).
+"""Zero-shot language-model evaluation data: LAMBADA (docs/original-glm.md §10.1) and perplexity windows (docs/original-glm.md §10.2).
 
 Both produce "scored samples": a GLM layout whose `loss_mask` marks the target slots to score. The task
 module sums cross-entropy over them (perplexity) or checks that the argmax matches at every one (LAMBADA
@@ -71,7 +71,7 @@ def blank_sample(
 
 
 # --------------------------------------------------------------------------------------------------
-# LAMBADA (spec §10.1)
+# LAMBADA (docs/original-glm.md §10.1)
 # --------------------------------------------------------------------------------------------------
 def split_lambada(text: str) -> tuple[str, str]:
     """`(context, last word)`: last word = `text.split()[-1]`, context = text before its last occurrence."""
@@ -136,7 +136,7 @@ def read_lambada(
 
 
 # --------------------------------------------------------------------------------------------------
-# Perplexity windows (spec §10.2)
+# Perplexity windows (docs/original-glm.md §10.2)
 # --------------------------------------------------------------------------------------------------
 def num_windows(num_tokens: int, window: int, stride: int) -> int:
     """`ceil(max(len - W, 0) / o) + 1`."""
@@ -169,7 +169,7 @@ def perplexity_windows(
     return out
 
 
-# WikiText tokenisation marks -> plain text (the detokenised file is one document, spec §10.2): the original's
+# WikiText tokenisation marks -> plain text (the detokenised file is one document, docs/original-glm.md §10.2): the original's
 # `tasks/language_model/detokenizer.py::wikitext_detokenizer`, the same steps in the same order (the order
 # matters: the quote rules run before the heading and newline rules). ("re", a, b) is a regex substitution.
 _WIKI_STEPS: list[tuple[str, str, str]] = [
@@ -217,7 +217,7 @@ class PerplexityResult:
 
 
 def perplexity(total_loss: float, num_tokens: int, num_original_words: int) -> PerplexityResult:
-    """Spec §10.2: `avg = total / (num_tokens - 1)`, `ppl = exp(min(20, avg))`; the adjusted ppl uses
+    """docs/original-glm.md §10.2: `avg = total / (num_tokens - 1)`, `ppl = exp(min(20, avg))`; the adjusted ppl uses
     `avg * (num_tokens - 1) / (num_original_words - 1)` (per whitespace word of the raw file)."""
     avg = total_loss / (num_tokens - 1)
     adjusted = avg * (num_tokens - 1) / (num_original_words - 1)
@@ -227,7 +227,7 @@ def perplexity(total_loss: float, num_tokens: int, num_original_words: int) -> P
 
 
 def collate_scored(samples: list[ScoredSample], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample (pad token, target 0, loss 0, positions 0: spec §5.6)."""
+    """Right-pad to the longest sample (pad token, target 0, loss 0, positions 0: docs/original-glm.md §5.6)."""
     if not samples:
         raise ValueError("collate_scored: empty batch")
     width, B = max(len(s) for s in samples), len(samples)

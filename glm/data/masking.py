@@ -3,16 +3,16 @@
 Pure numpy: ids and a ``numpy.random.Generator`` in, one laid-out sample out. No torch at module level
 (only :func:`collate_masked` imports it) and nothing from the model.
 
-Layout (spec §3(a)): ``[Part A | Part B]`` where Part A is the text with every masked span replaced by one
+Layout (docs/original-glm.md §3(a)): ``[Part A | Part B]`` where Part A is the text with every masked span replaced by one
 mask token, and Part B holds, for each span, ``[sop] + span`` with targets ``span + [eop]``. Part-A tokens
 have positions ``0 .. sep-1`` and block 0; every Part-B token of a span has the position of that span's
 mask token and block positions ``1, 2, ...`` (all 1 with ``block_position_encoding=False``).
 
 Modes (``MaskedSample.mode``; the original's names in brackets):
 
-- ``"token"`` [bert]: Poisson span lengths covering ``bert_ratio`` of the sample (spec §5.3).
-- ``"sentence"`` [sentence]: whole sentences covering ``gap_sentence_ratio`` (spec §5.4).
-- ``"document"`` [gpt]: one long blank, either the suffix ``[gMASK]`` form or a single span (spec §5.5).
+- ``"token"`` [bert]: Poisson span lengths covering ``bert_ratio`` of the sample (docs/original-glm.md §5.3).
+- ``"sentence"`` [sentence]: whole sentences covering ``gap_sentence_ratio`` (docs/original-glm.md §5.4).
+- ``"document"`` [gpt]: one long blank, either the suffix ``[gMASK]`` form or a single span (docs/original-glm.md §5.5).
 
 Deliberate deviations from the original (``blocklm_utils.py::ConstructBlockStrategy``), each for a reason:
 
@@ -26,7 +26,7 @@ Deliberate deviations from the original (``blocklm_utils.py::ConstructBlockStrat
 - **Never an unmasked or dropped sample.** The original drops a token-mode sample whose spans do not all
   fit (common when a sample holds many short documents: each non-longest document takes at most 15% of
   itself, and the longest may lack room for the rest). Here the same span lengths are re-shuffled and
-  placed again by the spec rule (``PLACEMENT_TRIES`` times; a re-shuffle keeps the drawn length multiset,
+  placed again by the original rule (``PLACEMENT_TRIES`` times; a re-shuffle keeps the drawn length multiset,
   so span statistics are unchanged); if all fail, the spans are spread over the documents in proportion
   to their free room (:func:`_allocate_spread`, counted as "token_spread"; same placement rules, only the
   15%-per-document cap is dropped); if even that cannot place every span (a long span that fits no
@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 
 MODES: tuple[str, ...] = ("token", "sentence", "document")
 
-# Spec §5.4: a token ends a sentence when its text contains any of these.
+# docs/original-glm.md §5.4: a token ends a sentence when its text contains any of these.
 SENTENCE_END_CHARS: tuple[str, ...] = (".", "?", "!", ";", ":", "。", "？", "！", "；", "…", "\n")
 
 # Re-shuffles of the span lengths tried before the partial-placement fallback (see module docstring).
@@ -99,10 +99,10 @@ def _check_prob(name: str, value: float) -> None:
 
 @dataclass
 class MaskingConfig:
-    """The pretraining objective (spec §5.2-§5.7). Field names follow the original's arguments.
+    """The pretraining objective (docs/original-glm.md §5.2-§5.7). Field names follow the original's arguments.
 
     The document/generation probability is the rest, ``1 - bert_prob - gap_sentence_prob``.
-    Defaults are the original argparse defaults (spec §5.7 first row).
+    Defaults are the original argparse defaults (docs/original-glm.md §5.7 first row).
     """
 
     bert_prob: float = 0.5  # token-level blanks
@@ -179,7 +179,7 @@ class MaskingConfig:
         return asdict(self)
 
 
-# Spec §5.7 (config/ds_block_*.sh). Unlisted fields keep the argparse defaults of MaskingConfig.
+# docs/original-glm.md §5.7 (config/ds_block_*.sh). Unlisted fields keep the argparse defaults of MaskingConfig.
 PRESETS: dict[str, dict[str, Any]] = {
     "glm-base": {"bert_prob": 1.0, "gap_sentence_prob": 0.0},
     "glm-large": {"bert_prob": 1.0, "gap_sentence_prob": 0.0},
@@ -209,7 +209,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "block_mask_prob": 0.1,
         "short_seq_prob": 0.02,
     },
-    # GLM-Doc / GLM-410M / GLM-515M ("Token+Doc"): the repository has no config (spec §5.7, §13.1:
+    # GLM-Doc / GLM-410M / GLM-515M ("Token+Doc"): the repository has no config (docs/original-glm.md §5.7, §13.1:
     # unconfirmed). Decision: the argparse defaults, 0.5 token + 0.5 document, gpt_min_ratio 0.5, no task
     # mask -- they match the paper's description of the objective and are what the code runs without flags.
     "glm-doc": {"bert_prob": 0.5, "gap_sentence_prob": 0.0, "gpt_min_ratio": 0.5},
@@ -239,7 +239,7 @@ def span_length_pmf(avg_block_length: float, max_block_length: int) -> np.ndarra
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """The special-token ids the masking needs (spec §4)."""
+    """The special-token ids the masking needs (docs/original-glm.md §4)."""
 
     cls: int
     eos: int
@@ -296,7 +296,7 @@ class MaskedSample:
 def build_sentence_end(
     id_to_piece: Callable[[int], str], vocab_size: int, num_pieces: int | None = None
 ) -> np.ndarray:
-    """Boolean table over the (padded) vocabulary: True where the token text ends a sentence (spec §5.4).
+    """Boolean table over the (padded) vocabulary: True where the token text ends a sentence (docs/original-glm.md §5.4).
 
     Only ids ``< num_pieces`` (default ``vocab_size``) are looked up; padding rows stay False.
     """
@@ -318,7 +318,7 @@ def sentence_end_from_tokenizer(tok: Any) -> np.ndarray:
 
 
 def default_loss_mask(tokens: np.ndarray, cls_id: int) -> np.ndarray:
-    """A raw sample's loss mask (spec §5.1): 0 on every ``[CLS]``, 1 elsewhere.
+    """A raw sample's loss mask (docs/original-glm.md §5.1): 0 on every ``[CLS]``, 1 elsewhere.
 
     Decision: every ``[CLS]`` (not only the first) gets 0, because a ``[CLS]`` after an eos is implied by
     the eos and carries nothing to learn. Used only by the suffix form of document mode.
@@ -350,7 +350,7 @@ def layout_spans(
     block_position_encoding: bool = True,
     mode: str = "token",
 ) -> MaskedSample:
-    """Lay out ``tokens`` with the given blanks exactly as spec §3(a).
+    """Lay out ``tokens`` with the given blanks exactly as docs/original-glm.md §3(a).
 
     ``spans``: ``[k, 2]`` half-open ``(start, end)`` ranges in text order, non-empty and non-overlapping.
     ``order``: Part-B order as indices into ``spans`` (a permutation of ``range(k)``); ``None`` = text order.
@@ -416,7 +416,7 @@ def layout_suffix(
     cls_id: int | None = None,
     block_position_encoding: bool = True,
 ) -> MaskedSample:
-    """Generation layout with suffix (spec §5.5): ``source + [gMASK] | [sop] + target[:-1]``.
+    """Generation layout with suffix (docs/original-glm.md §5.5): ``source + [gMASK] | [sop] + target[:-1]``.
 
     ``S = len - gen_length``; targets ``source + [gMASK] + target`` (no ``[eop]``); ``sep = S + 1``;
     loss mask = the sample's loss mask on the ``gen_length`` target slots (default
@@ -448,12 +448,12 @@ def layout_suffix(
 
 
 # --------------------------------------------------------------------------------------------------
-# Span placement (spec §5.3)
+# Span placement (docs/original-glm.md §5.3)
 # --------------------------------------------------------------------------------------------------
 
 
 def place_spans(lengths: np.ndarray, doc_start: int, offsets: np.ndarray) -> np.ndarray:
-    """Spec §5.3 offset formula: span ``j`` starts at ``doc_start + offsets_j + sum(l_1..l_{j-1}) + j - 1``.
+    """docs/original-glm.md §5.3 offset formula: span ``j`` starts at ``doc_start + offsets_j + sum(l_1..l_{j-1}) + j - 1``.
 
     ``offsets`` must be sorted, each in ``{0, ..., D - sum(lengths) - k + 1}``; the result ``[k, 2]`` keeps at
     least one unmasked token between consecutive spans and stays inside ``[doc_start, doc_start + D)``.
@@ -493,7 +493,7 @@ def _documents(tokens: np.ndarray, cls_id: int, eos_id: int) -> tuple[np.ndarray
 def _allocate(
     lengths: np.ndarray, doc_starts: np.ndarray, doc_lens: np.ndarray, ratio: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """Place ``lengths`` (already in list order) over documents, shortest first (spec §5.3).
+    """Place ``lengths`` (already in list order) over documents, shortest first (docs/original-glm.md §5.3).
 
     Each non-longest document takes the longest prefix of the remaining list with total
     ``<= int(ratio * D)``; the longest takes the longest prefix that fits (``m + k - 1 <= D``). Returns the
@@ -570,7 +570,7 @@ def _allocate_spread(
 
 
 def sentence_candidates(tokens: np.ndarray, sentence_end: np.ndarray, cls_id: int, eos_id: int) -> np.ndarray:
-    """Spec §5.4 sentence candidates ``[c, 2]`` (half-open, text order).
+    """docs/original-glm.md §5.4 sentence candidates ``[c, 2]`` (half-open, text order).
 
     Ranges end at (and include) each sentence-end token, starting after the leading ``[CLS]``; an eos
     closes a range without making it a candidate; a final unterminated range is a candidate. A ``[CLS]``
@@ -591,7 +591,7 @@ def sentence_candidates(tokens: np.ndarray, sentence_end: np.ndarray, cls_id: in
 
 
 # --------------------------------------------------------------------------------------------------
-# Short-sequence splitting (spec §5.2 step 1)
+# Short-sequence splitting (docs/original-glm.md §5.2 step 1)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -680,7 +680,7 @@ class GLMMasker:
     def __call__(
         self, tokens: np.ndarray, rng: np.random.Generator, loss_mask: np.ndarray | None = None
     ) -> MaskedSample:
-        """Mask one sample with a mode drawn from ``rng`` (spec §5.2 steps 2-3, per sample)."""
+        """Mask one sample with a mode drawn from ``rng`` (docs/original-glm.md §5.2 steps 2-3, per sample)."""
         tokens = self._check_tokens(tokens)
         cfg = self.config
         if cfg.single_span_prob > 0 and rng.random() < cfg.single_span_prob:
@@ -701,7 +701,7 @@ class GLMMasker:
     def mask_tokens(
         self, tokens: np.ndarray, rng: np.random.Generator, single_span: bool = False
     ) -> MaskedSample:
-        """Token-level blanks (spec §5.3); ``single_span`` draws exactly one span length."""
+        """Token-level blanks (docs/original-glm.md §5.3); ``single_span`` draws exactly one span length."""
         tokens = self._check_tokens(tokens)
         n = tokens.shape[0]
         doc_starts, doc_lens = _documents(tokens, self.ids.cls, self.ids.eos)
@@ -723,7 +723,7 @@ class GLMMasker:
             if best is None or _covered(spans) > _covered(best):
                 best = spans
         if best.shape[0] < lengths.shape[0]:
-            # Many short documents can leave the longest one too little room under the spec rule.
+            # Many short documents can leave the longest one too little room under the original rule.
             spans = _allocate_spread(lengths, doc_starts, doc_lens, rng)
             if spans.shape[0] == lengths.shape[0]:
                 self._fallback(
@@ -761,7 +761,7 @@ class GLMMasker:
         return sample
 
     def mask_sentences(self, tokens: np.ndarray, rng: np.random.Generator) -> MaskedSample:
-        """Sentence-level blanks (spec §5.4); a sample without any sentence candidate uses token mode."""
+        """Sentence-level blanks (docs/original-glm.md §5.4); a sample without any sentence candidate uses token mode."""
         tokens = self._check_tokens(tokens)
         n = tokens.shape[0]
         cand = sentence_candidates(tokens, self.sentence_end, self.ids.cls, self.ids.eos)
@@ -793,7 +793,7 @@ class GLMMasker:
         loss_mask: np.ndarray | None = None,
         gen_length: int | None = None,
     ) -> MaskedSample:
-        """Document-level blank (spec §5.5): ``G ~ U{int(gpt_min_ratio * len), len - 2}`` unless given."""
+        """Document-level blank (docs/original-glm.md §5.5): ``G ~ U{int(gpt_min_ratio * len), len - 2}`` unless given."""
         tokens = self._check_tokens(tokens)
         n = tokens.shape[0]
         hi = n - 2
@@ -899,7 +899,7 @@ def _covered(spans: np.ndarray) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Collation (spec §5.6)
+# Collation (docs/original-glm.md §5.6)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -908,7 +908,7 @@ def collate_masked(
 ) -> dict[str, torch.Tensor]:
     """Right-pad a list of samples into the batch dict of docs/contracts.md.
 
-    Padding: id 0, target 0, loss mask 0, positions/blocks 0 (spec §5.6). The length is the longest sample,
+    Padding: id 0, target 0, loss mask 0, positions/blocks 0 (docs/original-glm.md §5.6). The length is the longest sample,
     rounded up to ``pad_to_multiple_of`` when given.
     """
     import torch  # the only torch use in this module: keeps masking importable without torch

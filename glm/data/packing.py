@@ -11,7 +11,7 @@ its own Part A / Part B:
 - ``sample_index [R, L]``: index of each token's sample in the input list (-1 on padding), to reduce
   per-token values (losses) back to per-sample values;
 - ``input_ids``, ``targets``, ``loss_mask``: as in an unpacked batch; padding is id ``pad_id``, target 0,
-  loss mask 0, positions 0, sep 0, segment 0 (spec §5.6).
+  loss mask 0, positions 0, sep 0, segment 0 (docs/original-glm.md §5.6).
 
 Padding tokens form their own segment 0 with sep 0, so each padding query sees at least itself (no empty
 softmax rows, no NaN) and no real token ever sees a padding key.

@@ -1,11 +1,11 @@
-"""Pretraining data: corpus files -> cached token memmap -> raw samples (spec §5.1) -> masked batches.
+"""Pretraining data: corpus files -> cached token memmap -> raw samples (docs/original-glm.md §5.1) -> masked batches.
 
-Decisions (documented here because the spec leaves them open):
+Decisions (documented here because the original leaves them open):
 
 - Documents. A ``.txt`` file is split into paragraphs at blank lines (``document_split="paragraph"``) or
   taken whole (``"file"``). Inside a paragraph, single line breaks are joined with a space: Project
   Gutenberg text is hard-wrapped at ~70 columns, and a newline ends a sentence for the sentence objective
-  (spec §5.4), so keeping them would turn every printed line into a "sentence". A ``.jsonl`` file holds one
+  (docs/original-glm.md §5.4), so keeping them would turn every printed line into a "sentence". A ``.jsonl`` file holds one
   document per line in ``text_field``; a line that is not JSON or lacks the field is an error naming the
   file and line; empty documents are skipped and counted in the log.
 - Cache. All documents are tokenised once into ``tokens.npy`` (uint16 when V <= 65536, else uint32) plus
@@ -15,7 +15,7 @@ Decisions (documented here because the spec leaves them open):
 - Train/validation split. Documents are permuted with ``default_rng([seed, 1])``; the first
   ``val_fraction`` of them (at least one) are validation documents. Validation samples are masked with
   epoch 0 always, so ``val/loss`` is comparable across epochs.
-- Raw samples (spec §5.1). Sample ``i`` of a split is built from ``default_rng([seed, 2, split, i])``:
+- Raw samples (docs/original-glm.md §5.1). Sample ``i`` of a split is built from ``default_rng([seed, 2, split, i])``:
   ``[CLS] doc [eos]`` segments, documents drawn with probability proportional to their length, until
   ``seq_length`` is reached. A document longer than the room left is cut at a random start moved forward
   to just after a sentence end (searching at most ``seq_length // 2`` tokens) and right-stripped at its
@@ -271,7 +271,7 @@ def build_raw_sample(
     cls_id: int,
     eos_id: int,
 ) -> np.ndarray:
-    """One raw sample (spec §5.1) from the documents ``docs`` (ids into ``corpus``) with cumulative lengths.
+    """One raw sample (docs/original-glm.md §5.1) from the documents ``docs`` (ids into ``corpus``) with cumulative lengths.
 
     Returns int64 tokens of length ``<= seq_length``: ``[CLS] doc [eos]`` segments; see the module docstring.
     """
@@ -369,7 +369,7 @@ class PretrainDataset(Dataset):
 
 
 def collate_pretrain(items: Sequence[list[MaskedSample]], pack: bool = False) -> dict[str, torch.Tensor]:
-    """Flatten the per-index lists and pad with :func:`collate_masked` (spec §5.6), or with ``pack`` put the
+    """Flatten the per-index lists and pad with :func:`collate_masked` (docs/original-glm.md §5.6), or with ``pack`` put the
     samples of this batch into as few rows as hold them (:func:`glm.data.packing.pack_samples`, rows as long
     as the longest sample; ``segment_ids`` and per-token ``sep`` keep every sample's attention to itself).
     Packing happens inside one batch, so batch boundaries, and with them exact resume, do not move."""

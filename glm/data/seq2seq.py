@@ -1,13 +1,13 @@
-"""Seq2seq (summarisation) data: reading `.source/.target` line files or jsonl, the spec §8.1 layout.
+"""Seq2seq (summarisation) data: reading `.source/.target` line files or jsonl, the docs/original-glm.md §8.1 layout.
 
-Layout (spec §8.1, §3(c)), `S = src_seq_length`, `T = tgt_seq_length`:
+Layout (docs/original-glm.md §8.1, §3(c)), `S = src_seq_length`, `T = tgt_seq_length`:
 ```
 Part A  [CLS] [MASK|sMASK] " Content:" " "+article ... <pad ...>      positions 0..S-1, block 0, sep = S
 Part B  [sop] target[:-1] <pad ...>                                  positions mask_pos (= 1), blocks 1..T
 target  " "+summary tokens + [eop], truncated to T (the eop may be cut), padded with pad; loss 1 on real
 ```
 The article is truncated (from the right) to fit `S`; every truncation is counted and logged.
-Padding inside Part A is visible to all tokens, as in the original (spec §2): training and decoding
+Padding inside Part A is visible to all tokens, as in the original (docs/original-glm.md §2): training and decoding
 see the same layout.
 
 Packing (`Seq2SeqDataModule(pack=True)`, `data.pack`). Because the Part-A padding is attended, dropping
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 CONTENT_PROMPT = " Content:"
 MASK_POS = 1  # the blank is the token right after [CLS]
 
-# PTB-style escapes of the BERT-tokenised CNN/DM and Gigaword files (spec §8.1: undone for those sets)
+# PTB-style escapes of the BERT-tokenised CNN/DM and Gigaword files (docs/original-glm.md §8.1: undone for those sets)
 _PTB = {
     "-lrb-": "(",
     "-rrb-": ")",
@@ -180,7 +180,7 @@ def build_source(
     stats: Counter | None = None,
     pad: bool = True,
 ) -> list[int]:
-    """`[CLS] mask " Content:" article` truncated to `src_seq_length` and padded with pad (spec §8.1);
+    """`[CLS] mask " Content:" article` truncated to `src_seq_length` and padded with pad (docs/original-glm.md §8.1);
     `pad=False`: not padded (the compact layout of `data.pack`)."""
     mask = tok.smask_id if task_mask else tok.mask_id
     head = [tok.cls_id, mask, *prompt_ids]
@@ -203,7 +203,7 @@ def build_seq2seq_sample(
     stats: Counter | None = None,
     pad: bool = True,
 ) -> Seq2SeqSample:
-    """Spec §3(c): Part A = the source as given; Part B = `[sop] + target[:-1]` (none when `summary_ids` is
+    """docs/original-glm.md §3(c): Part A = the source as given; Part B = `[sop] + target[:-1]` (none when `summary_ids` is
     None, the decoding input) with `target = summary + [eop]` truncated to `tgt_seq_length`, padded to it, or
     with `pad=False` only as long as the target (the compact layout of `data.pack`)."""
     S = len(source_ids)

@@ -25,7 +25,7 @@ GELU_APPROXIMATIONS = ("tanh", "none")
 class GLMConfig:
     """Shape and switches of the GLM backbone.
 
-    Defaults reproduce the original GLM (spec §1): pre-LN blocks, fused QKV, tanh GELU, LayerNorm eps
+    Defaults reproduce the original GLM (docs/original-glm.md §1): pre-LN blocks, fused QKV, tanh GELU, LayerNorm eps
     1e-5, two learned position tables of `max_sequence_length + 1` rows, tied output head without bias.
     The GLM-130B design options (rotary 2D positions, DeepNorm, GeGLU, embedding-gradient shrink,
     fp32 softmax) are switches, all off by default.
@@ -36,10 +36,10 @@ class GLMConfig:
     num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
-    vocab_size: int = 8064  # padded V: logits cover all of it (spec §4.1)
-    max_sequence_length: int = 512  # P; learned position tables have P + 1 rows (spec §1.1)
+    vocab_size: int = 8064  # padded V: logits cover all of it (docs/original-glm.md §4.1)
+    max_sequence_length: int = 512  # P; learned position tables have P + 1 rows (docs/original-glm.md §1.1)
     intermediate_size: int | None = None  # None: 4h (gelu) or 8h/3 (geglu, GLM-130B)
-    # --- regularisation / init (spec §1.6, §1.8) ---
+    # --- regularisation / init (docs/original-glm.md §1.6, §1.8) ---
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     layernorm_epsilon: float = 1e-5
@@ -109,7 +109,7 @@ class GLMConfig:
         return 4 * self.hidden_size
 
     def num_parameters(self) -> int:
-        """Parameter count from the shapes (tied embedding counted once); spec §11 formula for defaults."""
+        """Parameter count from the shapes (tied embedding counted once); docs/original-glm.md §11 formula for defaults."""
         h, ffn = self.hidden_size, self.ffn_size
         mlp_in = 2 * ffn if self.mlp == "geglu" else ffn
         per_layer = (3 * h * h + 3 * h) + (h * h + h) + (mlp_in * h + mlp_in) + (ffn * h + h) + 4 * h
@@ -186,7 +186,7 @@ def _bert(layers: int, hidden: int, heads: int) -> dict[str, Any]:
     )
 
 
-# Spec §11 (original releases) plus small presets for tests and CPU demos. V for our sentencepiece
+# docs/original-glm.md §11 (original releases) plus small presets for tests and CPU demos. V for our sentencepiece
 # tokenizers: 8000 pieces padded to a multiple of 128 = 8064.
 PRESETS: dict[str, dict[str, Any]] = {
     "glm-tiny": dict(

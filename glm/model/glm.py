@@ -1,8 +1,8 @@
 """The GLM backbone, top to bottom: embeddings with 2D positions, the sep attention mask, attention,
 MLP, block, stack and the tied LM head.
 
-It follows the original GLM code (spec §1-§2) so that original checkpoints load with the same keys and
-give the same logits: parameter names are those of the original `module` dict (spec §12.1). It knows
+It follows the original GLM code (docs/original-glm.md §1-§2) so that original checkpoints load with the same keys and
+give the same logits: parameter names are those of the original `module` dict (docs/original-glm.md §12.1). It knows
 nothing of tasks, losses or parallelism.
 """
 
@@ -17,11 +17,11 @@ from torch import Tensor, nn
 
 from glm.model.config import GLMConfig
 
-MASKED_SCORE = -65504.0  # the original's finite fill value (spec §1.3); largest finite fp16 magnitude
+MASKED_SCORE = -65504.0  # the original's finite fill value (docs/original-glm.md §1.3); largest finite fp16 magnitude
 
 
 # --------------------------------------------------------------------------------------------------
-# Attention mask (spec §2) and cache
+# Attention mask (docs/original-glm.md §2) and cache
 # --------------------------------------------------------------------------------------------------
 def _per_token_prefix(sep: Tensor | int | None, batch_size: int, length: int, device) -> Tensor:
     """Normalise every sep form to `[B, L]`: for each key position, the end of its sample's Part A."""
@@ -32,7 +32,9 @@ def _per_token_prefix(sep: Tensor | int | None, batch_size: int, length: int, de
     sep = sep.to(device=device, dtype=torch.long)
     if sep.dim() == 2:
         if sep.shape != (batch_size, length):
-            raise ValueError(f"a per-token sep must be [B, L] = {[batch_size, length]}, got {list(sep.shape)}")
+            raise ValueError(
+                f"a per-token sep must be [B, L] = {[batch_size, length]}, got {list(sep.shape)}"
+            )
         return sep
     sep = sep.reshape(-1)
     if sep.numel() == 1:
@@ -43,13 +45,17 @@ def _per_token_prefix(sep: Tensor | int | None, batch_size: int, length: int, de
 
 
 def build_attention_mask(
-    sep: Tensor | int | None, batch_size: int, query_length: int, memory_length: int = 0,
-    device: torch.device | None = None, segment_ids: Tensor | None = None,
+    sep: Tensor | int | None,
+    batch_size: int,
+    query_length: int,
+    memory_length: int = 0,
+    device: torch.device | None = None,
+    segment_ids: Tensor | None = None,
 ) -> Tensor:
     """Boolean mask `[B, 1, L, M + L]`, True where query i may attend key j.
 
     Within the current chunk: `j < sep or j <= i` (sep = 0 is causal, sep = L bidirectional).
-    The M cached columns on the left are always visible (spec §1.7). Packed rows (several samples in
+    The M cached columns on the left are always visible (docs/original-glm.md §1.7). Packed rows (several samples in
     one row) pass `segment_ids [B, L]` and a per-token `sep [B, L]` (each token's sample Part-A end,
     as an index into the row); attention then never crosses samples.
     """
@@ -75,8 +81,13 @@ CPU_FLEX_BLOCK = 128
 
 
 def build_block_mask(
-    sep: Tensor | int | None, batch_size: int, query_length: int, memory_length: int = 0,
-    device: torch.device | None = None, segment_ids: Tensor | None = None, pad_to: int = 1,
+    sep: Tensor | int | None,
+    batch_size: int,
+    query_length: int,
+    memory_length: int = 0,
+    device: torch.device | None = None,
+    segment_ids: Tensor | None = None,
+    pad_to: int = 1,
 ):
     """The same rule as `build_attention_mask`, as a FlexAttention block mask: blocks with no visible
     key (Part-A rows against Part-B columns, other samples of a packed row) are skipped entirely.
@@ -105,12 +116,16 @@ def build_block_mask(
 def _explicit_mask(attention_mask: Tensor, query_length: int, key_length: int) -> Tensor:
     """An explicit 0/1 or bool mask -> bool `[B, 1, L, M+L]` (True = may attend).
 
-    `[B, 1, L, >= M+L]` is the original's matrix form (its last M+L columns are used, spec §2);
-    `[B, M+L]` is the Hugging Face port's key padding mask, broadcast over queries (spec §12.3).
+    `[B, 1, L, >= M+L]` is the original's matrix form (its last M+L columns are used, docs/original-glm.md §2);
+    `[B, M+L]` is the Hugging Face port's key padding mask, broadcast over queries (docs/original-glm.md §12.3).
     """
     if attention_mask.dim() == 2 and attention_mask.shape[1] == key_length:
         attention_mask = attention_mask[:, None, None, :].expand(-1, 1, query_length, -1)
-    if attention_mask.dim() != 4 or attention_mask.shape[-1] < key_length or attention_mask.shape[2] != query_length:
+    if (
+        attention_mask.dim() != 4
+        or attention_mask.shape[-1] < key_length
+        or attention_mask.shape[2] != query_length
+    ):
         raise ValueError(
             f"attention_mask must be a sep ([B] or one element), an explicit [B, 1, L, M+L] = "
             f"[B, 1, {query_length}, {key_length}] matrix or a [B, {key_length}] key padding mask; "
@@ -121,7 +136,7 @@ def _explicit_mask(attention_mask: Tensor, query_length: int, key_length: int) -
 
 
 def _is_sep(mask: Tensor, batch_size: int) -> bool:
-    """The original's dispatch (spec §2): one element or a `[B]` vector is a sep, anything else a matrix."""
+    """The original's dispatch (docs/original-glm.md §2): one element or a `[B]` vector is a sep, anything else a matrix."""
     return mask.numel() == 1 or (mask.dim() == 1 and mask.numel() == batch_size)
 
 
@@ -129,7 +144,7 @@ def _is_sep(mask: Tensor, batch_size: int) -> bool:
 class KVCache:
     """Per-layer attention keys and values `[B, n, T, d]` of everything decoded so far.
 
-    Unlike the original's "mems" (layer inputs re-projected every step, spec §1.7) the cache holds the
+    Unlike the original's "mems" (layer inputs re-projected every step, docs/original-glm.md §1.7) the cache holds the
     projected keys/values, so a new token costs one position of compute. Logits are the same.
     """
 
@@ -146,7 +161,9 @@ class KVCache:
 
     def reorder(self, index: Tensor) -> KVCache:
         """Select (or repeat) batch rows: beam reordering, or expanding a prompt to several beams."""
-        return KVCache([k.index_select(0, index) for k in self.keys], [v.index_select(0, index) for v in self.values])
+        return KVCache(
+            [k.index_select(0, index) for k in self.keys], [v.index_select(0, index) for v in self.values]
+        )
 
 
 @dataclass
@@ -185,7 +202,7 @@ def apply_rotary_2d(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     parts = []
     for i, part in enumerate((x[..., :half], x[..., half:])):
-        c, s = cos[..., i * half:(i + 1) * half], sin[..., i * half:(i + 1) * half]
+        c, s = cos[..., i * half : (i + 1) * half], sin[..., i * half : (i + 1) * half]
         parts.append(part * c.to(x.dtype) + _rotate_half(part) * s.to(x.dtype))
     return torch.cat(parts, dim=-1)
 
@@ -199,12 +216,16 @@ class SelfAttention(nn.Module):
         self.config = config
         h = config.hidden_size
         self.num_heads, self.head_size = config.num_attention_heads, config.head_size
-        self.query_key_value = nn.Linear(h, 3 * h)  # rows [0,h) Q, [h,2h) K, [2h,3h) V (spec §1.3)
+        self.query_key_value = nn.Linear(h, 3 * h)  # rows [0,h) Q, [h,2h) K, [2h,3h) V (docs/original-glm.md §1.3)
         self.dense = nn.Linear(h, h)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor, rotary: tuple[Tensor, Tensor] | None, past: tuple[Tensor, Tensor] | None,
+        self,
+        x: Tensor,
+        mask: Tensor,
+        rotary: tuple[Tensor, Tensor] | None,
+        past: tuple[Tensor, Tensor] | None,
         impl: str,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         B, L, h = x.shape
@@ -225,8 +246,10 @@ class SelfAttention(nn.Module):
         return self.output_dropout(self.dense(context)), (k, v)
 
 
-def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, softmax_in_fp32: bool) -> Tensor:
-    """The readable reference, arithmetic as in the original (spec §1.3): scale K, fill -65504, softmax."""
+def eager_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, softmax_in_fp32: bool
+) -> Tensor:
+    """The readable reference, arithmetic as in the original (docs/original-glm.md §1.3): scale K, fill -65504, softmax."""
     dtype = q.dtype
     if softmax_in_fp32 and dtype in (torch.float16, torch.bfloat16):  # scores, softmax and PV in fp32
         q, k, v = q.float(), k.float(), v.float()
@@ -236,7 +259,9 @@ def eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: floa
     return (probs @ v).to(dtype)
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, softmax_in_fp32: bool) -> Tensor:
+def sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float, softmax_in_fp32: bool
+) -> Tensor:
     """torch's fused scaled-dot-product attention with the boolean GLM mask (same probabilities)."""
     dtype = q.dtype
     if softmax_in_fp32 and dtype in (torch.float16, torch.bfloat16):
@@ -287,7 +312,7 @@ class MLP(nn.Module):
 
 
 class GLMBlock(nn.Module):
-    """Pre-LN (spec §1.2): y = x + Attn(LN(x)); out = y + MLP(LN(y)).
+    """Pre-LN (docs/original-glm.md §1.2): y = x + Attn(LN(x)); out = y + MLP(LN(y)).
 
     DeepNorm (GLM-130B) keeps the same modules but adds the normalised input scaled by alpha:
     y = a*LN_in(x) + Attn(LN_in(x)); out = a*LN_post(y) + MLP(LN_post(y)).
@@ -303,8 +328,12 @@ class GLMBlock(nn.Module):
         self.deepnorm_alpha = config.deepnorm_alpha if config.layernorm_order == "deepnorm" else None
 
     def forward(
-        self, x: Tensor, mask: Tensor, rotary: tuple[Tensor, Tensor] | None = None,
-        past: tuple[Tensor, Tensor] | None = None, impl: str = "sdpa",
+        self,
+        x: Tensor,
+        mask: Tensor,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        past: tuple[Tensor, Tensor] | None = None,
+        impl: str = "sdpa",
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         normed = self.input_layernorm(x)
         attn, present = self.attention(normed, mask, rotary, past, impl)
@@ -322,7 +351,7 @@ class GLMStack(nn.Module):
     def __init__(self, config: GLMConfig) -> None:
         super().__init__()
         if config.position_encoding == "learned":
-            rows = config.max_sequence_length + 1  # P + 1 rows (spec §1.1)
+            rows = config.max_sequence_length + 1  # P + 1 rows (docs/original-glm.md §1.1)
             self.position_embeddings = nn.Embedding(rows, config.hidden_size)
             self.block_position_embeddings = nn.Embedding(rows, config.hidden_size)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
@@ -348,7 +377,7 @@ class GLM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Spec §1.8: N(0, 0.02) everywhere, output projections N(0, 0.02 / sqrt(2 * layers)), biases 0.
+        """docs/original-glm.md §1.8: N(0, 0.02) everywhere, output projections N(0, 0.02 / sqrt(2 * layers)), biases 0.
 
         DeepNorm instead uses Xavier normal with gain beta on V, the attention output and the MLP
         (DeepNet), and gain 1 on Q and K.
@@ -371,7 +400,7 @@ class GLM(nn.Module):
                 assert beta is not None  # GLMConfig.__post_init__ sets it for deepnorm
                 qkv = layer.attention.query_key_value.weight
                 for third, gain in ((0, 1.0), (1, 1.0), (2, beta)):
-                    nn.init.xavier_normal_(qkv[third * h:(third + 1) * h], gain=gain)
+                    nn.init.xavier_normal_(qkv[third * h : (third + 1) * h], gain=gain)
                 for linear in (layer.attention.dense, layer.mlp.dense_h_to_4h, layer.mlp.dense_4h_to_h):
                     nn.init.xavier_normal_(linear.weight, gain=beta)
             else:
@@ -389,15 +418,21 @@ class GLM(nn.Module):
             return "flex" if x.is_cuda and not dropout else "sdpa"
         if impl == "flex":
             if dropout:
-                raise ValueError("attention='flex' applies no attention dropout: set attention_dropout=0 "
-                                 "for training with flex, or use attention='sdpa'/'auto'")
+                raise ValueError(
+                    "attention='flex' applies no attention dropout: set attention_dropout=0 "
+                    "for training with flex, or use attention='sdpa'/'auto'"
+                )
             if not x.is_cuda and torch.is_grad_enabled() and x.requires_grad:
-                raise ValueError("attention='flex' on CPU is inference-only (torch has no CPU backward for "
-                                 "flex_attention); use attention='sdpa' or 'auto' for training on CPU")
+                raise ValueError(
+                    "attention='flex' on CPU is inference-only (torch has no CPU backward for "
+                    "flex_attention); use attention='sdpa' or 'auto' for training on CPU"
+                )
         return impl
 
-    def embed(self, input_ids: Tensor | None, position_ids: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
-        """Word + position + block-position embeddings (spec §1.1), before dropout."""
+    def embed(
+        self, input_ids: Tensor | None, position_ids: Tensor, inputs_embeds: Tensor | None = None
+    ) -> Tensor:
+        """Word + position + block-position embeddings (docs/original-glm.md §1.1), before dropout."""
         x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         if self.rotary is None:
             x = x + self.transformer.position_embeddings(position_ids[:, 0])
@@ -423,7 +458,7 @@ class GLM(nn.Module):
         """Run the backbone on `[B, L]` ids (or `inputs_embeds [B, L, h]`, for continuous prompts).
 
         position_ids: `[B, 2, L]` (row 0 positions, row 1 block positions); None gives `arange(L)` / 0.
-        sep: per-sample Part-A length `[B]` or one int (spec §2); None = 0 = causal. Ignored when an
+        sep: per-sample Part-A length `[B]` or one int (docs/original-glm.md §2); None = 0 = causal. Ignored when an
              explicit `attention_mask [B, 1, L, M+L]` (True/1 = may attend) is given. As in the
              original, a sep given as `attention_mask` and a matrix given as `sep` are both understood;
              a `[B, M+L]` attention_mask is a key padding mask (the Hugging Face port's form).
@@ -439,13 +474,17 @@ class GLM(nn.Module):
         B, L = x_ref.shape[:2]
         device = x_ref.device
         if position_ids is None:
-            position_ids = torch.stack([torch.arange(L, device=device), torch.zeros(L, dtype=torch.long, device=device)])
+            position_ids = torch.stack(
+                [torch.arange(L, device=device), torch.zeros(L, dtype=torch.long, device=device)]
+            )
             position_ids = position_ids[None].expand(B, 2, L)
         elif position_ids.shape != (B, 2, L):
-            raise ValueError(f"position_ids must have shape [B, 2, L] = {[B, 2, L]}, got {list(position_ids.shape)}")
+            raise ValueError(
+                f"position_ids must have shape [B, 2, L] = {[B, 2, L]}, got {list(position_ids.shape)}"
+            )
         past_len = cache.length if cache is not None else 0
         # the original's calling convention `forward(ids, position_ids, attention_mask)` passes a sep or an
-        # explicit matrix in the same argument (spec §2): route each to where it belongs
+        # explicit matrix in the same argument (docs/original-glm.md §2): route each to where it belongs
         if torch.is_tensor(sep) and sep.dim() == 4:
             sep, attention_mask = None, sep
         if attention_mask is not None and _is_sep(attention_mask, B):
@@ -481,7 +520,7 @@ class GLM(nn.Module):
             hidden.append(x)
         if logits_index is not None:
             x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
-        logits = F.linear(x, self.word_embeddings.weight)  # tied head, no bias (spec §1.5)
+        logits = F.linear(x, self.word_embeddings.weight)  # tied head, no bias (docs/original-glm.md §1.5)
         return GLMOutput(
             logits=logits,
             cache=KVCache(keys, values) if use_cache else None,
@@ -489,7 +528,7 @@ class GLM(nn.Module):
         )
 
     def load_original_state_dict(self, state_dict: dict[str, Tensor]) -> None:
-        """Load the `module` dict of an original GLM checkpoint (spec §12.1 keys, model-parallel size 1).
+        """Load the `module` dict of an original GLM checkpoint (docs/original-glm.md §12.1 keys, model-parallel size 1).
 
         Keys and shapes are the same as ours, so this is a strict load with a readable error; sharded
         checkpoints, prefixes and longer/shorter position tables are handled by `glm.checkpoint`.
@@ -499,8 +538,17 @@ class GLM(nn.Module):
         unexpected = sorted(set(state_dict) - set(ours))
         wrong = sorted(k for k in set(ours) & set(state_dict) if ours[k].shape != state_dict[k].shape)
         if missing or unexpected or wrong:
-            details = [f"missing keys {missing[:8]}" if missing else "", f"unexpected keys {unexpected[:8]}" if unexpected else "",
-                       "shape mismatch " + ", ".join(f"{k}: ours {tuple(ours[k].shape)} vs {tuple(state_dict[k].shape)}"
-                                                     for k in wrong[:8]) if wrong else ""]
-            raise ValueError("original state dict does not fit this GLMConfig: " + "; ".join(d for d in details if d))
+            details = [
+                f"missing keys {missing[:8]}" if missing else "",
+                f"unexpected keys {unexpected[:8]}" if unexpected else "",
+                "shape mismatch "
+                + ", ".join(
+                    f"{k}: ours {tuple(ours[k].shape)} vs {tuple(state_dict[k].shape)}" for k in wrong[:8]
+                )
+                if wrong
+                else "",
+            ]
+            raise ValueError(
+                "original state dict does not fit this GLMConfig: " + "; ".join(d for d in details if d)
+            )
         self.load_state_dict(state_dict, strict=True)

@@ -81,7 +81,7 @@ def _first_difference(old: Any, new: Any, where: str, not_yet: tuple[str, ...] =
                 return found
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
             found = _first_difference(a, b, f"{where}[{i}]", not_yet)
             if found:
                 return found

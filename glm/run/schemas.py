@@ -32,13 +32,13 @@ def _optional(hint: Any) -> Any:
         if len(rest) != 1:
             return Any
         hint = rest[0]
-    return Optional[hint]
+    return Optional[hint]  # noqa: UP045  (OmegaConf's structured configs read typing.Optional)
 
 
 def schema_of(cls: type, name: str) -> type:
     """A dataclass of ``preset`` and every field of the dataclass ``cls``, each optional, default None."""
     hints = typing.get_type_hints(cls)
-    fields = [("preset", Optional[str], dataclasses.field(default=None))]
+    fields = [("preset", Optional[str], dataclasses.field(default=None))]  # noqa: UP045  (as above)
     fields += [
         (f.name, _optional(hints[f.name]), dataclasses.field(default=None)) for f in dataclasses.fields(cls)
     ]

@@ -1,8 +1,9 @@
 """Start-up checks: every problem is reported as one ``ConfigError`` naming the config key, before any data
-loading or model construction (pitfalls §8)."""
+loading or model construction (docs/lightning-hydra-notes.md §P8)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -97,10 +98,8 @@ def _init_params(cls: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
             return params, hints, True
-        try:
+        with contextlib.suppress(Exception):  # unresolvable annotations: check names only
             hints.update({k: v for k, v in typing.get_type_hints(fn).items() if k not in hints})
-        except Exception:  # noqa: BLE001, S110  (unresolvable annotations: check names only)
-            pass
         var_kw = False
         for name, p in sig.parameters.items():
             if p.kind == p.VAR_KEYWORD:
@@ -195,7 +194,7 @@ def _strategy_name(trainer: Mapping[str, Any]) -> str:
 
 
 def check_multirun_strategy(trainer: Mapping[str, Any], is_multirun: bool) -> None:
-    """Refuse ``-m`` with a script-launched multi-process strategy (pitfalls §2)."""
+    """Refuse ``-m`` with a script-launched multi-process strategy (docs/lightning-hydra-notes.md §P2)."""
     if not is_multirun or _devices(trainer) <= 1:
         return
     name = _strategy_name(trainer)

@@ -1,4 +1,4 @@
-"""``task_wrapper``: failure bookkeeping and teardown around one Hydra job (pitfalls §3, §9)."""
+"""``task_wrapper``: failure bookkeeping and teardown around one Hydra job (docs/lightning-hydra-notes.md §P3, §P9)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Cloze finetuning on SuperGLUE (spec §7): verbalizer / candidate scoring, losses, metrics, outputs.
+"""Cloze finetuning on SuperGLUE (docs/original-glm.md §7): verbalizer / candidate scoring, losses, metrics, outputs.
 
-Scoring (spec §7.1):
+Scoring (docs/original-glm.md §7.1):
 - single-token: score of class c = raw logit of verbalizer token v_c at the `[sop]` slot (index `sep`);
 - multi-token: score of a candidate = sum over its k+1 target slots of `log_softmax(logits)[target]`,
   divided by `(k+1) ** length_penalty` when `length_penalty > 0`; all candidates of a batch in one

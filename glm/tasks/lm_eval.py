@@ -1,4 +1,4 @@
-"""Zero-shot LM evaluation (spec §10): LAMBADA accuracy and perplexity over overlapping windows.
+"""Zero-shot LM evaluation (docs/original-glm.md §10): LAMBADA accuracy and perplexity over overlapping windows.
 
 Both read "scored samples" from `glm.data.lm_eval.LMEvalDataModule`: one forward pass per batch, then
 per sample the summed cross-entropy over the scored slots and whether the argmax equals the target at
@@ -6,7 +6,7 @@ every scored slot. Those per-sample results are kept with the sample's index and
 rank at the epoch end (`glm.tasks.evaluation.finish_evaluation`): under several processes each rank scores
 its share, and the metrics are those of one process. LAMBADA logs `{stage}/acc` (and `{stage}/loss`, mean
 CE per answer token); perplexity logs `{stage}/loss` (average per scored token), `{stage}/ppl` and
-`{stage}/adjusted_ppl` (per original word, spec §10.2); `glm.run.pipeline.run` writes them to `metrics.json`.
+`{stage}/adjusted_ppl` (per original word, docs/original-glm.md §10.2); `glm.run.pipeline.run` writes them to `metrics.json`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def score_samples(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[T
 
 
 def check_positions(config: Any, largest: int, key: str) -> None:
-    """A learned position table has `max_sequence_length + 1` rows (spec §1.1): refuse larger position ids
+    """A learned position table has `max_sequence_length + 1` rows (docs/original-glm.md §1.1): refuse larger position ids
     before the forward pass (which would fail deep inside `F.embedding`), naming the config key to change."""
     limit = int(config.max_sequence_length)
     if getattr(config, "position_encoding", "learned") == "learned" and largest > limit:
@@ -104,7 +104,7 @@ class LMEvalModule(GLMTaskModule):
                 "loss": loss / max(count, 1),
                 "num_samples": float(samples),
             }
-        # every token but the first of the document is scored once: count == num_tokens - 1 (spec §10.2)
+        # every token but the first of the document is scored once: count == num_tokens - 1 (docs/original-glm.md §10.2)
         num_tokens = count + 1
         if dm.num_tokens and num_tokens != dm.num_tokens:
             raise RuntimeError(

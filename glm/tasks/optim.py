@@ -1,9 +1,9 @@
 """Optimizer, learning-rate schedule and parameter groups of every GLM task (`GLMTaskModule` calls these).
 
-AdamW with decay / no-decay groups and the original GLM learning-rate schedule (spec §5.8,
+AdamW with decay / no-decay groups and the original GLM learning-rate schedule (docs/original-glm.md §5.8,
 ``learning_rates.py::AnnealingLR``), stepped once per optimizer step.
 
-Decision (spec §5.8 leaves it unconfirmed whether the DeepSpeed "Adam" of the original configs decays
+Decision (docs/original-glm.md §5.8 leaves it unconfirmed whether the DeepSpeed "Adam" of the original configs decays
 weights inside the Adam update or decoupled from it): decoupled decay, ``torch.optim.AdamW``, the
 behaviour of apex ``FusedAdam`` in the original's non-DeepSpeed path.
 """
@@ -48,7 +48,7 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "fused": None,
 }
 # Decision: a finetuning schedule decays to 0 unless told otherwise (min_lr_ratio 0); pretraining configs
-# set the spec's 5% / 10% explicitly.
+# set the original's 5% / 10% explicitly.
 SCHEDULER_DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.0,
     "decay_style": "linear",
@@ -112,7 +112,7 @@ def normalize_scheduler(scheduler: Mapping[str, Any] | None, where: str = "task.
 def annealing_lr_factor(
     step: int, warmup_steps: float, decay_steps: int, style: str, min_ratio: float
 ) -> float:
-    """lr(step) / lr0 of the original ``AnnealingLR`` (spec §5.8); ``step`` counts finished optimizer steps.
+    """lr(step) / lr0 of the original ``AnnealingLR`` (docs/original-glm.md §5.8); ``step`` counts finished optimizer steps.
 
     Warmup ``lr0 * t / w`` for ``t <= w`` (so the first update runs at lr 0 when there is warmup, as the
     original scheduler starts at iteration 0), then with ``r = min(1, (t - w) / (D - w))``:
@@ -133,7 +133,7 @@ def annealing_lr_factor(
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: every bias and every LayerNorm weight without decay, the rest with it (spec §5.8).
+    """AdamW groups: every bias and every LayerNorm weight without decay, the rest with it (docs/original-glm.md §5.8).
 
     Embedding tables keep weight decay (the original only exempts biases and LayerNorm parameters).
     Tied or shared parameters appear once.

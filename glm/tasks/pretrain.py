@@ -1,4 +1,4 @@
-"""Blank-infilling pretraining (spec §5.8)."""
+"""Blank-infilling pretraining (docs/original-glm.md §5.8)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from glm.tasks.part_b import part_b_index, part_b_logits
 
 def blank_infilling_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
     """``(sum(ce * loss_mask), sum(loss_mask))``: per-token CE over all V logits, no ignore index, no label
-    smoothing (spec §5.8). Computed in fp32 whatever the logits' dtype."""
+    smoothing (docs/original-glm.md §5.8). Computed in fp32 whatever the logits' dtype."""
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     mask = loss_mask.reshape(-1).float()
     return (ce * mask).sum(), mask.sum()

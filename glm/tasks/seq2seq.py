@@ -1,6 +1,6 @@
 """Seq2seq finetuning (summarisation): label-smoothed teacher forcing, beam-search decoding, ROUGE.
 
-Training (spec §8.2): `loss_t = (1 - eps) * ce_t + eps * mean_V(-log_softmax(logits_t))`, averaged over
+Training (docs/original-glm.md §8.2): `loss_t = (1 - eps) * ce_t + eps * mean_V(-log_softmax(logits_t))`, averaged over
 the target slots; this is exactly `torch.nn.functional.cross_entropy(..., label_smoothing=eps)`.
 Validation/test decode every source with `glm.generation` (the decoding settings of the experiment),
 drop eop/pad ids, detokenise and score ROUGE-1/2/Lsum F1 with `rouge_score` (stemming) in process,
@@ -9,7 +9,7 @@ logged as `val/rouge1`, `val/rouge2`, `val/rougeL` (Lsum); test writes `test.jso
 its share of the split; the per-example results are gathered by example index (`glm.tasks.evaluation`),
 so the metrics and files are those of one process (written by rank 0).
 
-ROUGE post-processing (spec §8.3, the original `rouge_metric`): texts are split into sentences on
+ROUGE post-processing (docs/original-glm.md §8.3, the original `rouge_metric`): texts are split into sentences on
 `[SEP]` only (a text without it is one sentence); with `rouge_postprocess`
 predicted sentences of at most 4 words are dropped and a predicted sentence is removed when more than
 70% of its word set already occurs in the earlier sentences (`|A & H| / |A|`, H = the words of every
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 def label_smoothed_token_loss(logits: Tensor, targets: Tensor, eps: float = 0.1) -> Tensor:
-    """Spec §8.2 `loss_t` over all V logits, `[B, K]`; in fp32 for half/bf16 logits (float64 stays float64,
+    """docs/original-glm.md §8.2 `loss_t` over all V logits, `[B, K]`; in fp32 for half/bf16 logits (float64 stays float64,
     so the float64 tests compare packed and unpacked to ~1e-12)."""
     dtype = torch.promote_types(logits.dtype, torch.float32)
     per_tok = F.cross_entropy(
@@ -46,7 +46,7 @@ def label_smoothed_token_loss(logits: Tensor, targets: Tensor, eps: float = 0.1)
 
 
 def label_smoothed_loss(logits: Tensor, targets: Tensor, loss_mask: Tensor, eps: float = 0.1) -> Tensor:
-    """Spec §8.2 over all V logits; `sum(loss_t * mask_t) / sum(mask_t)`."""
+    """docs/original-glm.md §8.2 over all V logits; `sum(loss_t * mask_t) / sum(mask_t)`."""
     return masked_mean(label_smoothed_token_loss(logits, targets, eps), loss_mask)
 
 
@@ -58,7 +58,7 @@ def masked_mean(per_tok: Tensor, mask: Tensor) -> Tensor:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Sentences of a summary for ROUGE: split on `[SEP]` only (spec §8.3; the BERT-tokenised CNN/DM
+    """Sentences of a summary for ROUGE: split on `[SEP]` only (docs/original-glm.md §8.3; the BERT-tokenised CNN/DM
     targets carry it). Text without `[SEP]` is one sentence, as in the original `rouge_metric`: its
     length filter then sees the whole summary, and ROUGE-Lsum equals ROUGE-L on it."""
     return [p.strip() for p in text.split("[SEP]") if p.strip()]
@@ -66,7 +66,7 @@ def split_sentences(text: str) -> list[str]:
 
 def postprocess_prediction(sentences: list[str], min_words: int = 5, max_overlap: float = 0.7) -> list[str]:
     """Drop sentences of fewer than `min_words` words, then every sentence whose (lower-cased) word set has
-    more than `max_overlap` of its words among the words of all earlier sentences (spec §8.3: "earlier
+    more than `max_overlap` of its words among the words of all earlier sentences (docs/original-glm.md §8.3: "earlier
     ones"; as the original `remove_duplicate`, the earlier sentences include removed duplicates, not the
     short ones dropped first)."""
     kept: list[str] = []
@@ -205,7 +205,7 @@ class Seq2SeqModule(GLMTaskModule):
             context_mask=batch.get("context_mask"),
             may_stop=self._all_ranks_finished if world_size(self) > 1 else None,
         )
-        drop = {tok.eop_id, tok.pad_id}  # spec §9: eop and pad removed before detokenising
+        drop = {tok.eop_id, tok.pad_id}  # docs/original-glm.md §9: eop and pad removed before detokenising
         return [tok.decode([t for t in seq if t not in drop]).strip() for seq in out.sequences]
 
     def _decode_and_score(self, batch: dict[str, Tensor], stage: str) -> None:

@@ -23,7 +23,7 @@ SP_MODEL_FILE = "tokenizer.model"
 META_FORMAT = "glm-lightning-tokenizer"
 META_VERSION = 1
 CHINESE_MODEL_FILE = "cog-pretrain.model"  # the released name (chinese_sentencepiece/)
-VOCAB_MULTIPLE = 128  # --make-vocab-size-divisible-by (spec §4.1)
+VOCAB_MULTIPLE = 128  # --make-vocab-size-divisible-by (docs/original-glm.md §4.1)
 
 # name -> command string, in the order of our SentencePiece ids 0..9 (docs/contracts.md).
 SPECIAL_TOKENS: dict[str, str] = {
@@ -40,7 +40,7 @@ SPECIAL_TOKENS: dict[str, str] = {
 }
 SPECIAL_NAMES: tuple[str, ...] = tuple(SPECIAL_TOKENS)
 TASK_MASK_NAMES = ("gmask", "smask")
-# Masks that swallow the whitespace on their left in the GPT-2/RoBERTa/Chinese tokenizers (spec §4.2).
+# Masks that swallow the whitespace on their left in the GPT-2/RoBERTa/Chinese tokenizers (docs/original-glm.md §4.2).
 LSTRIP_NAMES = frozenset({"mask", "smask", "gmask"})
 
 

@@ -22,7 +22,7 @@ from glm.tokenizer.sentencepiece import SentencePieceTokenizer
 def chinese_special_ids(
     num_pieces: int, fix_command_token: bool, task_mask: bool = True, decoder_mask: bool = True
 ) -> dict[str, int | None]:
-    """Special ids of the GLM Chinese tokenizer for a model of ``num_pieces`` pieces (spec §4.1).
+    """Special ids of the GLM Chinese tokenizer for a model of ``num_pieces`` pieces (docs/original-glm.md §4.1).
 
     All specials come after the pieces: eos=pad N, sep N+1, ENC N+2, MASK N+3, unk N+4, (N+5 unused),
     sop N+6, eop N+7. Then ``fix_command_token=True`` (GLM-Large-Chinese) continues after eop: sMASK
@@ -55,14 +55,14 @@ class GLMChineseTokenizer(SentencePieceTokenizer):
     The model is used as is (its own normaliser and dummy-prefix space), like the original: text is
     split at command strings, each part encoded separately and the command ids put between; ``[MASK]``,
     ``[sMASK]`` and ``[gMASK]`` absorb the whitespace on their left, whitespace-only text gives ``[]``
-    (spec §4.2). Characters the model lacks become the model's own unknown piece, as in the original;
+    (docs/original-glm.md §4.2). Characters the model lacks become the model's own unknown piece, as in the original;
     ``unk_id`` (N+4) is what ``[UNK]`` written in text gives.
 
     ``fix_command_token`` picks the layout (:func:`chinese_special_ids`): True for GLM-Large-Chinese,
     False for the original GLM-10B-Chinese checkpoint, where gMASK and eop share id N+7: both strings
     encode to it, and decoding it with ``skip_special_tokens=False`` writes ``[gMASK]`` (the original's
     id -> command map keeps the later-registered gMASK), so a decoded eop reads as ``[gMASK]``. The Hugging
-    Face conversion of GLM-10B-Chinese copied row N+7 into N+9 (spec §4.1): its weights take the fixed
+    Face conversion of GLM-10B-Chinese copied row N+7 into N+9 (docs/original-glm.md §4.1): its weights take the fixed
     layout's gMASK/sMASK, i.e. ``fix_command_token=True``.
     """
 
@@ -97,7 +97,7 @@ class GLMChineseTokenizer(SentencePieceTokenizer):
         self._command_re = re.compile("|".join(re.escape(s) for s in strings))
 
     def encode(self, text: str) -> list[int]:
-        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (spec §4.2)
+        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (docs/original-glm.md §4.2)
             return []
         out: list[int] = []
         start = 0

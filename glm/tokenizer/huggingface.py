@@ -29,7 +29,7 @@ from glm.utils.inputs import check_file, load_json, read_lines
 
 @dataclass(frozen=True)
 class Family:
-    """Where a vocabulary family keeps its specials (spec §4.1).
+    """Where a vocabulary family keeps its specials (docs/original-glm.md §4.1).
 
     ``in_vocab``: name -> entry already in the vocabulary file; ``appended``: names added after the
     vocabulary, in the original order (task masks and dBLOCK are dropped when disabled).
@@ -112,7 +112,7 @@ class _HFTokenizer(GLMTokenizer):
         self.num_text_tokens = base + len(appended)
 
     def encode(self, text: str) -> list[int]:
-        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (spec §4.2)
+        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (docs/original-glm.md §4.2)
             return []
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -187,7 +187,7 @@ def read_bpe_merges(path: Path, vocab: dict[str, int]) -> list[tuple[str, str]]:
 
 
 class WordPieceTokenizer(_HFTokenizer):
-    """BERT WordPiece (``bert-base-uncased`` vocab.txt) with GLM specials (spec §4.1)."""
+    """BERT WordPiece (``bert-base-uncased`` vocab.txt) with GLM specials (docs/original-glm.md §4.1)."""
 
     kind = "bert"
 
@@ -228,7 +228,7 @@ class WordPieceTokenizer(_HFTokenizer):
 
 
 class GPT2Tokenizer(_HFTokenizer):
-    """GPT-2 byte-level BPE (vocab.json + merges.txt) with GLM specials (spec §4.1, GLM-2B/10B)."""
+    """GPT-2 byte-level BPE (vocab.json + merges.txt) with GLM specials (docs/original-glm.md §4.1, GLM-2B/10B)."""
 
     kind = "gpt2"
 
@@ -265,7 +265,7 @@ class GPT2Tokenizer(_HFTokenizer):
 
 
 class RobertaTokenizer(GPT2Tokenizer):
-    """RoBERTa byte-level BPE (vocab.json with 50265 entries + merges.txt) with GLM specials (spec §4.1).
+    """RoBERTa byte-level BPE (vocab.json with 50265 entries + merges.txt) with GLM specials (docs/original-glm.md §4.1).
 
     The vocabulary's own ``<s>``/``</s>``/``<unk>``/``<mask>`` are ENC/eos=pad=sep/unk/MASK; sop, eop,
     then the task masks and dBLOCK are appended after the last entry. The GLM command strings

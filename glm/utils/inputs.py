@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
 from glm.errors import DataFormatError, MissingInputError
 
 __all__ = [

@@ -45,7 +45,7 @@ class ClozeExample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# curly quotes and the en dash (spec §7.1 `punctuation_standardization`)
+# curly quotes and the en dash (docs/original-glm.md §7.1 `punctuation_standardization`)
 _PUNCT_MAP = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u2013": "-"})
 
 
@@ -55,7 +55,7 @@ def punctuation_standardization(text: str) -> str:
 
 
 def strip_final_punctuation(text: str) -> str:
-    """Drop trailing punctuation characters (the spec's "final punctuation removed")."""
+    """Drop trailing punctuation characters (the original's "final punctuation removed")."""
     return text.rstrip(string.punctuation)
 
 

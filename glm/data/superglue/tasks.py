@@ -1,4 +1,4 @@
-"""The eight SuperGLUE tasks as cloze problems: readers, patterns and verbalizers (spec §7.1-§7.3).
+"""The eight SuperGLUE tasks as cloze problems: readers, patterns and verbalizers (docs/original-glm.md §7.1-§7.3).
 
 A pattern returns two lists of parts (A and B). A part is `(content, shortenable)` where content is a
 string (tokenized on its own), `MASK` (the blank) or `None` (a continuous-prompt slot for P-tuning).
@@ -54,8 +54,8 @@ def T(text: Any) -> Part:
 def with_prompt_slots(parts_a: Parts, parts_b: Parts, num_prompt_tokens: int) -> tuple[Parts, Parts]:
     """Insert `num_prompt_tokens` continuous-prompt slots (`None`) right before the blank.
 
-    Where the original places its prompt tokens is not in the spec; putting them next to the blank
-    (as P-tuning's templates do) keeps every pattern string of spec §7.2 intact around them.
+    Where the original places its prompt tokens is not in the original; putting them next to the blank
+    (as P-tuning's templates do) keeps every pattern string of docs/original-glm.md §7.2 intact around them.
     """
     if num_prompt_tokens <= 0:
         return parts_a, parts_b
@@ -127,7 +127,9 @@ class SuperGLUETask:
         value = rec["label"]
         key = self.label_key(value)
         if key not in self.labels:
-            raise DataFormatError(f"{where}: field 'label' = {value!r} is not in the label set {list(self.labels)}")
+            raise DataFormatError(
+                f"{where}: field 'label' = {value!r} is not in the label set {list(self.labels)}"
+            )
         return self.labels.index(key)
 
     def label_key(self, value: Any) -> str:
@@ -141,7 +143,7 @@ class SuperGLUETask:
             )
 
     def parts(self, ex: ClozeExample, pattern_id: int) -> tuple[Parts, Parts]:
-        """Part lists A and B (spec §7.2)."""
+        """Part lists A and B (docs/original-glm.md §7.2)."""
         raise NotImplementedError
 
     def verbalizers(self, pattern_id: int) -> list[str]:
@@ -275,7 +277,9 @@ class COPA(SuperGLUETask):
     def examples_from_record(self, rec, where, split):
         fields = {k: require(rec, k, where, str) for k in ("premise", "choice1", "choice2", "question")}
         if fields["question"] not in ("cause", "effect"):
-            raise DataFormatError(f"{where}: field 'question' = {fields['question']!r} must be 'cause' or 'effect'")
+            raise DataFormatError(
+                f"{where}: field 'question' = {fields['question']!r} must be 'cause' or 'effect'"
+            )
         label = self.label_of(rec, where, split)
         ex = ClozeExample(
             f"{split}-{where}",
@@ -288,7 +292,7 @@ class COPA(SuperGLUETask):
         )
         if split != "train":
             return [ex]
-        # spec §7.2: the training set is doubled with mirrored examples (choices swapped, label flipped)
+        # docs/original-glm.md §7.2: the training set is doubled with mirrored examples (choices swapped, label flipped)
         mirrored = dict(fields, choice1=fields["choice2"], choice2=fields["choice1"])
         flip = None if label is None else 1 - label
         return [
@@ -474,7 +478,7 @@ class ReCoRD(SuperGLUETask):
     shuffle_seed = 42
 
     def read(self, path, split):
-        # one shuffler per file, consumed in file order (the spec's random.Random(42))
+        # one shuffler per file, consumed in file order (the original's random.Random(42))
         self._shuffler = random.Random(self.shuffle_seed)
         return super().read(path, split)
 
@@ -697,7 +701,7 @@ class WSC(SuperGLUETask):
       2. `wsc_heuristic_noun_phrases(text)`: determiner + next word and non-initial capitalised words.
     Training keeps only `True` examples (label index 0 = span1); more than 9 negatives are split into
     groups of 9 (span1 + 9 = 10 candidates, the last group filled from the start of the list): the
-    original splits its `candidates` list, which holds the negatives only (spec §7.2).
+    original splits its `candidates` list, which holds the negatives only (docs/original-glm.md §7.2).
     Prediction: `True` iff candidate 0 (span1) scores highest. An example with no negative at all is
     kept (its prediction is always `True`) and counted in the log.
     """
@@ -762,7 +766,7 @@ class WSC(SuperGLUETask):
                     )
                 )
                 continue
-            if label != 1:  # training uses the positive examples only (spec §7.2)
+            if label != 1:  # training uses the positive examples only (docs/original-glm.md §7.2)
                 continue
             k = self.max_train_negatives
             groups = [negatives[i : i + k] for i in range(0, len(negatives), k)] or [[]]
@@ -782,11 +786,11 @@ class WSC(SuperGLUETask):
 
     @staticmethod
     def _repair(words: list[str], pronoun: str, index: int) -> tuple[int, bool]:
-        """Fix span2_index by +-1 when the words there do not spell span2_text (spec §7.2)."""
+        """Fix span2_index by +-1 when the words there do not spell span2_text (docs/original-glm.md §7.2)."""
         want = [_norm(w) for w in pronoun.split()]
 
         def matches(i: int) -> bool:
-            return 0 <= i and [_norm(w) for w in words[i : i + len(want)]] == want
+            return i >= 0 and [_norm(w) for w in words[i : i + len(want)]] == want
 
         if matches(index):
             return index, True
