@@ -38,7 +38,7 @@ def estimated_stepping_batches(trainer: L.Trainer) -> int:
     train loader before a resumed checkpoint's loop state is restored; the fit loop then keeps that loader
     and never applies the saved loader state (the mid-epoch position). Dropping the loader it built makes
     the fit loop build it again after the restore. Private: ``fit_loop._combined_loader`` (Lightning
-    2.4-2.6). Pinned by tests/test_resume.py."""
+    2.4-2.6). Pinned by tests/e2e/test_resume.py."""
     fit_loop = trainer.fit_loop
     built_before = fit_loop._combined_loader is not None
     steps = max(1, int(trainer.estimated_stepping_batches))

@@ -96,7 +96,7 @@ def run_cli(args: list[str], tmp_path: Path, timeout: int = 240, env: dict[str, 
 
 
 def run_dist_script(script: Path, out: Path, *args: str, timeout: int = 300) -> dict:
-    """Run a multi-process test script (``tests/scripts/``) in a subprocess, outside pytest (Lightning's DDP
+    """Run a multi-process test script (``tests/e2e/scripts/``) in a subprocess, outside pytest (Lightning's DDP
     launcher re-runs the launching command: docs/lightning-hydra-notes.md R6), with no rank variables inherited and glm
     imported from this checkout; return the ``result.json`` it writes under ``out``."""
     import json

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grimp
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "glm"
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "glm"
 
 
 def _graph() -> grimp.ImportGraph:

@@ -1,8 +1,8 @@
 """Evaluate one glm-tiny on small slices of the real data with one Trainer of N processes; used by
-tests/test_distributed_eval.py in a subprocess (Lightning's DDP re-runs the launching command, so it must
+tests/e2e/test_distributed_eval.py in a subprocess (Lightning's DDP re-runs the launching command, so it must
 not be pytest).
 
-    python tests/scripts/dist_eval.py --weights FILE --devices N [--strategy ddp|fsdp] --out DIR
+    python tests/e2e/scripts/dist_eval.py --weights FILE --devices N [--strategy ddp|fsdp] --out DIR
 
 FILE is a backbone state dict (`train_weights` writes one: a few steps on the XSum pairs, so that decoding
 gives real words and ROUGE is not 0); every module loads it, so every rank and every run has the same model.

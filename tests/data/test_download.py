@@ -210,7 +210,7 @@ def test_data_root_env_and_default(monkeypatch, tmp_path):
     monkeypatch.setenv("GLM_DATA_ROOT", "rel")
     assert data_root() == tmp_path / "rel"
     monkeypatch.delenv("GLM_DATA_ROOT")
-    checkout = Path(__file__).resolve().parents[1]  # tests run from the source checkout
+    checkout = Path(__file__).resolve().parents[2]  # tests run from the source checkout
     assert data_root() == checkout / "data"
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -55,6 +56,7 @@ def test_run_all_sweep_then_aggregate(tmp_path: Path) -> None:
         ROOT=str(root),
         GLM_DATA_ROOT=str(data_root().absolute()),
         GLM_OUTPUT_ROOT=str(tmp_path / "outputs"),
+        PYTHON=sys.executable,  # the interpreter that has the project, whatever `python` on PATH is
     )
     proc = subprocess.run(
         ["bash", str(REPO / "recipes" / "superglue" / "run_all.sh"), "none", "1,2", *SMALL],

@@ -13,7 +13,7 @@ from glm.model import GLMConfig
 from glm.run.validation import validate
 
 EXPERIMENTS = sorted(
-    p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment").glob("*.yaml")
+    p.stem for p in (Path(__file__).resolve().parents[2] / "conf" / "experiment").glob("*.yaml")
 )
 
 

@@ -1,4 +1,4 @@
-"""Fault injection for tests/test_resume.py: ``+callbacks.crash._target_=tests.scripts.crash.KillAtStep
+"""Fault injection for tests/e2e/test_resume.py: ``+callbacks.crash._target_=tests.e2e.scripts.crash.KillAtStep
 +callbacks.crash.step=S`` kills the training process with SIGKILL right after optimizer step S (no cleanup,
 no checkpoint, no logger flush), as a node failure or an OOM kill would."""
 

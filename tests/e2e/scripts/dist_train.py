@@ -1,8 +1,8 @@
 """Train a tiny GLM for a few steps on synthetic blank-infilling batches under one strategy; used by
-tests/test_distributed.py in a subprocess (Lightning's DDP re-runs the launching command, so it must not be
+tests/e2e/test_distributed.py in a subprocess (Lightning's DDP re-runs the launching command, so it must not be
 pytest).
 
-    python tests/scripts/dist_train.py --strategy single|ddp|fsdp --devices N --out DIR
+    python tests/e2e/scripts/dist_train.py --strategy single|ddp|fsdp --devices N --out DIR
         [--steps 4] [--global-batch 4] [--precision 32-true] [--act-ckpt] [--compile] [--save-ckpt]
 
 Writes to DIR (rank 0): ``weights.pt`` (full backbone state dict), ``result.json`` (per-rank losses, the

@@ -3,7 +3,7 @@ ROUGE, LAMBADA, perplexity, SuperGLUE cloze metrics and every written file, with
 half of each split. Odd split sizes (7 XSum pairs, 9 LAMBADA lines, 11 RTE / MultiRC examples) make the
 evaluation sampler pad one rank with a repeated example, which must not be counted twice.
 
-The multi-process runs are subprocesses of ``tests/scripts/dist_eval.py`` (Lightning's DDP launcher
+The multi-process runs are subprocesses of ``tests/e2e/scripts/dist_eval.py`` (Lightning's DDP launcher
 re-runs the launching command, docs/lightning-hydra-notes.md R6); the 1-process reference runs the same code in this process.
 A glm-tiny trained for a few steps here (so that ROUGE is not 0) is loaded by every module of every run.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import need_data, run_dist_script
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tests" / "scripts" / "dist_eval.py"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tests" / "e2e" / "scripts" / "dist_eval.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
 from dist_eval import N_LAMBADA, N_MULTIRC, N_RTE, N_XSUM, evaluate, train_weights  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 
 from glm.metrics import GroupedExactMatch, SuperGLUEMetrics, squad_em_f1
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cb_macro_f1_and_acc():

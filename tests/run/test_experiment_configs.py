@@ -14,7 +14,7 @@ from glm.errors import ConfigError
 from glm.run.resolvers import superglue_setting
 from glm.run.validation import validate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 FIT_VALIDATE_PREDICT = ["fit", "validate", "predict"]
 
 # name: data.task, seq_length, pattern_id, (global, micro, eval batch), lr, max_epochs, max_steps,

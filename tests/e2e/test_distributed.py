@@ -1,7 +1,7 @@
 """DDP and FSDP2 on CPU (gloo) against one process, FSDP mixed precision, consolidation of checkpoints, and
 the activation-checkpointing / compile switches (state-dict keys, equal losses).
 
-Every multi-process run is a subprocess (``tests/scripts/dist_train.py``): Lightning's DDP launcher re-runs
+Every multi-process run is a subprocess (``tests/e2e/scripts/dist_train.py``): Lightning's DDP launcher re-runs
 the launching command, which inside pytest would be pytest itself (docs/lightning-hydra-notes.md R6).
 """
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import run_dist_script
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "tests" / "scripts" / "dist_train.py"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tests" / "e2e" / "scripts" / "dist_train.py"
 sys.path.insert(0, str(SCRIPT.parent))
 
 from dist_train import MODEL, N_SAMPLES, make_sample  # noqa: E402  (a script beside the tests)
