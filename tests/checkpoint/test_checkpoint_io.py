@@ -275,7 +275,9 @@ def test_export_with_tokenizer_round_trip(tmp_path: Path) -> None:
     from glm.tokenizer import WordPieceTokenizer
 
     tok = WordPieceTokenizer(need_shared_data("tokenizers/bert-base-uncased/vocab.txt", "BERT vocab"))
-    config = GLMConfig(**{**TINY, "vocab_size": tok.vocab_size})  # 30592 for BERT + GLM specials (docs/original-glm.md §4.1)
+    config = GLMConfig(
+        **{**TINY, "vocab_size": tok.vocab_size}
+    )  # 30592 for BERT + GLM specials (docs/original-glm.md §4.1)
     model = GLM(config)
     export_model(model, config, tmp_path / "e", tokenizer=tok)
     loaded_config, _, loaded_tok = load_export(tmp_path / "e")

@@ -65,7 +65,10 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path) -> None:
 
     r = run_cli([*COMMON, cache, f"hydra.run.dir={full}"], tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
-    kill = ["+callbacks.crash._target_=tests.e2e.scripts.crash.KillAtStep", f"+callbacks.crash.step={KILL_AT}"]
+    kill = [
+        "+callbacks.crash._target_=tests.e2e.scripts.crash.KillAtStep",
+        f"+callbacks.crash.step={KILL_AT}",
+    ]
     r = run_cli([*COMMON, cache, f"hydra.run.dir={crashed}", *kill], tmp_path, env=env)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     last = crashed / "checkpoints" / "last.ckpt"
@@ -136,7 +139,10 @@ def test_finetune_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path: Path,
     full, crashed = tmp_path / "full", tmp_path / "crashed"
     r = run_cli([*args, f"hydra.run.dir={full}"], tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
-    kill = ["+callbacks.crash._target_=tests.e2e.scripts.crash.KillAtStep", f"+callbacks.crash.step={FT_KILL_AT}"]
+    kill = [
+        "+callbacks.crash._target_=tests.e2e.scripts.crash.KillAtStep",
+        f"+callbacks.crash.step={FT_KILL_AT}",
+    ]
     r = run_cli([*args, f"hydra.run.dir={crashed}", *kill], tmp_path)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
     saved = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
