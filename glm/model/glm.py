@@ -17,7 +17,9 @@ from torch import Tensor, nn
 
 from glm.model.config import GLMConfig
 
-MASKED_SCORE = -65504.0  # the original's finite fill value (docs/original-glm.md §1.3); largest finite fp16 magnitude
+MASKED_SCORE = (
+    -65504.0
+)  # the original's finite fill value (docs/original-glm.md §1.3); largest finite fp16 magnitude
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,7 +218,9 @@ class SelfAttention(nn.Module):
         self.config = config
         h = config.hidden_size
         self.num_heads, self.head_size = config.num_attention_heads, config.head_size
-        self.query_key_value = nn.Linear(h, 3 * h)  # rows [0,h) Q, [h,2h) K, [2h,3h) V (docs/original-glm.md §1.3)
+        self.query_key_value = nn.Linear(
+            h, 3 * h
+        )  # rows [0,h) Q, [h,2h) K, [2h,3h) V (docs/original-glm.md §1.3)
         self.dense = nn.Linear(h, h)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
 

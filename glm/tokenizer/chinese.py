@@ -97,7 +97,9 @@ class GLMChineseTokenizer(SentencePieceTokenizer):
         self._command_re = re.compile("|".join(re.escape(s) for s in strings))
 
     def encode(self, text: str) -> list[int]:
-        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (docs/original-glm.md §4.2)
+        if (
+            not text.strip()
+        ):  # original GLM: empty or whitespace-only text has no tokens (docs/original-glm.md §4.2)
             return []
         out: list[int] = []
         start = 0

@@ -112,7 +112,9 @@ class _HFTokenizer(GLMTokenizer):
         self.num_text_tokens = base + len(appended)
 
     def encode(self, text: str) -> list[int]:
-        if not text.strip():  # original GLM: empty or whitespace-only text has no tokens (docs/original-glm.md §4.2)
+        if (
+            not text.strip()
+        ):  # original GLM: empty or whitespace-only text has no tokens (docs/original-glm.md §4.2)
             return []
         return self._tok.encode(text, add_special_tokens=False).ids
 
