@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from glm.data.base import GLMDataModule
+from glm.data.masking import pad_samples
 from glm.errors import DataFormatError
 from glm.utils.inputs import jsonl_lines, parse_json_object, read_lines
 
@@ -230,26 +231,7 @@ def collate_scored(samples: list[ScoredSample], pad_id: int = 0) -> dict[str, to
     """Right-pad to the longest sample (pad token, target 0, loss 0, positions 0: docs/original-glm.md §5.6)."""
     if not samples:
         raise ValueError("collate_scored: empty batch")
-    width, B = max(len(s) for s in samples), len(samples)
-    ids = np.full((B, width), pad_id, np.int64)
-    tgt = np.zeros((B, width), np.int64)
-    loss = np.zeros((B, width), np.float32)
-    pos = np.zeros((B, 2, width), np.int64)
-    for i, s in enumerate(samples):
-        n = len(s)
-        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = (
-            s.input_ids,
-            s.targets,
-            s.loss_mask,
-            s.position_ids,
-        )
-    return {
-        "input_ids": torch.from_numpy(ids),
-        "targets": torch.from_numpy(tgt),
-        "loss_mask": torch.from_numpy(loss),
-        "position_ids": torch.from_numpy(pos),
-        "sep": torch.tensor([s.sep for s in samples]),
-    }
+    return pad_samples(samples, max(len(s) for s in samples), pad_id)
 
 
 def collate_indexed(items: list[tuple[int, ScoredSample]], pad_id: int = 0) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """GLM blank-infilling objectives: token spans, sentences, documents and their mixture.
 
 Pure numpy: ids and a ``numpy.random.Generator`` in, one laid-out sample out. No torch at module level
-(only :func:`collate_masked` imports it) and nothing from the model.
+(only :func:`pad_samples` imports it) and nothing from the model.
 
 Layout (docs/original-glm.md §3(a)): ``[Part A | Part B]`` where Part A is the text with every masked span replaced by one
 mask token, and Part B holds, for each span, ``[sop] + span`` with targets ``span + [eop]``. Part-A tokens
@@ -65,6 +65,7 @@ __all__ = [
     "SpecialIds",
     "build_sentence_end",
     "collate_masked",
+    "pad_samples",
     "default_loss_mask",
     "layout_spans",
     "layout_suffix",
@@ -911,8 +912,6 @@ def collate_masked(
     Padding: id 0, target 0, loss mask 0, positions/blocks 0 (docs/original-glm.md §5.6). The length is the longest sample,
     rounded up to ``pad_to_multiple_of`` when given.
     """
-    import torch  # the only torch use in this module: keeps masking importable without torch
-
     if not samples:
         raise ValueError("collate_masked: empty batch")
     if pad_to_multiple_of is not None and (not isinstance(pad_to_multiple_of, int) or pad_to_multiple_of < 1):
@@ -922,14 +921,25 @@ def collate_masked(
     width = max(len(s) for s in samples)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    return pad_samples(samples, width)
+
+
+def pad_samples(
+    samples: Sequence[Any], width: int, pad_id: int = 0, target_pad: int = 0
+) -> dict[str, torch.Tensor]:
+    """Right-pad samples (``input_ids``, ``targets``, ``loss_mask``, ``position_ids [2, n]``, ``sep``) to
+    ``width``: ids with ``pad_id``, targets with ``target_pad``, loss mask and positions with 0
+    (docs/original-glm.md §5.6). The padded batch every layout without packing uses."""
+    import torch
+
     b = len(samples)
-    ids = np.zeros((b, width), np.int64)
-    tgt = np.zeros((b, width), np.int64)
+    ids = np.full((b, width), pad_id, np.int64)
+    tgt = np.full((b, width), target_pad, np.int64)
     lm = np.zeros((b, width), np.float32)
     pos = np.zeros((b, 2, width), np.int64)
     sep = np.zeros(b, np.int64)
     for i, s in enumerate(samples):
-        n = len(s)
+        n = len(s.input_ids)
         ids[i, :n] = s.input_ids
         tgt[i, :n] = s.targets
         lm[i, :n] = s.loss_mask

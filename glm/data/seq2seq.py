@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from glm.data.base import GLMDataModule
+from glm.data.masking import pad_samples
 from glm.data.packing import pack_samples
 from glm.data.sampling import ResumableDataLoader
 from glm.errors import DataFormatError
@@ -231,28 +232,9 @@ def collate_seq2seq(samples: list[Seq2SeqSample], pad_id: int = 0) -> dict[str, 
     """Stack equal-length samples (the layout pads to fixed lengths) into the batch dict of the contracts."""
     if not samples:
         raise ValueError("collate_seq2seq: empty batch")
-    width = max(len(s.input_ids) for s in samples)
-    B = len(samples)
-    ids = np.full((B, width), pad_id, np.int64)
-    tgt = np.full((B, width), pad_id, np.int64)
-    loss = np.zeros((B, width), np.float32)
-    pos = np.zeros((B, 2, width), np.int64)
-    for i, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[i, :n], tgt[i, :n], loss[i, :n], pos[i, :, :n] = (
-            s.input_ids,
-            s.targets,
-            s.loss_mask,
-            s.position_ids,
-        )
-    return {
-        "input_ids": torch.from_numpy(ids),
-        "targets": torch.from_numpy(tgt),
-        "loss_mask": torch.from_numpy(loss),
-        "position_ids": torch.from_numpy(pos),
-        "sep": torch.tensor([s.sep for s in samples]),
-        "mask_pos": torch.tensor([s.mask_pos for s in samples]),
-    }
+    out = pad_samples(samples, max(len(s.input_ids) for s in samples), pad_id, target_pad=pad_id)
+    out["mask_pos"] = torch.tensor([s.mask_pos for s in samples])
+    return out
 
 
 def collate_seq2seq_packed(

@@ -15,7 +15,9 @@ __all__ = ["rng_states", "set_rng_states"]
 
 def rng_states() -> dict[str, Any]:
     """Python, numpy and torch (CPU, and CUDA when present) RNG states as plain, weights_only-loadable values."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(
+        np.random.get_state(legacy=True)
+    )  # (name, keys, pos, has_gauss, cached)
     out: dict[str, Any] = {
         "python": _plain_python_state(random.getstate()),
         "numpy": {
