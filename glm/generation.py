@@ -12,8 +12,8 @@ Beam search follows the original `generation_utils.py` bookkeeping (docs/origina
 `sum_logprob / max(len, 1) ** length_penalty`, and the early-stop rule
 `worst_kept >= best_sum / cur_len ** length_penalty`, where `best_sum` is the highest of the step's
 `2 * beams` candidate scores, an `[eop]` candidate included (the original `BeamSearchScorer.process`
-passes `next_scores.max()`; the original's "best live" reads it as the best not-yet-finished candidate).
-Decision (the original leaves `cur_len` implicit): `cur_len` is the number of tokens generated *before*
+passes `next_scores.max()`; docs/original-glm.md §9's "best live" reads it as the best not-yet-finished candidate).
+Decision (docs/original-glm.md §9 leaves `cur_len` implicit): `cur_len` is the number of tokens generated *before*
 the current step (the length of a hypothesis closed at this step), floored at 1 -- the value the
 original gets from `input_ids.shape[-1]` when `input_ids` holds only generated tokens. With it a
 1-beam search is exactly greedy decoding for every length penalty.

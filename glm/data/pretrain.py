@@ -1,6 +1,6 @@
 """Pretraining data: corpus files -> cached token memmap -> raw samples (docs/original-glm.md §5.1) -> masked batches.
 
-Decisions (documented here because the original leaves them open):
+Decisions (documented here because docs/original-glm.md leaves them open):
 
 - Documents. A ``.txt`` file is split into paragraphs at blank lines (``document_split="paragraph"``) or
   taken whole (``"file"``). Inside a paragraph, single line breaks are joined with a space: Project

@@ -54,7 +54,7 @@ def T(text: Any) -> Part:
 def with_prompt_slots(parts_a: Parts, parts_b: Parts, num_prompt_tokens: int) -> tuple[Parts, Parts]:
     """Insert `num_prompt_tokens` continuous-prompt slots (`None`) right before the blank.
 
-    Where the original places its prompt tokens is not in the original; putting them next to the blank
+    Where the original places its prompt tokens is not in docs/original-glm.md; putting them next to the blank
     (as P-tuning's templates do) keeps every pattern string of docs/original-glm.md §7.2 intact around them.
     """
     if num_prompt_tokens <= 0:
