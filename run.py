@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 import glm.run  # noqa: F401  (registers the glm.* resolvers and the model/objective schemas before Hydra composes)
-from glm.errors import UserError
+from glm.errors import Preempted, UserError
 from glm.run.pipeline import run
 from glm.run.sweep import is_multirun, optimized_metric
 
@@ -17,6 +17,9 @@ from glm.run.sweep import is_multirun, optimized_metric
 def main(cfg: DictConfig) -> float | None:
     try:
         return optimized_metric(cfg, run(cfg), sweep=is_multirun())
+    except Preempted as stop:  # a checkpoint was saved; the message says how to resume (a sweep stops too)
+        print(f"Preempted: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     except UserError as err:  # config mistakes and bad or missing input: one line naming it, no traceback
         print(f"{err.label} error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -17,6 +17,7 @@ __all__ = [
     "DownloadError",
     "MissingInputError",
     "NonFiniteLossError",
+    "Preempted",
     "StrategyUnavailable",
     "UserError",
 ]
@@ -69,3 +70,18 @@ class StrategyUnavailable(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """A NaN/Inf training loss; the message names the global step and the batch index."""
+
+
+class Preempted(Exception):
+    """Training stopped on a signal (SIGTERM, SIGUSR1, SIGINT) after saving a resumable checkpoint at a step
+    boundary. ``run.py`` prints the message (it says how to resume) and exits ``128 + signum``; a sweep stops
+    too. Not a :class:`UserError`: nothing was wrong with the input."""
+
+    def __init__(self, message: str, signum: int, step: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.step = step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
