@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,6 +13,8 @@ import lightning as L
 import torch
 
 from glm.compat import LastCheckpointHooks
+
+log = logging.getLogger(__name__)
 
 
 class TokenThroughput(L.Callback):
@@ -190,10 +194,10 @@ class MFUMonitor(L.Callback):
 
 # ---- runs that survive crashes ----
 # Resume = the same command + ``hydra.run.dir=<old run dir> ckpt_path=last`` (see ``glm.run.pipeline``). For
-# that, ``last.ckpt`` must be recent and complete. Files are written by Lightning through an fsspec
-# transaction (temp file + rename), so ``last.ckpt`` is either the previous complete checkpoint or the new
-# complete one. Sharded (FSDP) checkpoints are directories rewritten in place; keep ``save_top_k >= 1``
-# there so a second complete copy exists.
+# that, ``last.ckpt`` must be recent and complete: every file is written by glm.checkpoint.io's
+# AtomicCheckpointIO (temp file in the checkpoint dir + fsync + rename, sha256 sidecar), so ``last.ckpt`` is
+# either the previous complete checkpoint or the new complete one. Sharded (FSDP) checkpoints are directories
+# rewritten in place; keep ``save_top_k >= 1`` there so a second complete copy exists.
 
 
 class RunCheckpoint(LastCheckpointHooks):
@@ -224,6 +228,23 @@ class RunCheckpoint(LastCheckpointHooks):
 
     def on_last_checkpoint_saved(self, trainer: L.Trainer) -> None:
         self._last_step_in_last = trainer.global_step
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        if trainer.is_global_zero and self.dirpath and os.path.isdir(self.dirpath):
+            # temp files of writes a SIGKILL interrupted (atomic_write's ".<name>.*.tmp"; nothing else
+            # writes into this dir while the run owns it)
+            stale = [
+                e.path for e in os.scandir(self.dirpath) if e.name.startswith(".") and e.name.endswith(".tmp")
+            ]
+            for path in stale:
+                os.unlink(path)
+            if stale:
+                log.info(
+                    "removed %d temp file(s) of an interrupted checkpoint write from %s",
+                    len(stale),
+                    self.dirpath,
+                )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

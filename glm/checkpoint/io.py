@@ -3,10 +3,13 @@
 Writing: every file goes to a temporary file in the target's own directory, is flushed and fsync'ed,
 then moved over the target with `os.replace` (atomic on POSIX), so a crash never leaves a half-written
 file at the target path; only a stray `.<name>.*.tmp` that the next successful write does not touch.
+Each torch file gets a `<file>.sha256` sidecar with the sha256 of its bytes (`glm.utils.fs`). Training
+checkpoints take the same path through :class:`AtomicCheckpointIO`, the Lightning plugin every run uses.
 
 Reading: `torch.load(..., weights_only=True)` always (pickles that execute code are refused), with
 `mmap=True` for zip-format files so a large checkpoint is paged in lazily instead of read into RAM.
-Every failure becomes a `CheckpointError` that names the file and says what is wrong with it.
+A file whose bytes no longer match its sidecar is refused, naming both digests. Every failure becomes a
+`CheckpointError` that names the file and says what is wrong with it.
 
 Export directory (what `export_model` writes and `load_export` reads):
 
@@ -23,18 +26,20 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import shutil
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
 from glm.errors import CheckpointError
 from glm.model import GLM, GLMConfig
 from glm.tokenizer import load_tokenizer as load_tokenizer_dir
-from glm.utils.fs import atomic_write
+from glm.utils.fs import DIGEST_SUFFIX, atomic_write, check_digest, digest_path, remove_with_digest
 from glm.utils.inputs import read_text
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,47 @@ POSITION_TABLES = ("transformer.position_embeddings.weight", "transformer.block_
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save(obj)` to `path` atomically (zip format, so it can be loaded with `mmap=True`)."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
+    """`torch.save(obj)` to `path` atomically (zip format, so it can be loaded with `mmap=True`), with the
+    sha256 of the bytes in `<path>.sha256`. A failed write (ENOSPC, EIO) is a `CheckpointError` naming the
+    file, its size and the free space; `path` keeps its previous content."""
+    path = Path(path)
+    try:
+        return atomic_write(path, lambda f: torch.save(obj, f), digest=True)
+    except OSError as err:
+        raise CheckpointError(_write_failure(path, obj, err)) from None
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _write_failure(path: Path, obj: Any, err: OSError) -> str:
+    what = "checkpoint"
+    if isinstance(obj, Mapping) and "global_step" in obj:
+        what = f"training checkpoint (global step {obj['global_step']})"
+    try:
+        free = f", {_size(shutil.disk_usage(path.parent).free)} free there"
+    except OSError:
+        free = ""
+    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+    return (
+        f"{path}: could not write the {what}: {err.strerror or err}; it needs about "
+        f"{_size(_tensor_bytes(obj))}{free}; {kept}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,11 +108,14 @@ def safe_load(
     mmap: bool = True,
     safe_globals: Iterable[Any] = (),
     trust: bool = False,
+    expect_digest: bool = False,
 ) -> Any:
     """`torch.load` with `weights_only=True` (and `mmap` for zip files); clear errors naming the file.
 
     `safe_globals` allow-lists extra harmless types (e.g. numpy arrays in RNG states of original
-    checkpoints). `trust=True` turns `weights_only` off: only for files from a source you trust.
+    checkpoints). `trust=True` turns `weights_only` off: only for files from a source you trust. The bytes
+    are checked against `<path>.sha256` when it exists; `expect_digest`: a file of ours, so a missing
+    sidecar is worth one warning (a checkpoint from before digests, or copied without it).
     """
     path = Path(path)
     if not path.exists():
@@ -78,6 +125,7 @@ def safe_load(
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint (an interrupted write?)")
+    verify_digest(path, expect_digest)
     # Only zip-format files (torch >= 1.6 default) can be memory-mapped; legacy files load normally.
     is_zip = zipfile.is_zipfile(path)
     try:
@@ -107,6 +155,65 @@ def safe_load(
             else ("not a torch checkpoint (neither the zip nor the legacy pickle format), or truncated")
         )
         raise CheckpointError(f"{path}: {kind} ({size} bytes): {type(err).__name__}: {err}") from None
+
+
+_warned_unverified: set[str] = set()
+
+
+def verify_digest(path: Path, expect_digest: bool = True) -> None:
+    """Refuse `path` when its bytes differ from its `.sha256` sidecar (naming both digests); without a
+    sidecar, warn once per file when `expect_digest`."""
+    status, actual, recorded = check_digest(path)
+    if status == "mismatch":
+        raise CheckpointError(
+            f"{path}: corrupt: the file's sha256 is {actual} but {digest_path(path).name} recorded "
+            f"{recorded[0]} when it was written (changed on disk or in a copy since); use another "
+            "checkpoint (or restore this one) rather than train from damaged state"
+        )
+    if status == "missing" and expect_digest and str(path) not in _warned_unverified:
+        _warned_unverified.add(str(path))
+        log.warning(
+            "%s: no %s sidecar (written before digests, or copied without it): loaded unverified",
+            path,
+            DIGEST_SUFFIX,
+        )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O with a guarantee that holds on every local filesystem: every checkpoint
+    (`last`, periodic, best-k, FSDP full-state files) is written to a temp file in its own directory,
+    fsync'ed and renamed over the target, with its sha256 in `<file>.sha256`, and checked on load.
+
+    Lightning's default goes through fsspec, which writes the temp file under `$TMPDIR` and moves it: across
+    filesystems (a run dir on a shared filesystem) that move truncates the target and copies, so a kill or a
+    full disk during it destroys the previous `last.ckpt`. Remote URLs (`s3://...`) keep Lightning's path.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if _is_url(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options")
+        atomic_save(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path: Any,
+        map_location: Callable[..., Any] | str | torch.device | None = None,
+        weights_only: bool | None = None,
+    ) -> dict[str, Any]:
+        if _is_url(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return safe_load(path, map_location, trust=weights_only is False, expect_digest=True)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        if _is_url(path):
+            return super().remove_checkpoint(path)
+        remove_with_digest(path)
+
+
+def _is_url(path: Any) -> bool:
+    return "://" in str(path)
 
 
 def _looks_like_pickle(path: Path) -> bool:
@@ -277,7 +384,8 @@ def load_export(
                 f"{MODEL_FILE} + {CONFIG_FILE} [+ {TOKENIZER_DIR}/, {RUN_CONFIG_FILE}]"
             )
     config = read_model_config(directory / CONFIG_FILE)
-    sd = as_state_dict(safe_load(directory / MODEL_FILE, map_location), directory / MODEL_FILE)
+    model_file = directory / MODEL_FILE
+    sd = as_state_dict(safe_load(model_file, map_location, expect_digest=True), model_file)
     check_state_dict(sd, config, source=str(directory / MODEL_FILE))
     tokenizer = None
     if load_tokenizer and (directory / TOKENIZER_DIR).exists():
@@ -307,6 +415,7 @@ def is_backbone_key(name: str) -> bool:
 
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CONFIG_FILE",
     "MODEL_FILE",
     "RUN_CONFIG_FILE",
@@ -320,4 +429,5 @@ __all__ = [
     "load_export",
     "read_model_config",
     "safe_load",
+    "verify_digest",
 ]

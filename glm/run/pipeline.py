@@ -18,11 +18,12 @@ from typing import Any
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from glm.checkpoint.io import export_model
+from glm.checkpoint.io import AtomicCheckpointIO, export_model
 from glm.run.instantiate import instantiate_group
 from glm.run.resume import check_resume_config, resolve_ckpt_path, wandb_resume_kwargs
 from glm.run.sweep import is_multirun
@@ -80,6 +81,15 @@ def _callbacks_and_loggers(cfg: DictConfig, output_dir: Path) -> tuple[list[Any]
     return callbacks, loggers
 
 
+def _plugins(cfg: DictConfig) -> list[Any]:
+    """``trainer.plugins`` plus :class:`AtomicCheckpointIO` (atomic, digested checkpoints on every local
+    filesystem) unless the config brings its own checkpoint I/O."""
+    given = list(hydra.utils.instantiate(cfg.trainer.get("plugins") or [], _convert_="all"))
+    if not any(isinstance(p, CheckpointIO) for p in given):
+        given.append(AtomicCheckpointIO())
+    return given
+
+
 @task_wrapper
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
@@ -108,7 +118,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming: task.pretrained=%s is not loaded (the checkpoint has it)", module.pretrained)
         module.pretrained = None
     callbacks, loggers = _callbacks_and_loggers(cfg, output_dir)
-    trainer_kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    trainer_kwargs: dict[str, Any] = {
+        "callbacks": callbacks,
+        "logger": loggers or False,
+        "plugins": _plugins(cfg),
+    }
     if checked.accumulate_grad_batches is not None:
         trainer_kwargs["accumulate_grad_batches"] = checked.accumulate_grad_batches
     log.info("instantiating trainer (accumulate_grad_batches=%s)", checked.accumulate_grad_batches)

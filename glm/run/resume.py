@@ -53,7 +53,7 @@ def check_checkpoint(path: Path) -> None:
     try:
         kind = checkpoint_kind(path)
         if kind == "lightning":
-            ckpt = safe_load(path)  # weights_only + mmap: cheap, and refuses anything but plain containers
+            ckpt = safe_load(path, expect_digest=True)  # weights_only + mmap; the sha256 sidecar checked
             if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
                 raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict/loops)")
         elif kind == "fsdp":
