@@ -40,8 +40,10 @@ device per job (see ``glm.run.validation.check_multirun_strategy``).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -52,6 +54,7 @@ from torch.utils.checkpoint import checkpoint
 from glm.compat import attached_trainer, use_every_process_for_data_parallel
 from glm.errors import StrategyUnavailable
 from glm.model import GLM
+from glm.utils.fs import replace_dir, sha256_file, write_manifest
 
 SUBPROCESS_STRATEGIES = ("ddp_strategy", "fsdp_strategy", "deepspeed_strategy")
 
@@ -73,6 +76,39 @@ class FSDP2Strategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         use_every_process_for_data_parallel(self)
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """A sharded checkpoint written as a whole: every rank writes its shards into a staging dir beside
+        the target and hashes them, rank 0 writes ``SHA256SUMS`` and then swaps the staging dir in
+        (``glm.utils.fs.replace_dir``), so ``last.ckpt`` is never a mix of two steps. Lightning itself
+        rewrites the directory in place. Full-state (single file) saves go through the CheckpointIO."""
+        if not self._save_distributed_checkpoint or "://" in str(filepath):
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        staging = path.with_name(f".{path.name}.staging")
+        if self.is_global_zero and staging.exists():  # left by a write that was killed
+            shutil.rmtree(staging)
+        self.barrier("glm_ckpt_staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("glm_ckpt_written")
+        mine = {f.name: sha256_file(f) for f in staging.glob(f"__{self.global_rank}_*.distcp")}
+        digests: dict[str, str] = {}
+        for part in self._gather_objects(mine):
+            digests.update(part)
+        if self.is_global_zero:
+            for f in staging.iterdir():  # .metadata, meta.pt and anything the writer named otherwise
+                if f.is_file() and f.name not in digests:
+                    digests[f.name] = sha256_file(f)
+            write_manifest(staging, digests)
+            replace_dir(staging, path)
+        self.barrier("glm_ckpt_swapped")
+
+    def _gather_objects(self, obj: Any) -> list[Any]:
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            return [obj]
+        out: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
 
 def fsdp_strategy(

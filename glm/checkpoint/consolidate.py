@@ -34,6 +34,7 @@ from glm.checkpoint.io import (
     export_model,
     is_backbone_key,
     safe_load,
+    verify_manifest,
 )
 from glm.errors import CheckpointError
 from glm.model import GLMConfig
@@ -105,6 +106,7 @@ def read_fsdp_dir(path: Path) -> tuple[GLMConfig, dict[str, Tensor]]:
 
     if not (path / FSDP_META_FILE).is_file():
         raise CheckpointError(f"{path}: sharded checkpoint without {FSDP_META_FILE} (hyperparameters)")
+    verify_manifest(path)
     meta = safe_load(path / FSDP_META_FILE)
     config = _model_config(meta.get("hyper_parameters") if isinstance(meta, Mapping) else None, path)
     try:

@@ -39,7 +39,15 @@ from torch import Tensor, nn
 from glm.errors import CheckpointError
 from glm.model import GLM, GLMConfig
 from glm.tokenizer import load_tokenizer as load_tokenizer_dir
-from glm.utils.fs import DIGEST_SUFFIX, atomic_write, check_digest, digest_path, remove_with_digest
+from glm.utils.fs import (
+    DIGEST_SUFFIX,
+    MANIFEST_FILE,
+    atomic_write,
+    check_digest,
+    check_manifest,
+    digest_path,
+    remove_with_digest,
+)
 from glm.utils.inputs import read_text
 
 log = logging.getLogger(__name__)
@@ -177,6 +185,18 @@ def verify_digest(path: Path, expect_digest: bool = True) -> None:
             path,
             DIGEST_SUFFIX,
         )
+
+
+def verify_manifest(directory: Path) -> None:
+    """Refuse a sharded checkpoint dir whose files differ from its ``SHA256SUMS`` (naming the first and
+    counting the rest); without a manifest, warn once."""
+    status, problems = check_manifest(directory)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise CheckpointError(f"{directory}: corrupt sharded checkpoint: {problems[0]}{more}")
+    if status == "missing" and str(directory) not in _warned_unverified:
+        _warned_unverified.add(str(directory))
+        log.warning("%s: no %s (written before digests): loaded unverified", directory, MANIFEST_FILE)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -430,4 +450,5 @@ __all__ = [
     "read_model_config",
     "safe_load",
     "verify_digest",
+    "verify_manifest",
 ]

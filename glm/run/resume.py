@@ -18,9 +18,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from glm.checkpoint.consolidate import DCP_METADATA_FILE, FSDP_META_FILE, checkpoint_kind
-from glm.checkpoint.io import safe_load
+from glm.checkpoint.io import safe_load, verify_manifest
 from glm.errors import CheckpointError, ConfigError
-from glm.utils.fs import atomic_write
+from glm.utils.fs import atomic_write, restore_replaced_dir
 
 log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_run_id"
@@ -37,6 +37,10 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
         return None
     if ckpt_path in ("last", "auto"):
         path = output_dir / "checkpoints" / "last.ckpt"
+        if restore_replaced_dir(path):  # a sharded save was killed between its two renames
+            log.warning(
+                "%s: restored the previous sharded checkpoint an interrupted save had moved aside", path
+            )
         if not path.exists():
             log.info("ckpt_path=%s: no %s yet, starting from scratch", ckpt_path, path)
             return None
@@ -57,6 +61,7 @@ def check_checkpoint(path: Path) -> None:
             if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
                 raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict/loops)")
         elif kind == "fsdp":
+            verify_manifest(path)
             safe_load(path / FSDP_META_FILE)
             try:
                 dcp.FileSystemReader(str(path)).read_metadata()

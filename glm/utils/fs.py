@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,14 +18,20 @@ from typing import IO, Literal
 
 __all__ = [
     "DIGEST_SUFFIX",
+    "MANIFEST_FILE",
     "atomic_write",
     "check_digest",
+    "check_manifest",
     "digest_path",
     "remove_with_digest",
+    "replace_dir",
+    "restore_replaced_dir",
     "sha256_file",
+    "write_manifest",
 ]
 
 DIGEST_SUFFIX = ".sha256"
+MANIFEST_FILE = "SHA256SUMS"  # a directory's digests (sharded checkpoints), sha256sum format
 _CHUNK = 8 << 20
 # (path, inode, size, mtime_ns) of files whose digest matched: resume checks a checkpoint before anything is
 # built and Lightning loads it later; the second check need not read the file again
@@ -128,7 +135,7 @@ def atomic_write(
         with os.fdopen(fd, "wb") as raw:
             f = _HashingWriter(raw)
             if callable(data):
-                data(f)  # type: ignore[arg-type]  (a file-like object with write/flush/fileno)
+                data(f)  # type: ignore[arg-type]  # file-like: write/flush/fileno
             else:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
@@ -172,6 +179,75 @@ def check_digest(path: str | os.PathLike[str]) -> tuple[Literal["ok", "missing",
 
 
 def remove_with_digest(path: str | os.PathLike[str]) -> None:
-    """Delete a file and its digest sidecar (either may be absent)."""
-    for p in (Path(path), digest_path(path)):
-        p.unlink(missing_ok=True)
+    """Delete a file (or a directory: a sharded checkpoint) and its digest sidecar (either may be absent)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    digest_path(path).unlink(missing_ok=True)
+
+
+# ---- directories (sharded checkpoints): a manifest of digests, replaced as a whole ----
+def write_manifest(directory: str | os.PathLike[str], digests: dict[str, str]) -> Path:
+    """``<directory>/SHA256SUMS`` naming every file of ``digests`` (relative names), atomically."""
+    return atomic_write(Path(directory) / MANIFEST_FILE, _digest_lines(digests))
+
+
+def _digest_lines(digests: dict[str, str]) -> str:
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(digests.items()))
+
+
+def check_manifest(directory: str | os.PathLike[str]) -> tuple[Literal["ok", "missing"], list[str]]:
+    """``("ok", [])``, ``("missing", [])`` (no manifest) or ``("ok", problems)`` where each problem names a
+    file that is absent or whose sha256 differs (with both digests)."""
+    directory = Path(directory)
+    try:
+        lines = (directory / MANIFEST_FILE).read_text(encoding="ascii", errors="replace").splitlines()
+    except FileNotFoundError:
+        return "missing", []
+    problems = []
+    for line in lines:
+        if not line.strip():
+            continue
+        recorded, _, name = line.partition("  ")
+        file = directory / name
+        if not file.is_file():
+            problems.append(f"{file}: listed in {MANIFEST_FILE} but missing")
+            continue
+        actual = sha256_file(file)
+        if actual != recorded.strip().lower():
+            problems.append(f"{file}: sha256 {actual}, {MANIFEST_FILE} recorded {recorded.strip()}")
+    return "ok", problems
+
+
+def _aside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def replace_dir(new: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Put the complete directory ``new`` (a sibling of ``path``) at ``path``. A rename cannot replace a
+    non-empty directory, so the old one first moves aside to ``.<name>.old``: at every instant either
+    ``path`` is complete, or it is absent and ``.<name>.old`` is, which :func:`restore_replaced_dir` puts
+    back."""
+    new, path = Path(new), Path(path)
+    aside = _aside(path)
+    if aside.exists():
+        shutil.rmtree(aside)
+    if path.exists():
+        os.rename(path, aside)
+    os.rename(new, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def restore_replaced_dir(path: str | os.PathLike[str]) -> bool:
+    """After a crash inside :func:`replace_dir` (``path`` absent, ``.<name>.old`` present): move the old
+    directory back. True when something was restored."""
+    path = Path(path)
+    aside = _aside(path)
+    if path.exists() or not aside.is_dir():
+        return False
+    os.rename(aside, path)
+    _fsync_dir(path.parent)
+    return True

@@ -7,6 +7,7 @@ the launching command, which inside pytest would be pytest itself (docs/lightnin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -86,6 +87,11 @@ def test_fsdp_checkpoint_is_sharded_and_consolidates_to_the_trained_model(
 
     ckpt = runs["fsdp"] / "ckpt"
     assert ckpt.is_dir() and sorted(p.name for p in ckpt.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    # written whole: a manifest of every file, independently re-hashed here; no staging dir left beside it
+    listed = dict(reversed(line.split("  ")) for line in (ckpt / "SHA256SUMS").read_text().splitlines())
+    assert set(listed) == {p.name for p in ckpt.iterdir()} - {"SHA256SUMS"}
+    assert all(hashlib.sha256((ckpt / n).read_bytes()).hexdigest() == d for n, d in listed.items())
+    assert sorted(p.name for p in ckpt.parent.iterdir() if p.name.startswith(".ckpt")) == []
     out = tmp_path / "export"
     assert main(["consolidate", str(ckpt), "--out", str(out)]) == 0
     config, state, _ = load_export(out)
@@ -131,12 +137,15 @@ def test_consolidate_errors_name_the_path(runs: dict[str, Path], tmp_path: Path,
     empty_dir.mkdir()
     assert main(["consolidate", str(empty_dir), "--out", str(tmp_path / "y")]) == 1
     assert f"{empty_dir}: directory is neither a sharded FSDP checkpoint" in capsys.readouterr().err
-    # a sharded checkpoint that lost a shard
+    # a sharded checkpoint that lost a shard: named by its manifest; without the manifest, by DCP
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in (runs["fsdp"] / "ckpt").iterdir():
         if f.name != "__1_0.distcp":
             (broken / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(CheckpointError, match=r"__1_0.distcp: listed in SHA256SUMS but missing"):
+        consolidate(broken, tmp_path / "z")
+    (broken / "SHA256SUMS").unlink()
     with pytest.raises(CheckpointError, match=f"{broken}: cannot read the model shards"):
         consolidate(broken, tmp_path / "z")
 
