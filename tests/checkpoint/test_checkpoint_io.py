@@ -63,7 +63,7 @@ def test_atomic_write_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) 
     with pytest.raises(RuntimeError, match="disk died"):
         atomic_write(target, crash)
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "model.pt.sha256"]
 
 
 def test_atomic_save_crash_inside_torch_save_never_creates_target(tmp_path: Path, monkeypatch) -> None:
@@ -142,7 +142,12 @@ def test_export_round_trip_with_run_config(tmp_path: Path) -> None:
     model = tiny_model()
     run_cfg = OmegaConf.create({"seed": 3, "data": {"len": 128, "twice": "${data.len}"}})
     out = export_model(model, model.config, tmp_path / "export", run_config=run_cfg)
-    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "model_config.yaml", "run_config.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.pt",
+        "model.pt.sha256",
+        "model_config.yaml",
+        "run_config.yaml",
+    ]
     config, sd, tok = load_export(out)
     assert config == model.config and tok is None
     assert sd.keys() == model.state_dict().keys()

@@ -14,8 +14,16 @@ import pytest
 import torch
 
 import glm.utils.fs as fs
-from glm.checkpoint.io import AtomicCheckpointIO, atomic_save, safe_load, verify_manifest
+from glm.checkpoint.io import (
+    AtomicCheckpointIO,
+    atomic_save,
+    export_model,
+    load_export,
+    safe_load,
+    verify_manifest,
+)
 from glm.errors import CheckpointError, ConfigError
+from glm.model import GLM, GLMConfig
 from glm.run.resume import resolve_ckpt_path
 from glm.utils.fs import atomic_write, check_digest, digest_path
 
@@ -232,3 +240,18 @@ def test_resume_refuses_a_corrupt_last_ckpt_naming_it(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ConfigError, match=rf"ckpt_path: {path}: corrupt: the file's sha256 is"):
         resolve_ckpt_path("last", tmp_path)
+
+
+def test_export_carries_a_digest_and_a_changed_export_is_refused(tmp_path: Path) -> None:
+    config = GLMConfig(
+        num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=64, max_sequence_length=16
+    )
+    out = export_model(GLM(config), config, tmp_path / "export")
+    weights = out / "model.pt"
+    assert digest_path(weights).read_text().split()[0] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    load_export(out)
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{weights}: corrupt"):
+        load_export(out)
