@@ -48,7 +48,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy, ParallelStrategy
 from torch.utils.checkpoint import checkpoint
 
 from glm.compat import attached_trainer, use_every_process_for_data_parallel
@@ -66,23 +66,21 @@ def ddp_strategy(**kwargs: Any) -> Any:
     return DDPStrategy(**kwargs)
 
 
-class FSDP2Strategy(ModelParallelStrategy):
-    """``ModelParallelStrategy`` whose ``data_parallel_size="auto"`` means "every process" (pure FSDP).
+class WholeDirectoryCheckpoints(ParallelStrategy):
+    """Strategy mixin for checkpoints that are directories every rank writes into (FSDP2 sharded, DeepSpeed):
+    written whole. Every rank writes into a staging dir beside the target and hashes its own files, rank 0
+    hashes the rest, writes ``SHA256SUMS`` and swaps the staging dir in (``glm.utils.fs.replace_dir``), so
+    ``last.ckpt`` is never a mix of two steps; Lightning itself rewrites the directory in place."""
 
-    Lightning's own "auto" is the number of nodes (it pairs with tensor parallelism inside a node), which
-    with ``tensor_parallel_size=1`` does not multiply to the world size.
-    """
+    def _writes_directory(self) -> bool:
+        return True
 
-    def setup_environment(self) -> None:
-        use_every_process_for_data_parallel(self)
-        super().setup_environment()
+    def _rank_file_pattern(self, rank: int) -> str:
+        """A glob (relative to the checkpoint dir) matching the files ``rank`` wrote."""
+        raise NotImplementedError
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
-        """A sharded checkpoint written as a whole: every rank writes its shards into a staging dir beside
-        the target and hashes them, rank 0 writes ``SHA256SUMS`` and then swaps the staging dir in
-        (``glm.utils.fs.replace_dir``), so ``last.ckpt`` is never a mix of two steps. Lightning itself
-        rewrites the directory in place. Full-state (single file) saves go through the CheckpointIO."""
-        if not self._save_distributed_checkpoint or "://" in str(filepath):
+        if not self._writes_directory() or "://" in str(filepath):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         staging = path.with_name(f".{path.name}.staging")
@@ -91,24 +89,56 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.barrier("glm_ckpt_staging")
         super().save_checkpoint(checkpoint, staging, storage_options)
         self.barrier("glm_ckpt_written")
-        mine = {f.name: sha256_file(f) for f in staging.glob(f"__{self.global_rank}_*.distcp")}
+        rank = int(self.global_rank)
+        mine = {
+            f.relative_to(staging).as_posix(): sha256_file(f)
+            for f in staging.glob(self._rank_file_pattern(rank))
+        }
         digests: dict[str, str] = {}
-        for part in self._gather_objects(mine):
+        for part in _gather_objects(mine):
             digests.update(part)
         if self.is_global_zero:
-            for f in staging.iterdir():  # .metadata, meta.pt and anything the writer named otherwise
-                if f.is_file() and f.name not in digests:
-                    digests[f.name] = sha256_file(f)
+            for f in sorted(staging.rglob("*")):  # metadata and anything no rank claimed
+                name = f.relative_to(staging).as_posix()
+                if f.is_file() and name not in digests:
+                    digests[name] = sha256_file(f)
             write_manifest(staging, digests)
             replace_dir(staging, path)
         self.barrier("glm_ckpt_swapped")
 
-    def _gather_objects(self, obj: Any) -> list[Any]:
-        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return [obj]
-        out: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(out, obj)
-        return out
+
+def _gather_objects(obj: Any) -> list[Any]:
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class FSDP2Strategy(WholeDirectoryCheckpoints, ModelParallelStrategy):
+    """``ModelParallelStrategy`` whose ``data_parallel_size="auto"`` means "every process" (pure FSDP).
+
+    Lightning's own "auto" is the number of nodes (it pairs with tensor parallelism inside a node), which
+    with ``tensor_parallel_size=1`` does not multiply to the world size. Sharded checkpoints are written
+    whole (:class:`WholeDirectoryCheckpoints`); full-state ones are files, through the CheckpointIO.
+    """
+
+    def setup_environment(self) -> None:
+        use_every_process_for_data_parallel(self)
+        super().setup_environment()
+
+    def _writes_directory(self) -> bool:
+        return bool(self._save_distributed_checkpoint)
+
+    def _rank_file_pattern(self, rank: int) -> str:
+        return f"__{rank}_*.distcp"  # torch.distributed.checkpoint's FileSystemWriter names
+
+
+class GLMDeepSpeedStrategy(WholeDirectoryCheckpoints, DeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy`` with its checkpoint directories written whole."""
+
+    def _rank_file_pattern(self, rank: int) -> str:
+        return f"**/zero_pp_rank_{rank}_*"  # ZeRO partitions; rank 0 hashes the model states and `latest`
 
 
 def fsdp_strategy(
@@ -139,9 +169,7 @@ def check_deepspeed_available() -> None:
 
 def deepspeed_strategy(stage: int = 2, **kwargs: Any) -> Any:
     check_deepspeed_available()
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    return DeepSpeedStrategy(stage=stage, **kwargs)
+    return GLMDeepSpeedStrategy(stage=stage, **kwargs)
 
 
 def mixed_precision_policy(precision: str) -> Any:

@@ -60,8 +60,9 @@ def check_checkpoint(path: Path) -> None:
             ckpt = safe_load(path, expect_digest=True)  # weights_only + mmap; the sha256 sidecar checked
             if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
                 raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict/loops)")
-        elif kind == "fsdp":
+        else:  # a directory (sharded FSDP, DeepSpeed): every file against its SHA256SUMS
             verify_manifest(path)
+        if kind == "fsdp":
             safe_load(path / FSDP_META_FILE)
             try:
                 dcp.FileSystemReader(str(path)).read_metadata()
