@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ChecksumError",
     "CheckpointError",
+    "CheckpointWriteError",
     "ConfigError",
     "DataFormatError",
     "DataNotFoundError",
@@ -51,6 +52,12 @@ class DataNotFoundError(MissingInputError):
 
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint file or directory that cannot be used; the message names the path."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (full disk, I/O error); the previous file is intact."""
+
+    label = "Checkpoint"
 
 
 class DownloadError(UserError, RuntimeError):

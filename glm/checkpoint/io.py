@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor, nn
 
-from glm.errors import CheckpointError
+from glm.errors import CheckpointError, CheckpointWriteError
 from glm.model import GLM, GLMConfig
 from glm.tokenizer import load_tokenizer as load_tokenizer_dir
 from glm.utils.fs import (
@@ -70,7 +70,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     try:
         return atomic_write(path, lambda f: torch.save(obj, f), digest=True)
     except OSError as err:
-        raise CheckpointError(_write_failure(path, obj, err)) from None
+        raise CheckpointWriteError(_write_failure(path, obj, err)) from None
 
 
 def _tensor_bytes(obj: Any) -> int:

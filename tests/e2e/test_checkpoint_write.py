@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,36 @@ def test_kill_during_checkpoint_write_across_filesystems_keeps_last_and_resumes_
         for p in tmpdir.iterdir():
             p.unlink()
         tmpdir.rmdir()
+
+
+def test_full_disk_during_a_save_is_one_line_exit_2_and_leaves_nothing_partial(tmp_path: Path) -> None:
+    """The run dir on a 2 MiB tmpfs: config and log fit, the 3.4 MiB checkpoint does not."""
+    need_data("gutenberg/11-0.txt")
+    small = tmp_path / "small"
+    small.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True
+    )
+    if mount.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); tests/checkpoint/test_digests.py injects ENOSPC")
+    try:
+        run = small / "run"
+        r = run_cli(
+            [
+                "+experiment=ci_tiny",
+                "logger=none",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"hydra.run.dir={run}",
+            ],
+            tmp_path,
+        )
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"Checkpoint error: {run / 'checkpoints'}/step000006.ckpt: could not write")
+        assert "No space left on device" in last and "needs about" in last
+        files = [p for p in run.rglob("*") if p.is_file()]
+        assert not [p for p in files if p.stat().st_size == 0 or p.name.endswith(".tmp")]
+        assert not list((run / "checkpoints").iterdir())
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
