@@ -59,7 +59,10 @@ def job_failed(err: Exception, output_dir: Path | None = None) -> None:
     marker = out / FAILED_MARKER
     if not marker.exists():
         trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-        atomic_write(marker, f"{reason}\n\n{trace}")
+        try:
+            atomic_write(marker, f"{reason}\n\n{trace}")
+        except OSError:  # the sweep still goes on; the summary cannot list this job
+            log.warning("could not write the FAILED marker in %s", out)
 
 
 @dataclass(frozen=True)
