@@ -23,9 +23,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _sweep(tmp_path: Path, cache: Path, *overrides: str, env: dict[str, str] | None = None):
+    """``run.py -m`` on ci_tiny (2 steps) with the sweep dir ``tmp_path/sweep`` unless ``overrides`` set one."""
     need_data("gutenberg/11-0.txt")
     args = ["-m", "+experiment=ci_tiny", "trainer.max_steps=2", "trainer.val_check_interval=2"]
-    args += [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"paths.cache_dir={cache}", *overrides]
+    if not any(o.startswith("paths.log_dir=") for o in overrides):
+        args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    args += [f"paths.cache_dir={cache}", *overrides]
     return run_cli(args, tmp_path, timeout=300, env=env or {"WANDB_MODE": "disabled"})
 
 
@@ -108,15 +111,22 @@ def test_a_bad_job_fails_alone_and_is_listed(tmp_path: Path, cache: Path) -> Non
 
 
 def test_a_bug_in_one_job_fails_it_alone(tmp_path: Path, cache: Path) -> None:
-    sweep = tmp_path / "sweep"
+    # In the default sweep dir: it holds ${experiment_name}, which the report (and the sweeper, for multirun.yaml)
+    # resolve outside any job; it must be the dir the jobs write to.
+    out = tmp_path / "outputs"
     r = _sweep(
         tmp_path,
         cache,
+        f"paths.log_dir={out}",
         f"+callbacks.boom._target_={BOOM}",
         "+callbacks.boom.step=1,100",  # job 0 raises after step 1; job 1 never reaches step 100
         env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"},
     )
     assert r.returncode == 1, r.stderr[-4000:]
+    # nothing under pretrain/default/multiruns (where multirun.yaml went while the name resolved to "default")
+    assert [p.name for p in (out / "pretrain").iterdir()] == ["ci_tiny"]
+    (sweep,) = (out / "pretrain" / "ci_tiny" / "multiruns").iterdir()
+    assert (sweep / "multirun.yaml").is_file()
     marker = sweep / "0" / "FAILED"
     reason = marker.read_text().splitlines()[0]
     assert reason == "RuntimeError: injected bug at step 1 second line of the message"
