@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 import glm.run  # noqa: F401  (registers the glm.* resolvers and the model/objective schemas before Hydra composes)
 from glm.errors import Preempted, UserError
 from glm.run.pipeline import run
-from glm.run.sweep import is_multirun, optimized_metric
+from glm.run.sweep import exit_status, is_multirun, job_failed, optimized_metric
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
@@ -21,9 +21,21 @@ def main(cfg: DictConfig) -> float | None:
         print(f"Preempted: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
     except UserError as err:  # config mistakes and bad or missing input: one line naming it, no traceback
+        if is_multirun():  # that job fails alone, as below
+            job_failed(err)
+            return None
         print(f"{err.label} error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        if not is_multirun():
+            raise
+        # A bug in one job of a sweep fails that job only (Hydra's basic sweeper would stop the sweep after the
+        # batch): the traceback is in its FAILED file and the summary lists it when the sweep ends. None is a
+        # failed trial for an optimising sweeper (Optuna's "return value must be float-castable").
+        job_failed(err)
+        return None
 
 
 if __name__ == "__main__":
     main()
+    sys.exit(exit_status())  # a sweep with a failed job exits 1 (glm.run.sweep.SweepReport listed them)

@@ -12,14 +12,14 @@ from glm.data.superglue.tasks import get_task
 SUPERGLUE_FIELDS = ("default_pattern", "seq_length", "main_metric", "epochs", "batch_size")
 
 
-def hydra_choice(group: str, default: str = "default") -> str:
+def hydra_choice(group: str, default: str = "default", *, _root_: Any = None) -> str:
     """The option chosen for a config group (``+experiment=NAME`` -> ``NAME``), or ``default``."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
         choice = HydraConfig.get().runtime.choices.get(group)
-    except (ValueError, AttributeError):  # no Hydra context
-        choice = None
+    except (ValueError, AttributeError):  # no job context: a multirun's own config (its sweep dir) holds them
+        choice = OmegaConf.select(_root_, f"hydra.runtime.choices.{group}") if _root_ is not None else None
     return str(choice) if choice else default
 
 

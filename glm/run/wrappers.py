@@ -29,6 +29,13 @@ def _output_dir(cfg: DictConfig) -> Path | None:
         return None
 
 
+def failure_reason(err: BaseException) -> str:
+    """The one-line reason a ``FAILED`` marker starts with (and a sweep summary shows):
+    ``<label> error: <message>`` for a :class:`UserError`, ``<ExceptionType>: <message>`` otherwise."""
+    text = f"{err.label} error: {err}" if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())  # one line, always
+
+
 def finish_wandb(exit_code: int) -> None:
     """Close the active W&B run so the next job of a multirun gets its own, with the real exit code."""
     if "wandb" not in sys.modules:
@@ -55,7 +62,8 @@ def teardown() -> None:
 
 
 def task_wrapper(fn: F) -> F:
-    """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` with it, re-raise.
+    """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` (first line
+    :func:`failure_reason`, then the traceback), re-raise.
     On success: remove a ``FAILED`` left by an earlier attempt in the same dir. Always:
     ``wandb.finish(exit_code)`` and :func:`teardown`."""
 
@@ -80,7 +88,7 @@ def task_wrapper(fn: F) -> F:
             out = _output_dir(cfg)
             if out is not None:
                 try:
-                    atomic_write(out / FAILED_MARKER, text)
+                    atomic_write(out / FAILED_MARKER, f"{failure_reason(err)}\n\n{text}")
                 except OSError:
                     log.warning("could not write the FAILED marker in %s", out)
             raise
