@@ -101,6 +101,18 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
+CORPUS_SUFFIXES = (".txt", ".text", "", ".jsonl")
+
+
+def check_corpus_type(path: Path) -> None:
+    """A :class:`DataFormatError` for a file the corpus reader cannot take (checked when the files are
+    listed, so before a tokenizer is trained on them)."""
+    if path.suffix.lower() not in CORPUS_SUFFIXES:
+        raise DataFormatError(
+            f"{path}: unsupported corpus file type {path.suffix!r} (data.files); use .txt or .jsonl"
+        )
+
+
 def read_documents(
     path: Path, document_split: str = "paragraph", text_field: str = "text", skips: SkipLog | None = None
 ) -> list[str]:
@@ -119,8 +131,7 @@ def read_documents(
                 continue
             docs.append(text)
         return docs
-    if suffix not in (".txt", ".text", ""):
-        raise DataFormatError(f"{path}: unsupported corpus file type {suffix!r}; use .txt or .jsonl")
+    check_corpus_type(path)
     text = read_text(path, "pretraining corpus").replace("\r", "\n")
     if document_split == "file":
         return [text.strip()]
@@ -448,7 +459,10 @@ class PretrainDataModule(GLMDataModule):
     @property
     def files(self) -> list[Path]:
         if self._files is None:
-            self._files = expand_files(self.files_spec)
+            files = expand_files(self.files_spec)
+            for path in files:
+                check_corpus_type(path)
+            self._files = files
         return self._files
 
     def tokenizer_train_files(self) -> list[Path]:

@@ -226,6 +226,12 @@ def test_pretrain_corpus_without_usable_documents(tmp_path: Path) -> None:
         match=r"one\.txt: 1 document\(s\) cannot be split into train and val \(data\.val_fraction=0\.02\)",
     ):
         dm.setup()
+    csv = _write(tmp_path / "corpus.csv", "a,b\n")
+    dm = PretrainDataModule([str(one), str(csv)], tok, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(
+        DataFormatError, match=r"corpus\.csv: unsupported corpus file type '\.csv' \(data\.files\)"
+    ):
+        dm.tokenizer_train_files()  # before any tokenizer is trained on it
     with pytest.raises(ConfigError, match=r"data\.seq_length: must be >= 8, got 4"):
         PretrainDataModule([str(one)], tok, seq_length=4)
     with pytest.raises(ConfigError, match=r"data\.document_split: must be 'paragraph' or 'file', got 'line'"):
