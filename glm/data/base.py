@@ -40,12 +40,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from glm.data.packing import checked_pack_flag
 from glm.data.sampling import ResumableDataLoader, eval_sampler, resumable_train_loader
-from glm.errors import ConfigError
+from glm.errors import ConfigError, UserError
 from glm.tokenizer import GLMTokenizer, ensure_tokenizer, load_tokenizer
+from glm.tokenizer.training import check_training_settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOADER_OPTIONS", "TOKENIZER_KEYS", "GLMDataModule", "resolve_tokenizer"]
+__all__ = [
+    "LOADER_OPTIONS",
+    "TOKENIZER_KEYS",
+    "TRAIN_KEYS",
+    "GLMDataModule",
+    "check_tokenizer_spec",
+    "resolve_tokenizer",
+]
 
 # options of load_tokenizer's {kind, path} form (glm.tokenizer.loading)
 LOADER_OPTIONS = (
@@ -58,6 +66,46 @@ LOADER_OPTIONS = (
     "merges_file",
 )
 TOKENIZER_KEYS = ("kind", "path", *LOADER_OPTIONS, "train", "cache_dir")
+# settings of data.tokenizer.train (glm.tokenizer.training.train_sentencepiece's arguments)
+TRAIN_KEYS = ("vocab_size", "model_type", "max_bytes", "num_threads", "character_coverage")
+_TRAIN_DEFAULTS = {"vocab_size": 8000, "model_type": "bpe", "max_bytes": 200_000_000}
+
+
+def check_tokenizer_spec(spec: Any, key: str = "data.tokenizer") -> None:
+    """Refuse, naming the key, a ``train`` spec that no corpus can train with (unknown setting, vocab_size
+    below the minimum, unknown model_type, bad max_bytes): cheap, no file read, so it can run at start-up.
+    Specs with ``path`` set (``train`` is ignored then) and other forms pass."""
+    if not (isinstance(spec, Mapping) or (hasattr(spec, "keys") and hasattr(spec, "get"))) or spec.get(
+        "path"
+    ):
+        return
+    train = spec.get("train")
+    if not train:
+        return
+    if not (isinstance(train, Mapping) or hasattr(train, "keys")):
+        raise ConfigError(f"{key}.train: expected a mapping of training settings, got {train!r}")
+    unknown = sorted(set(train) - set(TRAIN_KEYS))
+    if unknown:
+        raise ConfigError(f"{key}.train: unknown key(s) {unknown}; allowed: {', '.join(TRAIN_KEYS)}")
+    values = {**_TRAIN_DEFAULTS, **dict(train)}
+    check_training_settings(values["vocab_size"], values["model_type"], values["max_bytes"], _train_keys(key))
+
+
+def _train_keys(key: str) -> dict[str, str]:
+    """The config keys the training errors name."""
+    return {
+        "files": "data.files",
+        "cache_dir": f"{key}.cache_dir",
+        **{name: f"{key}.train.{name}" for name in ("vocab_size", "model_type", "max_bytes")},
+    }
+
+
+def _load(spec: Any, key: str) -> Any:
+    """:func:`load_tokenizer`, its errors prefixed with the config key the path came from."""
+    try:
+        return load_tokenizer(spec)
+    except UserError as err:
+        raise type(err)(f"{key}: {err}") from err
 
 
 def resolve_tokenizer(
@@ -67,7 +115,7 @@ def resolve_tokenizer(
     a ``train`` spec trains on, called only for such a spec (None: the caller cannot train one); ``key``
     names the config key in errors."""
     if isinstance(spec, (str, os.PathLike)):
-        return load_tokenizer(spec)
+        return _load(spec, key)
     if isinstance(spec, Mapping) or (hasattr(spec, "keys") and hasattr(spec, "get")):  # dict / DictConfig
         return _from_mapping(dict(spec), train_files, key)
     if isinstance(spec, GLMTokenizer) or hasattr(spec, "encode"):
@@ -85,13 +133,13 @@ def _from_mapping(spec: dict[str, Any], train_files: Callable[[], Sequence[Path]
     if spec.get("path"):
         options = {k: spec[k] for k in LOADER_OPTIONS if k in spec}
         if spec.get("kind"):
-            return load_tokenizer({"kind": spec["kind"], "path": spec["path"], **options})
+            return _load({"kind": spec["kind"], "path": spec["path"], **options}, f"{key}.path")
         if options:
             raise ConfigError(
                 f"{key}.{sorted(options)[0]}: a loader option needs {key}.kind (the vocabulary family); "
                 f"without it {key}.path must be a saved tokenizer dir or a .model file"
             )
-        return load_tokenizer(spec["path"])
+        return _load(spec["path"], f"{key}.path")
     if spec.get("kind"):
         raise ConfigError(f"{key}.path: missing (the vocabulary file or dir of the {spec['kind']} tokenizer)")
     train = dict(spec.get("train") or {})
@@ -104,10 +152,13 @@ def _from_mapping(spec: dict[str, Any], train_files: Callable[[], Sequence[Path]
         raise ConfigError(
             f"{key}.train: only pretraining data trains a tokenizer (on data.files); give {key}.path"
         )
-    return _trained_tokenizer(train, Path(spec["cache_dir"]), train_files())
+    check_tokenizer_spec(spec, key)  # before the training files are even listed
+    return _trained_tokenizer(train, Path(spec["cache_dir"]), train_files(), key)
 
 
-def _trained_tokenizer(train: dict[str, Any], cache_dir: Path, files: Sequence[Path]) -> Any:
+def _trained_tokenizer(
+    train: dict[str, Any], cache_dir: Path, files: Sequence[Path], key: str = "data.tokenizer"
+) -> Any:
     """A sentencepiece tokenizer trained on ``files`` once, cached under a name hashed from the settings
     (so other settings never meet the same dir)."""
     settings = json.dumps({"files": [str(p) for p in files], **train}, sort_keys=True)
@@ -115,7 +166,8 @@ def _trained_tokenizer(train: dict[str, Any], cache_dir: Path, files: Sequence[P
     out_dir = cache_dir / f"{train.get('model_type', 'bpe')}{train.get('vocab_size', 8000)}-{digest}"
     if not out_dir.is_dir():
         log.info("training a sentencepiece tokenizer on %d file(s) into %s (cached)", len(files), out_dir)
-    return ensure_tokenizer(out_dir, files, **{"quiet": True, **train})  # sentencepiece logs ~350 lines
+    # quiet: sentencepiece logs ~350 lines; keys: errors name data.files and data.tokenizer.train.*
+    return ensure_tokenizer(out_dir, files, **{"quiet": True, **train, "keys": _train_keys(key)})
 
 
 class GLMDataModule(L.LightningDataModule):
@@ -141,7 +193,7 @@ class GLMDataModule(L.LightningDataModule):
         super().__init__()
         global_batch_size = global_batch_size or micro_batch_size
         if micro_batch_size < 1 or global_batch_size % micro_batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"data.global_batch_size ({global_batch_size}) must be a positive multiple of "
                 f"data.micro_batch_size ({micro_batch_size})"
             )

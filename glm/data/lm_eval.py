@@ -29,7 +29,7 @@ import torch
 
 from glm.data.base import GLMDataModule
 from glm.data.masking import pad_samples
-from glm.errors import DataFormatError
+from glm.errors import ConfigError, DataFormatError
 from glm.utils.inputs import jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,13 @@ def read_lambada(
     path: str | Path, max_samples: int | None = None, field: str = "text"
 ) -> list[tuple[str, str]]:
     """`(context, last word)` per jsonl line; malformed lines raise naming file and line."""
+    return [(c, w) for _, c, w in read_lambada_records(path, max_samples, field)]
+
+
+def read_lambada_records(
+    path: str | Path, max_samples: int | None = None, field: str = "text"
+) -> list[tuple[int, str, str]]:
+    """`(line number, context, last word)` per jsonl line (see :func:`read_lambada`)."""
     path = Path(path)
     out = []
     for i, line in jsonl_lines(path, "LAMBADA data"):
@@ -128,12 +135,32 @@ def read_lambada(
             raise DataFormatError(f"{where}: field {field!r} missing")
         if not isinstance(rec[field], str) or not rec[field].strip():
             raise DataFormatError(f"{where}: field {field!r} must be non-empty text, got {rec[field]!r:.80}")
-        out.append(split_lambada(rec[field]))
+        out.append((i, *split_lambada(rec[field])))
         if max_samples is not None and len(out) >= max_samples:
             break
     if not out and max_samples != 0:
         raise DataFormatError(f"{path}: no LAMBADA records (empty file)")
     return out
+
+
+# [CLS], one context token, [MASK] and [eos] in Part A, then one Part-B slot per answer token
+LAMBADA_OVERHEAD = 4
+
+
+def check_lambada_fits(answers: list[list[int]], lines: list[int], seq_length: int, path: str | Path) -> None:
+    """A :class:`ConfigError` on ``data.seq_length`` when some example cannot hold its answer and one
+    context token, with how many are too long and the smallest length that fits them all (dropping them
+    would change what the accuracy is over)."""
+    need = [len(a) + LAMBADA_OVERHEAD for a in answers]
+    too_long = [k for k, n in enumerate(need) if n > seq_length]
+    if too_long:
+        first = too_long[0]
+        raise ConfigError(
+            f"data.seq_length: {seq_length} is too short for {len(too_long)} of {len(answers)} LAMBADA "
+            f"examples of {path} (the first at line {lines[first]}: a {len(answers[first])}-token answer "
+            f"needs {need[first]}: [CLS], a context token, the mask, [eos] and the answer); "
+            f"data.seq_length >= {max(need)} fits every example"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,7 +294,11 @@ class LMEvalDataModule(GLMDataModule):
         global_batch_size: int | None = None,
     ) -> None:
         if kind not in ("lambada", "perplexity"):
-            raise ValueError(f"LMEvalDataModule kind must be 'lambada' or 'perplexity', got {kind!r}")
+            raise ConfigError(f"data.kind: must be 'lambada' or 'perplexity', got {kind!r}")
+        if kind == "perplexity" and not 0 < overlap < seq_length - 1:
+            raise ConfigError(
+                f"data.overlap: must be in (0, data.seq_length - 1) = (0, {seq_length - 1}), got {overlap}"
+            )
         super().__init__(
             tokenizer,
             micro_batch_size=micro_batch_size,
@@ -287,9 +318,17 @@ class LMEvalDataModule(GLMDataModule):
             return
         tok = self.tokenizer
         if self.kind == "lambada":
-            pairs = read_lambada(self.path, self.max_samples)
-            contexts = tok.encode_batch([c for c, _ in pairs])
-            answers = tok.encode_batch([" " + w for _, w in pairs])
+            records = read_lambada_records(self.path, self.max_samples)
+            contexts = tok.encode_batch([c for _, c, _ in records])
+            answers = tok.encode_batch([" " + w for _, _, w in records])
+            check_lambada_fits(answers, [i for i, _, _ in records], self.seq_length, self.path)
+            if self.unidirectional:  # the unidirectional layout puts the first context token in Part A
+                for (i, _, _), c in zip(records, contexts, strict=True):
+                    if not c:
+                        raise DataFormatError(
+                            f"{self.path}:{i}: field 'text' is a single word; unidirectional LAMBADA "
+                            "needs a context before the last word"
+                        )
             self.samples = [
                 lambada_sample(c, a, tok, self.seq_length, self.task_mask, self.unidirectional, self.stats)
                 for c, a in zip(contexts, answers, strict=True)

@@ -67,7 +67,7 @@ from glm.data.masking import (
 from glm.data.packing import pack_samples
 from glm.data.paths import missing_data
 from glm.data.sampling import EpochIndexSampler, ResumableDataLoader, rank_world
-from glm.errors import DataFormatError, MissingInputError
+from glm.errors import ConfigError, DataFormatError, MissingInputError
 from glm.utils.inputs import SkipLog, iter_jsonl, read_text, require
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,18 @@ def expand_files(files: Sequence[str | os.PathLike[str]] | str) -> list[Path]:
     return [p for p in out if not (p in seen or seen.add(p))]
 
 
+CORPUS_SUFFIXES = (".txt", ".text", "", ".jsonl")
+
+
+def check_corpus_type(path: Path) -> None:
+    """A :class:`DataFormatError` for a file the corpus reader cannot take (checked when the files are
+    listed, so before a tokenizer is trained on them)."""
+    if path.suffix.lower() not in CORPUS_SUFFIXES:
+        raise DataFormatError(
+            f"{path}: unsupported corpus file type {path.suffix!r} (data.files); use .txt or .jsonl"
+        )
+
+
 def read_documents(
     path: Path, document_split: str = "paragraph", text_field: str = "text", skips: SkipLog | None = None
 ) -> list[str]:
@@ -119,13 +131,12 @@ def read_documents(
                 continue
             docs.append(text)
         return docs
-    if suffix not in (".txt", ".text", ""):
-        raise DataFormatError(f"{path}: unsupported corpus file type {suffix!r}; use .txt or .jsonl")
+    check_corpus_type(path)
     text = read_text(path, "pretraining corpus").replace("\r", "\n")
     if document_split == "file":
         return [text.strip()]
     if document_split != "paragraph":
-        raise ValueError(f"data.document_split: must be 'paragraph' or 'file', got {document_split!r}")
+        raise ConfigError(f"data.document_split: must be 'paragraph' or 'file', got {document_split!r}")
     return [_LINE_BREAK.sub(" ", p.strip()) for p in _PARAGRAPH_BREAK.split(text)]
 
 
@@ -241,7 +252,11 @@ def _tokenize_into(
     if skipped:
         log.info("corpus: skipped %d empty documents", skipped)
     if not lengths:
-        raise ValueError(f"data.files: no non-empty document in {[str(p) for p in files]}")
+        where = f"{files[0]}" if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+        raise DataFormatError(
+            f"{where}: no document with any text (empty or blank lines only, {total_bytes} bytes); "
+            "data.files must name text (.txt) or jsonl files with text"
+        )
     np.save(out / "tokens.npy", np.concatenate(chunks))
     np.save(out / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
     (out / "meta.json").write_text(
@@ -418,9 +433,11 @@ class PretrainDataModule(GLMDataModule):
         pack: bool = False,
     ) -> None:
         if seq_length < 8:
-            raise ValueError(f"data.seq_length: must be >= 8, got {seq_length}")
+            raise ConfigError(f"data.seq_length: must be >= 8, got {seq_length}")
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction: must be in (0, 1), got {val_fraction}")
+            raise ConfigError(f"data.val_fraction: must be in (0, 1), got {val_fraction}")
+        if document_split not in ("paragraph", "file"):
+            raise ConfigError(f"data.document_split: must be 'paragraph' or 'file', got {document_split!r}")
         super().__init__(
             tokenizer,
             micro_batch_size=micro_batch_size,
@@ -442,7 +459,10 @@ class PretrainDataModule(GLMDataModule):
     @property
     def files(self) -> list[Path]:
         if self._files is None:
-            self._files = expand_files(self.files_spec)
+            files = expand_files(self.files_spec)
+            for path in files:
+                check_corpus_type(path)
+            self._files = files
         return self._files
 
     def tokenizer_train_files(self) -> list[Path]:
@@ -465,9 +485,12 @@ class PretrainDataModule(GLMDataModule):
         perm = np.random.default_rng([self.seed, 1]).permutation(corpus.num_documents)
         n_val = max(1, round(self.val_fraction * corpus.num_documents))
         if n_val >= corpus.num_documents:
-            raise ValueError(
-                f"data: {corpus.num_documents} document(s) cannot be split into train and val "
-                f"(val_fraction={self.val_fraction})"
+            files = self.files
+            where = f"{files[0]}" if len(files) == 1 else f"{len(files)} files ({files[0]}, ...)"
+            raise DataFormatError(
+                f"{where}: {corpus.num_documents} document(s) cannot be split into train and val "
+                f"(data.val_fraction={self.val_fraction}); give more documents in data.files (a .txt "
+                "file's documents are its blank-line separated paragraphs)"
             )
         val_docs, train_docs = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         lengths = corpus.lengths()
@@ -522,4 +545,4 @@ def _masking_config(objective: MaskingConfig | dict[str, Any] | None) -> Masking
     try:
         return MaskingConfig.from_name(preset, **values) if preset else MaskingConfig(**values)
     except TypeError as err:
-        raise ValueError(f"objective: {err}") from None
+        raise ConfigError(f"objective: {err}") from None

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from glm.errors import DataFormatError
+from glm.errors import ConfigError, DataFormatError, MissingInputError, UserError
 from glm.tokenizer.base import CHINESE_MODEL_FILE, META_FILE, SP_MODEL_FILE, GLMTokenizer, read_meta
 from glm.tokenizer.chinese import GLMChineseTokenizer
 from glm.tokenizer.huggingface import GPT2Tokenizer, RobertaTokenizer, WordPieceTokenizer
@@ -14,8 +14,11 @@ from glm.tokenizer.sentencepiece import SentencePieceTokenizer
 from glm.utils.inputs import missing_file_error
 
 
-def _build(kind: str, path: Path, options: dict[str, Any], where: str) -> GLMTokenizer:
-    """A tokenizer of ``kind`` from ``path`` (a dir or the main file); ``where`` names the source."""
+def _build(
+    kind: str, path: Path, options: dict[str, Any], where: str, error: type[UserError] = ConfigError
+) -> GLMTokenizer:
+    """A tokenizer of ``kind`` from ``path`` (a dir or the main file); ``where`` names the source and
+    ``error`` is the class of its mistakes (a config's, or a ``tokenizer.json`` file's)."""
     flags = {k: options[k] for k in ("task_mask", "decoder_mask", "lowercase") if k in options}
     if kind == "sentencepiece":
         model = path / options.get("model_file", SP_MODEL_FILE) if path.is_dir() else path
@@ -25,7 +28,7 @@ def _build(kind: str, path: Path, options: dict[str, Any], where: str) -> GLMTok
         return WordPieceTokenizer(vocab, **flags)
     if kind in ("gpt2", "roberta"):
         if not path.is_dir():
-            raise ValueError(
+            raise error(
                 f"{where}: 'path' of a {kind} tokenizer must be the dir with vocab.json and merges.txt"
             )
         flags.pop("lowercase", None)
@@ -35,17 +38,19 @@ def _build(kind: str, path: Path, options: dict[str, Any], where: str) -> GLMTok
             **flags,
         )
     if kind == "glm_chinese":
-        return _build_chinese(path, options, where)
-    raise ValueError(
+        return _build_chinese(path, options, where, error)
+    raise error(
         f"{where}: field 'kind' is {kind!r}; expected sentencepiece, bert, gpt2, roberta or glm_chinese"
     )
 
 
-def _build_chinese(path: Path, options: dict[str, Any], where: str) -> GLMChineseTokenizer:
+def _build_chinese(
+    path: Path, options: dict[str, Any], where: str, error: type[UserError] = ConfigError
+) -> GLMChineseTokenizer:
     # The layout cannot be guessed from the model file, and a wrong guess shifts gMASK silently.
     fix = options.get("fix_command_token")
     if fix is not True and fix is not False:
-        raise ValueError(
+        raise error(
             f"{where}: a glm_chinese tokenizer needs 'fix_command_token' true or false (got {fix!r}): "
             "true for glm-large-chinese and the Hugging Face glm-10b-chinese, false for the original "
             "glm-10b-chinese checkpoint"
@@ -54,7 +59,7 @@ def _build_chinese(path: Path, options: dict[str, Any], where: str) -> GLMChines
         names = [options["model_file"]] if "model_file" in options else [SP_MODEL_FILE, CHINESE_MODEL_FILE]
         found = [path / n for n in names if (path / n).is_file()]
         if not found:
-            raise FileNotFoundError(f"{where}: {path} has none of {names}")
+            raise MissingInputError(f"{where}: {path} has none of {names}")
         path = found[0]
     flags = {k: bool(options[k]) for k in ("task_mask", "decoder_mask") if k in options}
     return GLMChineseTokenizer(path, fix_command_token=fix, **flags)
@@ -74,7 +79,7 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
         spec = dict(spec)
         for field in ("kind", "path"):
             if field not in spec:
-                raise ValueError(f"tokenizer spec {spec}: missing field {field!r}")
+                raise ConfigError(f"tokenizer spec {spec}: missing field {field!r}")
         path = Path(spec["path"]).expanduser()
         if not path.exists():
             raise missing_file_error(path, f"tokenizer spec {spec}: path {path} does not exist")
@@ -82,12 +87,9 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / META_FILE).is_file():
-            raise FileNotFoundError(
-                f"{path}: no {META_FILE}; save a tokenizer there with tok.save(dir), or pass "
-                "{'kind': ..., 'path': ...}"
-            )
+            raise MissingInputError(_no_meta(path))
         meta = read_meta(path)
-        tok = _build(str(meta.get("kind")), path, meta, str(path / META_FILE))
+        tok = _build(str(meta.get("kind")), path, meta, str(path / META_FILE), DataFormatError)
         for field, actual in (
             ("special_ids", dict(tok.special_ids)),
             ("vocab_size", tok.vocab_size),
@@ -102,4 +104,18 @@ def load_tokenizer(spec: str | os.PathLike[str] | dict[str, Any] | GLMTokenizer)
         return SentencePieceTokenizer(path)
     if not path.exists():
         raise missing_file_error(path, f"tokenizer not found: {path}")
-    raise ValueError(f"{path}: expected a tokenizer dir (with {META_FILE}) or a sentencepiece .model file")
+    raise DataFormatError(
+        f"{path}: not a tokenizer; expected a tokenizer dir (with {META_FILE}) or a sentencepiece .model file"
+    )
+
+
+def _no_meta(path: Path) -> str:
+    """Why the dir ``path`` is not a saved tokenizer, and what would load what it holds."""
+    names = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    fix = "save a tokenizer there with tok.save(dir), or pass {'kind': ..., 'path': ...}"
+    if not names:
+        return f"{path}: empty directory, no tokenizer files (no {META_FILE}); {fix}"
+    if SP_MODEL_FILE in names:
+        fix = f"give the model file itself ({path / SP_MODEL_FILE}), or {fix}"
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f"{path}: no {META_FILE} (the directory holds {shown}); {fix}"

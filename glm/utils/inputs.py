@@ -31,6 +31,7 @@ __all__ = [
     "parse_json_object",
     "read_lines",
     "read_text",
+    "refuse_nul",
     "require",
     "set_missing_file_error",
 ]
@@ -66,28 +67,40 @@ def check_file(path: str | os.PathLike[str], what: str, hint: str = "") -> Path:
     return path
 
 
-def decode_utf8(data: bytes, path: str | os.PathLike[str], first_line: int = 1) -> str:
-    """`data` as text, a leading byte-order mark dropped; invalid bytes raise naming the line and column.
+def decode_utf8(
+    data: bytes, path: str | os.PathLike[str], first_line: int = 1, start_offset: int | None = None
+) -> str:
+    """`data` as text, a leading byte-order mark dropped; invalid bytes raise naming the line, the column
+    and the byte offset in the file.
 
-    `first_line` is the line number of `data`'s first byte (for one line of a streamed file).
+    `first_line` is the line number of `data`'s first byte (for one line of a streamed file) and
+    `start_offset` its offset in the file (default: 0 when `first_line` is 1, else unknown and not shown).
     """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = first_line + data.count(b"\n", 0, err.start)
         column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        if start_offset is None and first_line == 1:
+            start_offset = 0
+        offset = "" if start_offset is None else f", file offset {start_offset + err.start}"
         raise DataFormatError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}: "
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}{offset}: "
             f"{err.reason}); re-encode the file as UTF-8"
         ) from None
     return text.removeprefix("\ufeff")
 
 
-def _refuse_nul(text: str, path: Path, first_line: int = 1) -> None:
+def _refuse_nul(text: str, path: str | os.PathLike[str], first_line: int = 1) -> None:
     i = text.find("\x00")
     if i >= 0:
         line = first_line + text.count("\n", 0, i)
         raise DataFormatError(f"{path}:{line}: NUL byte in a text file (a binary or UTF-16 file?)")
+
+
+def refuse_nul(text: str, path: str | os.PathLike[str], first_line: int = 1) -> None:
+    """A `DataFormatError` naming the line if decoded `text` (starting at `first_line`) holds a NUL."""
+    _refuse_nul(text, path, first_line)
 
 
 def read_text(path: str | os.PathLike[str], what: str) -> str:
@@ -110,10 +123,12 @@ def read_lines(path: str | os.PathLike[str], what: str) -> list[str]:
 def jsonl_lines(path: str | os.PathLike[str], what: str) -> Iterator[tuple[int, str]]:
     """`(1-based line number, text)` of each line of a jsonl file, streamed, endings and BOM removed."""
     path = check_file(path, what)
+    offset = 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             # decode_utf8 drops a BOM; one at the start of a later line (files joined with cat) goes too
-            yield lineno, decode_utf8(raw, path, lineno).rstrip("\r\n")
+            yield lineno, decode_utf8(raw, path, lineno, offset).rstrip("\r\n")
+            offset += len(raw)
 
 
 def parse_json_object(line: str, where: str) -> dict[str, Any]:

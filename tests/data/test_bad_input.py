@@ -202,6 +202,86 @@ def test_lambada_defects(tmp_path: Path) -> None:
             read_lambada(p)
 
 
+def test_pretrain_corpus_without_usable_documents(tmp_path: Path) -> None:
+    # with an existing tokenizer (data.tokenizer.path): nothing to tokenise, or too little to split
+    from glm.data.pretrain import PretrainDataModule, tokenize_corpus
+    from glm.errors import ConfigError
+    from glm.tokenizer import WordPieceTokenizer
+
+    tok = WordPieceTokenizer(need_data("tokenizers/bert-base-uncased/vocab.txt"))
+    blank = _write(tmp_path / "blank.txt", b"\n \n\r\n\t\n")
+    with pytest.raises(
+        DataFormatError,
+        match=r"blank\.txt: no document with any text \(empty or blank lines only, 7 bytes\); data\.files",
+    ):
+        tokenize_corpus([blank], tok, tmp_path / "cache", progress=False)
+    empty = _write(tmp_path / "empty.txt", b"")
+    with pytest.raises(DataFormatError, match=r"2 files \(.*blank\.txt, \.\.\.\): no document with any text"):
+        tokenize_corpus([blank, empty], tok, tmp_path / "cache", progress=False)
+    assert [p for p in (tmp_path / "cache").rglob("*")] == []  # no half-written cache entry
+    one = _write(tmp_path / "one.txt", "A single paragraph,\nwrapped over two lines.\n")
+    dm = PretrainDataModule([str(one)], tok, seq_length=32, cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(
+        DataFormatError,
+        match=r"one\.txt: 1 document\(s\) cannot be split into train and val \(data\.val_fraction=0\.02\)",
+    ):
+        dm.setup()
+    csv = _write(tmp_path / "corpus.csv", "a,b\n")
+    dm = PretrainDataModule([str(one), str(csv)], tok, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(
+        DataFormatError, match=r"corpus\.csv: unsupported corpus file type '\.csv' \(data\.files\)"
+    ):
+        dm.tokenizer_train_files()  # before any tokenizer is trained on it
+    with pytest.raises(ConfigError, match=r"data\.seq_length: must be >= 8, got 4"):
+        PretrainDataModule([str(one)], tok, seq_length=4)
+    with pytest.raises(ConfigError, match=r"data\.document_split: must be 'paragraph' or 'file', got 'line'"):
+        PretrainDataModule([str(one)], tok, document_split="line")
+
+
+class _Chars:
+    """A character-level tokenizer with the special ids the LAMBADA layouts use."""
+
+    pad_id = eos_id = 0
+    cls_id, mask_id, gmask_id, sop_id = 1, 2, 3, 4
+
+    def encode(self, text: str) -> list[int]:
+        return [5 + ord(c) % 50 for c in text]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+
+def test_lambada_seq_length_too_short_says_how_many_and_the_minimum(tmp_path: Path) -> None:
+    from glm.data.lm_eval import LMEvalDataModule
+    from glm.errors import ConfigError
+
+    # answers (" " + last word, one token per character): 4, 7 and 3 tokens; the longest needs 7 + 4
+    p = _write(
+        tmp_path / "l.jsonl",
+        _jsonl([{"text": "the cat sat on a mat"}, {"text": "he read a letter"}, {"text": "so ran"}]),
+    )
+    for seq_length, too_long, line in ((4, 3, 1), (8, 1, 2), (10, 1, 2)):
+        dm = LMEvalDataModule(str(p), _Chars(), seq_length=seq_length)
+        with pytest.raises(
+            ConfigError,
+            match=rf"^data\.seq_length: {seq_length} is too short for {too_long} of 3 LAMBADA examples of .*l\.jsonl \(the first at line {line}: .*data\.seq_length >= 11 fits every example$",
+        ):
+            dm.setup()
+    dm = LMEvalDataModule(str(p), _Chars(), seq_length=11)  # the length it named fits them all
+    dm.setup()
+    assert [len(s) for s in dm.samples] == [11, 11, 9]  # contexts cut from the left, answers whole
+    # unidirectional: a one-word text has no context token for Part A
+    _write(p, _jsonl([{"text": "the cat sat"}, {"text": "alone"}]))
+    with pytest.raises(DataFormatError, match=r"l\.jsonl:2: field 'text' is a single word; unidirectional"):
+        LMEvalDataModule(str(p), _Chars(), seq_length=32, unidirectional=True).setup()
+    with pytest.raises(
+        ConfigError, match=r"data\.overlap: must be in \(0, data\.seq_length - 1\) = \(0, 7\), got 7"
+    ):
+        LMEvalDataModule(str(p), _Chars(), kind="perplexity", seq_length=8, overlap=7)
+    with pytest.raises(ConfigError, match=r"data\.kind: must be 'lambada' or 'perplexity', got 'cloze'"):
+        LMEvalDataModule(str(p), _Chars(), kind="cloze")
+
+
 class _Words:
     """The least a tokenizer needs here (the files fail before anything is encoded)."""
 
