@@ -81,6 +81,18 @@ def _callbacks_and_loggers(cfg: DictConfig, output_dir: Path) -> tuple[list[Any]
     return callbacks, loggers
 
 
+def route_lightning_logs() -> None:
+    """Lightning's loggers print to stderr through handlers of their own; send their records to Hydra's
+    logging instead (the console on stdout and the run's ``run.log``), so stderr holds warnings and the
+    one-line error of a failed run, and the log file has Lightning's messages too."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
 def _plugins(cfg: DictConfig) -> list[Any]:
     """``trainer.plugins`` plus :class:`AtomicCheckpointIO` (atomic, digested checkpoints on every local
     filesystem) unless the config brings its own checkpoint I/O."""
@@ -93,6 +105,7 @@ def _plugins(cfg: DictConfig) -> list[Any]:
 @task_wrapper
 def run(cfg: DictConfig) -> dict[str, float]:
     """Run the stages of ``cfg.stages`` for one Hydra job; returns the final metrics (also in metrics.json)."""
+    route_lightning_logs()
     checked = validate(cfg, is_multirun=is_multirun())
     set_host_allocator(cfg.get("allocator", "system"))  # before the data and the model allocate anything
     output_dir = Path(cfg.paths.output_dir)
