@@ -109,15 +109,18 @@ def _load(spec: Any, key: str) -> Any:
 
 
 def resolve_tokenizer(
-    spec: Any, train_files: Callable[[], Sequence[Path]] | None = None, key: str = "data.tokenizer"
+    spec: Any,
+    train_files: Callable[[], Sequence[Path]] | None = None,
+    key: str = "data.tokenizer",
+    text_field: str = "text",
 ) -> Any:
     """The tokenizer named by ``spec`` (the schema of the module docstring). ``train_files`` gives the files
-    a ``train`` spec trains on, called only for such a spec (None: the caller cannot train one); ``key``
-    names the config key in errors."""
+    a ``train`` spec trains on, called only for such a spec (None: the caller cannot train one), with their
+    text in ``text_field`` for ``.jsonl`` files; ``key`` names the config key in errors."""
     if isinstance(spec, (str, os.PathLike)):
         return _load(spec, key)
     if isinstance(spec, Mapping) or (hasattr(spec, "keys") and hasattr(spec, "get")):  # dict / DictConfig
-        return _from_mapping(dict(spec), train_files, key)
+        return _from_mapping(dict(spec), train_files, key, text_field)
     if isinstance(spec, GLMTokenizer) or hasattr(spec, "encode"):
         return spec
     raise ConfigError(
@@ -126,7 +129,9 @@ def resolve_tokenizer(
     )
 
 
-def _from_mapping(spec: dict[str, Any], train_files: Callable[[], Sequence[Path]] | None, key: str) -> Any:
+def _from_mapping(
+    spec: dict[str, Any], train_files: Callable[[], Sequence[Path]] | None, key: str, text_field: str = "text"
+) -> Any:
     unknown = sorted(set(spec) - set(TOKENIZER_KEYS))
     if unknown:
         raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {', '.join(TOKENIZER_KEYS)}")
@@ -153,14 +158,21 @@ def _from_mapping(spec: dict[str, Any], train_files: Callable[[], Sequence[Path]
             f"{key}.train: only pretraining data trains a tokenizer (on data.files); give {key}.path"
         )
     check_tokenizer_spec(spec, key)  # before the training files are even listed
-    return _trained_tokenizer(train, Path(spec["cache_dir"]), train_files(), key)
+    return _trained_tokenizer(train, Path(spec["cache_dir"]), train_files(), key, text_field)
 
 
 def _trained_tokenizer(
-    train: dict[str, Any], cache_dir: Path, files: Sequence[Path], key: str = "data.tokenizer"
+    train: dict[str, Any],
+    cache_dir: Path,
+    files: Sequence[Path],
+    key: str = "data.tokenizer",
+    text_field: str = "text",
 ) -> Any:
     """A sentencepiece tokenizer trained on ``files`` once, cached under a name hashed from the settings
     (so other settings never meet the same dir)."""
+    train = dict(train)
+    if any(Path(p).suffix.lower() == ".jsonl" for p in files):  # what the jsonl records hold their text in
+        train["text_field"] = text_field
     settings = json.dumps({"files": [str(p) for p in files], **train}, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     out_dir = cache_dir / f"{train.get('model_type', 'bpe')}{train.get('vocab_size', 8000)}-{digest}"
@@ -213,12 +225,16 @@ class GLMDataModule(L.LightningDataModule):
         """The files a ``train`` tokenizer spec trains on (only with ``trains_tokenizer``)."""
         raise NotImplementedError
 
+    tokenizer_text_field = "text"  # the field of those files' .jsonl records that holds the text
+
     @property
     def tokenizer(self) -> Any:
         """The tokenizer of ``data.tokenizer``, resolved (loaded or trained) on first use."""
         if self._tokenizer is None:
             files = self.tokenizer_train_files if self.trains_tokenizer else None
-            self._tokenizer = resolve_tokenizer(self.tokenizer_spec, files)
+            self._tokenizer = resolve_tokenizer(
+                self.tokenizer_spec, files, text_field=self.tokenizer_text_field
+            )
         return self._tokenizer
 
     def train_loader(

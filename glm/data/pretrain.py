@@ -451,6 +451,7 @@ class PretrainDataModule(GLMDataModule):
         self.val_fraction, self.max_val_samples = val_fraction, max_val_samples
         self.samples_per_epoch, self.cache_dir = samples_per_epoch, cache_dir
         self.text_field, self.document_split, self.progress = text_field, document_split, progress
+        self.tokenizer_text_field = text_field
         self.objective = _masking_config(objective)
         self._files: list[Path] | None = None
         self.train_set: PretrainDataset | None = None

@@ -15,11 +15,14 @@ from glm.errors import ConfigError, DataFormatError, MissingInputError, UserErro
 from glm.tokenizer.base import META_FILE, SP_MODEL_FILE, SPECIAL_TOKENS, read_meta, write_json
 from glm.tokenizer.loading import load_tokenizer
 from glm.tokenizer.sentencepiece import SentencePieceTokenizer
-from glm.utils.inputs import decode_utf8, refuse_nul
+from glm.utils.inputs import decode_utf8, parse_json_object, refuse_nul, require
 
 
-def _iter_training_lines(files: Sequence[Path], max_bytes: int | None, progress: bool) -> Iterator[str]:
-    """Lines of ``files`` as text: BOM removed, CRLF/CR -> LF, at most ``max_bytes`` in all.
+def _iter_training_lines(
+    files: Sequence[Path], max_bytes: int | None, progress: bool, text_field: str = "text"
+) -> Iterator[str]:
+    """Lines of ``files`` as text: BOM removed, CRLF/CR -> LF, at most ``max_bytes`` in all. A ``.jsonl``
+    file gives the lines of each record's ``text_field`` (what pretraining reads from it), not its JSON.
 
     The byte budget is shared evenly among the files (unused share rolls over), cut at a line end,
     so a capped run still sees every file. Bytes that are not UTF-8, or a NUL, raise a
@@ -45,6 +48,12 @@ def _iter_training_lines(files: Sequence[Path], max_bytes: int | None, progress:
                     refuse_nul(line, path, lineno)
                     used += len(raw)
                     bar.update(len(raw))
+                    if path.suffix.lower() == ".jsonl":
+                        if line.strip():
+                            where = f"{path}:{lineno}"
+                            text = require(parse_json_object(line, where), text_field, where, str)
+                            yield from text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+                        continue
                     line = line.rstrip("\n").rstrip("\r")
                     # A lone CR inside a line (old Mac endings) is a line break too.
                     yield from line.split("\r") if "\r" in line else (line,)
@@ -68,15 +77,18 @@ def _expand_inputs(inputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def _training_settings(
-    files: Sequence[Path], vocab_size: int, model_type: str, max_bytes: int | None
+    files: Sequence[Path], vocab_size: int, model_type: str, max_bytes: int | None, text_field: str = "text"
 ) -> dict:
     """What a trained model depends on (the cache key of :func:`ensure_tokenizer`)."""
-    return {
+    settings = {
         "vocab_size": vocab_size,
         "model_type": model_type,
         "max_bytes": max_bytes,
         "inputs": sorted([f.name, f.stat().st_size] for f in files),
     }
+    if any(f.suffix.lower() == ".jsonl" for f in files):  # (txt-only caches keep their key)
+        settings["text_field"] = text_field
+    return settings
 
 
 # The ids every GLM sentencepiece model holds before any piece learnt from the corpus: the 10 special
@@ -161,10 +173,12 @@ def train_sentencepiece(
     progress: bool = True,
     quiet: bool = False,
     keys: Mapping[str, str] | None = None,
+    text_field: str = "text",
 ) -> SentencePieceTokenizer:
     """Train a GLM SentencePiece model on text files; write ``out_dir/tokenizer.model`` + ``tokenizer.json``.
 
-    ``files`` are paths or glob patterns (UTF-8 text; CRLF is read as LF). ``vocab_size`` counts
+    ``files`` are paths or glob patterns (UTF-8 text, CRLF read as LF; ``.jsonl``: the ``text_field`` of
+    each record). ``vocab_size`` counts
     every piece: the 10 specials and the 256 byte-fallback pieces included. ``max_bytes`` caps the
     text read (shared evenly across files). ``quiet`` silences sentencepiece's own log. ``keys`` maps
     the setting names (``files``, ``vocab_size``, ``model_type``, ``max_bytes``) to the config keys that
@@ -175,7 +189,7 @@ def train_sentencepiece(
     keys = {**DEFAULT_KEYS, **(keys or {})}
     check_training_settings(vocab_size, model_type, max_bytes, keys)
     paths = _expand_inputs(files)
-    lines = [line for line in _iter_training_lines(paths, max_bytes, progress) if line]
+    lines = [line for line in _iter_training_lines(paths, max_bytes, progress, text_field) if line]
     if not any(line.strip() for line in lines):
         raise _no_text_error(paths, max_bytes, keys["files"])
     out_dir = Path(out_dir)
@@ -219,7 +233,7 @@ def train_sentencepiece(
     (out_dir / "tokenizer.vocab").unlink(missing_ok=True)  # the model file holds the pieces
     tok = SentencePieceTokenizer(out_dir / SP_MODEL_FILE, num_threads=num_threads)
     meta = tok._meta(model_file=SP_MODEL_FILE)
-    meta["trained_with"] = _training_settings(paths, vocab_size, model_type, max_bytes)
+    meta["trained_with"] = _training_settings(paths, vocab_size, model_type, max_bytes, text_field)
     write_json(out_dir / META_FILE, meta)  # written last: its presence marks a complete dir
     return tok
 
@@ -244,7 +258,9 @@ def ensure_tokenizer(
     keys = {**DEFAULT_KEYS, **(train_kwargs.get("keys") or {})}
     check_training_settings(vocab_size, model_type, max_bytes, keys)
     paths = _expand_inputs(files)
-    wanted = _training_settings(paths, vocab_size, model_type, max_bytes)
+    wanted = _training_settings(
+        paths, vocab_size, model_type, max_bytes, train_kwargs.get("text_field", "text")
+    )
     if not (out_dir / META_FILE).is_file():
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

@@ -16,6 +16,7 @@ import pytest
 
 import glm.tokenizer.training as training
 from glm.data.paths import need_shared_data
+from glm.errors import DataFormatError
 from glm.tokenizer import (
     GPT2Tokenizer,
     SentencePieceTokenizer,
@@ -377,3 +378,29 @@ def test_gpt2_save_load_and_dict_spec(gpt2, tmp_path):
     no_task = load_tokenizer({"kind": "gpt2", "path": str(saved), "task_mask": False})
     assert no_task.gmask_id is None and no_task.dblock_id == 50263
     shutil.rmtree(saved)
+
+
+def test_a_jsonl_corpus_trains_on_its_text_field_not_on_the_json(tmp_path: Path) -> None:
+    """The same texts as .jsonl records (with other fields beside them) and as a .txt file train the same
+    tokenizer: the records' keys, quotes and other fields never reach the training text."""
+    from glm.tokenizer.training import train_sentencepiece
+
+    texts = [
+        f"the {w} cat sat on the {w} mat number {i}\nand then it slept"
+        for i, w in enumerate(["red", "big", "old"] * 40)
+    ]
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"id": i, "body": t, "meta": "zqzqzq xjxjxj"}) + "\n" for i, t in enumerate(texts))
+    )
+    txt = tmp_path / "corpus.txt"
+    txt.write_text("".join(t + "\n" for t in texts))
+    a = train_sentencepiece(
+        [jsonl], tmp_path / "a", vocab_size=320, text_field="body", progress=False, quiet=True
+    )
+    b = train_sentencepiece([txt], tmp_path / "b", vocab_size=320, progress=False, quiet=True)
+    pieces_a = [a.id_to_piece(i) for i in range(a.num_text_tokens)]
+    assert pieces_a == [b.id_to_piece(i) for i in range(b.num_text_tokens)]
+    assert not any(p in "".join(pieces_a) for p in ('"body"', "zqzq", "xjxj", "meta"))
+    with pytest.raises(DataFormatError, match=r"corpus.jsonl:1: .*'text'"):
+        train_sentencepiece([jsonl], tmp_path / "c", vocab_size=320, progress=False, quiet=True)
