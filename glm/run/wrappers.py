@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
-from glm.errors import UserError
+from glm.errors import Preempted, UserError
 from glm.utils.fs import atomic_write
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ def teardown() -> None:
 
 def task_wrapper(fn: F) -> F:
     """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` with it, re-raise.
+    A :class:`~glm.errors.Preempted` stop is logged in one line and ``FAILED`` holds its message (the step and
+    the resume command) instead of a traceback; W&B gets exit code ``128 + signum``.
     On success: remove a ``FAILED`` left by an earlier attempt in the same dir. Always:
     ``wandb.finish(exit_code)`` and :func:`teardown`."""
 
@@ -71,7 +73,11 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if isinstance(
+            if isinstance(err, Preempted):  # not a failure of the run: a stop with a checkpoint to resume from
+                exit_code = err.exit_code
+                text = f"{err}\n"
+                log.warning("%s", err)
+            elif isinstance(
                 err, UserError
             ):  # the CLI prints the message alone; the traceback goes to FAILED only
                 log.error("run failed: %s: %s", type(err).__name__, err)
