@@ -385,7 +385,9 @@ class Preemption(L.Callback):
         if disable_lightning_slurm_requeue(trainer):
             log.info("SLURM: Lightning's auto-requeue is off; callbacks.preemption saves and requeues")
         if self.requeue and slurm_job_id() is None:
-            log.warning("callbacks.preemption.requeue=true: not under SLURM (no SLURM_JOB_ID), nothing to requeue")
+            log.warning(
+                "callbacks.preemption.requeue=true: not under SLURM (no SLURM_JOB_ID), nothing to requeue"
+            )
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning registers its SIGTERM handler after on_fit_start, so ours goes in after it
@@ -427,7 +429,9 @@ class Preemption(L.Callback):
             path = callback.last_model_path if callback is not None else str(self._fallback_path(trainer))
             self._stop(trainer, self._stop_at_fit_end, path)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -454,7 +458,7 @@ class Preemption(L.Callback):
         return str(path)
 
     def _requeue(self, trainer: L.Trainer, signum: int) -> str | None:
-        """``scontrol requeue`` on rank 0 when configured; the job id when requeued."""
+        """``scontrol requeue`` on rank 0 when configured; the job id when it succeeded (None elsewhere)."""
         job = slurm_job_id()
         wanted = self.requeue if self.requeue is not None else signum == signal.SIGUSR1
         if job is None or not wanted:
@@ -463,7 +467,7 @@ class Preemption(L.Callback):
             log.warning("SLURM job id %r is not numeric: not requeued", job)
             return None
         if not trainer.is_global_zero:
-            return job
+            return None
         try:
             done = subprocess.run(
                 ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=False
@@ -483,6 +487,8 @@ class Preemption(L.Callback):
         run_dir = self.run_dir or trainer.default_root_dir
         message = f"preempted by {signal.Signals(signum).name} at step {step}; checkpoint {path}; "
         job = self._requeue(trainer, signum)
+        if trainer.world_size > 1:  # every rank's message (and FAILED) says what rank 0's scontrol did
+            job = trainer.strategy.broadcast(job, src=0)
         if job is not None:
             message += f"requeued SLURM job {job} (it resumes with ckpt_path=auto in its command); "
         message += f"resume with: {resume_command(run_dir, hydra_task_overrides())}"

@@ -73,7 +73,8 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if isinstance(err, Preempted):  # not a failure of the run: a stop with a checkpoint to resume from
+            if isinstance(err, Preempted):
+                # not a failure: a stop with a checkpoint; FAILED says where and how to resume
                 exit_code = err.exit_code
                 text = f"{err}\n"
                 log.warning("%s", err)

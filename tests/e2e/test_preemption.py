@@ -32,7 +32,12 @@ SIG = "+callbacks.sig"  # the signal-injection callback (tests/e2e/scripts/preem
 
 
 def _signal_at(batch: int, name: str, *extra: str) -> list[str]:
-    return [f"{SIG}._target_=tests.e2e.scripts.preempt.SignalAtBatch", f"{SIG}.batch={batch}", f"{SIG}.signal={name}", *extra]
+    return [
+        f"{SIG}._target_=tests.e2e.scripts.preempt.SignalAtBatch",
+        f"{SIG}.batch={batch}",
+        f"{SIG}.signal={name}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,9 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return ns
 
 
-def _check_stopped(r: subprocess.CompletedProcess, run_dir: Path, name: str, step: int, ranks: int = 1) -> str:
+def _check_stopped(
+    r: subprocess.CompletedProcess, run_dir: Path, name: str, step: int, ranks: int = 1
+) -> str:
     """Exit 128+signum, one ``Preempted:`` line per rank (no traceback), FAILED saying so, a last.ckpt at
     ``step`` and nothing else saved; returns the resume command."""
     signum = getattr(signal, name)
@@ -149,7 +156,11 @@ def test_sigusr1_under_slurm_requeues_and_the_same_command_resumes(shared, tmp_p
 def test_gradient_accumulation_saves_at_the_end_of_the_signalled_step(shared, tmp_path: Path) -> None:
     """Accumulate 2: the signal in micro-batch 4 (the first of step 3) is honoured when step 3 has stepped,
     after micro-batch 5: global_step 3, 6 micro-batches done; the resumed run is bit-identical."""
-    accumulate = ["data.global_batch_size=8", f"trainer.max_steps={STEPS // 2}", f"trainer.val_check_interval={STEPS}"]
+    accumulate = [
+        "data.global_batch_size=8",
+        f"trainer.max_steps={STEPS // 2}",
+        f"trainer.val_check_interval={STEPS}",
+    ]
     full = shared.reference(*accumulate)
     run_dir = tmp_path / "run"
     args = [*COMMON, shared.cache, *accumulate, f"hydra.run.dir={run_dir}"]
@@ -167,7 +178,14 @@ def test_two_processes_stop_at_the_same_step_when_one_rank_is_signalled(shared, 
     """DDP (gloo): only rank 1 gets SIGUSR1, in micro-batch 2; the reduction at the step boundary stops both
     ranks after step 3, with one last.ckpt there, and both exit 138."""
     run_dir = tmp_path / "run"
-    args = [*COMMON, shared.cache, "hardware=[cpu,ddp]", "trainer.devices=2", "data.global_batch_size=8", f"hydra.run.dir={run_dir}"]
+    args = [
+        *COMMON,
+        shared.cache,
+        "hardware=[cpu,ddp]",
+        "trainer.devices=2",
+        "data.global_batch_size=8",
+        f"hydra.run.dir={run_dir}",
+    ]
     r = run_cli([*args, *_signal_at(2, "SIGUSR1", f"+{SIG[1:]}.rank=1")], tmp_path)
     _check_stopped(r, run_dir, "SIGUSR1", 3, ranks=2)  # the child rank's stderr is the same stream
     log = (run_dir / "run.log").read_text()
@@ -180,7 +198,12 @@ def test_two_processes_stop_at_the_same_step_when_one_rank_is_signalled(shared, 
 def _fake_trainer(**kw: object) -> SimpleNamespace:
     killed: list[int] = []
     launcher = SimpleNamespace(kill=killed.append)
-    base = {"global_step": 0, "world_size": 1, "is_global_zero": True, "strategy": SimpleNamespace(launcher=launcher)}
+    base = {
+        "global_step": 0,
+        "world_size": 1,
+        "is_global_zero": True,
+        "strategy": SimpleNamespace(launcher=launcher),
+    }
     return SimpleNamespace(killed=killed, **{**base, **kw})
 
 
@@ -214,7 +237,9 @@ def test_resume_command_and_slurm_job_id() -> None:
     )
     assert resume_command("/r", None) == "python run.py <the same overrides> hydra.run.dir=/r ckpt_path=last"
     assert slurm_job_id({"SLURM_JOB_ID": "90"}) == "90"
-    assert slurm_job_id({"SLURM_JOB_ID": "91", "SLURM_ARRAY_JOB_ID": "90", "SLURM_ARRAY_TASK_ID": "3"}) == "90_3"
+    assert (
+        slurm_job_id({"SLURM_JOB_ID": "91", "SLURM_ARRAY_JOB_ID": "90", "SLURM_ARRAY_TASK_ID": "3"}) == "90_3"
+    )
     assert slurm_job_id({}) is None
     with pytest.raises(ValueError, match="callbacks.preemption.signals: 'SIGKILL'"):
         Preemption(signals=["SIGTERM", "SIGKILL"])
@@ -229,7 +254,7 @@ def test_requeue_calls_scontrol_on_rank_zero_only(tmp_path: Path, monkeypatch: p
     auto, always = Preemption(), Preemption(requeue=True)
     assert auto._requeue(_fake_trainer(), signal.SIGTERM) is None  # default: SIGUSR1 only
     assert not record.exists()
-    assert auto._requeue(_fake_trainer(is_global_zero=False), signal.SIGUSR1) == "90_3"
+    assert auto._requeue(_fake_trainer(is_global_zero=False), signal.SIGUSR1) is None
     assert not record.exists()  # other ranks do not call it
     assert auto._requeue(_fake_trainer(), signal.SIGUSR1) == "90_3"
     assert always._requeue(_fake_trainer(), signal.SIGTERM) == "90_3"
@@ -240,7 +265,9 @@ def test_requeue_calls_scontrol_on_rank_zero_only(tmp_path: Path, monkeypatch: p
     assert always._requeue(_fake_trainer(), signal.SIGUSR1) is None  # not under SLURM
 
 
-def test_failing_scontrol_is_reported_not_claimed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_failing_scontrol_is_reported_not_claimed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
     env, record = _fake_scontrol(tmp_path, rc=1)
     monkeypatch.setenv("PATH", env["PATH"])
     monkeypatch.setenv("SLURM_JOB_ID", "77")
@@ -256,6 +283,32 @@ def test_lightning_slurm_auto_requeue_is_turned_off() -> None:
 
     environment = SLURMEnvironment()
     assert environment.auto_requeue
-    trainer = L.Trainer(accelerator="cpu", devices=1, plugins=[environment], logger=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, plugins=[environment], logger=False, enable_progress_bar=False
+    )
     Preemption().setup(trainer, None, "fit")
     assert environment.auto_requeue is False
+
+
+def test_task_wrapper_records_a_preemption_as_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FAILED holds the message (no traceback), the log one line, W&B the exit code 128+signum."""
+    from omegaconf import OmegaConf
+
+    import glm.run.wrappers as wrappers
+    from glm.errors import Preempted
+
+    codes: list[int] = []
+    monkeypatch.setattr(wrappers, "finish_wandb", codes.append)
+    message = "preempted by SIGUSR1 at step 7; checkpoint c/last.ckpt; resume with: python run.py x"
+
+    def stopped(cfg: object) -> None:
+        raise Preempted(message, signal.SIGUSR1, 7)
+
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)}})
+    with pytest.raises(Preempted) as err:
+        wrappers.task_wrapper(stopped)(cfg)
+    assert err.value.exit_code == 138 and codes == [138]
+    assert (tmp_path / wrappers.FAILED_MARKER).read_text() == message + "\n"
+    assert [r.getMessage() for r in caplog.records if r.name == wrappers.__name__] == [message]
