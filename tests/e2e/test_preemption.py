@@ -121,6 +121,25 @@ def test_sigint_saves_and_exits_130(shared, tmp_path: Path) -> None:
     _assert_same_end(full, run_dir, STEPS, 3)
 
 
+@pytest.mark.slow  # two runs
+def test_signal_in_the_last_validation_stops_after_the_fit(shared, tmp_path: Path) -> None:
+    """No step boundary follows the final validation: the fit completes (its best-k and final last.ckpt),
+    then the run stops with exit 143 naming step 8; resuming runs only what is left and succeeds."""
+    full = shared.reference()
+    run_dir = tmp_path / "run"
+    args = [*COMMON, shared.cache, f"hydra.run.dir={run_dir}"]
+    r = run_cli([*args, *_signal_at(0, "SIGTERM", f"{SIG}.during=val")], tmp_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert r.returncode == 143, (r.returncode, r.stderr[-4000:])
+    assert f"Preempted: preempted by SIGTERM at step {STEPS}; checkpoint {last}; " in r.stderr
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", f"step{STEPS:06d}.ckpt"]
+    assert not (run_dir / "metrics.json").exists()
+    r = run_cli([*args, "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert (run_dir / "metrics.json").exists() and not (run_dir / "FAILED").exists()
+    _assert_same_end(full, run_dir, STEPS, STEPS)
+
+
 def _fake_scontrol(tmp_path: Path, rc: int = 0) -> tuple[dict[str, str], Path]:
     """A ``scontrol`` first on PATH that writes its arguments to a file (and exits ``rc``)."""
     bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.args"
