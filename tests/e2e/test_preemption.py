@@ -140,6 +140,20 @@ def test_signal_in_the_last_validation_stops_after_the_fit(shared, tmp_path: Pat
     _assert_same_end(full, run_dir, STEPS, STEPS)
 
 
+@pytest.mark.slow  # two runs
+def test_callbacks_none_keeps_preemption_and_saves_where_ckpt_path_last_looks(shared, tmp_path: Path) -> None:
+    """callbacks=none has no RunCheckpoint: the checkpoint goes to <run dir>/checkpoints/last.ckpt through
+    trainer.save_checkpoint, and ckpt_path=last continues from it."""
+    run_dir = tmp_path / "run"
+    common = [a for a in COMMON if not a.startswith("callbacks.checkpoint.")]
+    args = [*common, shared.cache, "callbacks=none", f"hydra.run.dir={run_dir}"]
+    r = run_cli([*args, *_signal_at(2, "SIGTERM")], tmp_path)
+    _check_stopped(r, run_dir, "SIGTERM", 3)
+    r = run_cli([*args, "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "continues epoch 0 after 3 batches" in (run_dir / "run.log").read_text()
+
+
 def _fake_scontrol(tmp_path: Path, rc: int = 0) -> tuple[dict[str, str], Path]:
     """A ``scontrol`` first on PATH that writes its arguments to a file (and exits ``rc``)."""
     bin_dir, record = tmp_path / "bin", tmp_path / "scontrol.args"
