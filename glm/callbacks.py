@@ -1,18 +1,28 @@
 """Callbacks shared by the tasks: the checkpoint callback every config uses (``callbacks.checkpoint``:
-:class:`RunCheckpoint`), token throughput and model-FLOPs utilisation."""
+:class:`RunCheckpoint`), stopping with a checkpoint on a signal (``callbacks.preemption``:
+:class:`Preemption`), token throughput and model-FLOPs utilisation."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 
-from glm.compat import LastCheckpointHooks
+from glm.compat import LastCheckpointHooks, disable_lightning_slurm_requeue
+from glm.errors import Preempted
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +275,238 @@ class RunCheckpoint(LastCheckpointHooks):
         super().on_train_end(trainer, pl_module)
         if self.save_last and not trainer.fast_dev_run and trainer.global_step != self._last_step_in_last:
             self.save_last_now(trainer)
+
+
+# ---- stopping on a signal with a checkpoint (docs/preemption.md) ----
+# Lightning's own SIGTERM handling raises SIGTERMException, a SystemExit without a code: the process exits 0
+# (a scheduler sees success) and nothing is saved. Preemption replaces it while training: the signal sets a
+# flag, and the next optimizer-step boundary writes last.ckpt (a mid-epoch checkpoint like the periodic ones,
+# so the resumed run is bit-identical) and raises glm.errors.Preempted (run.py exits 128 + signum).
+
+DEFAULT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+def slurm_job_id(environ: Mapping[str, str] | None = None) -> str | None:
+    """The id ``scontrol requeue`` takes: ``<array job>_<task>`` for an array task, else ``SLURM_JOB_ID``;
+    None outside SLURM."""
+    env = os.environ if environ is None else environ
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def hydra_task_overrides() -> list[str] | None:
+    """The command-line overrides of the running Hydra job (the sweep's values included), None without Hydra."""
+    if not HydraConfig.initialized():
+        return None
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def resume_command(run_dir: str | Path, overrides: Sequence[str] | None) -> str:
+    """``python run.py <overrides> hydra.run.dir=<run dir> ckpt_path=last``, shell-quoted; a ``ckpt_path``
+    override of the original command is replaced. Without the overrides (no Hydra) a placeholder stands for
+    them."""
+    if overrides is None:
+        args = ["<the same overrides>"]
+    else:
+        kept = [o for o in overrides if not re.match(r"^[+~]{0,2}ckpt_path=", o)]
+        args = [shlex.quote(o) for o in kept]
+    tail = [shlex.quote(f"hydra.run.dir={run_dir}"), "ckpt_path=last"]
+    return " ".join(["python run.py", *args, *tail])
+
+
+class Preemption(L.Callback):
+    """Stop training on SIGTERM, SIGUSR1 or SIGINT (``signals``) with a checkpoint at a step boundary.
+
+    While training (from the sanity check or ``on_train_start`` to the end of the fit) the signals only set a
+    flag. At the next optimizer-step boundary (``on_train_batch_end`` of the micro-batch that stepped, so
+    under gradient accumulation a signal in a step's first micro-batch is honoured at that step's end)
+    ``last.ckpt`` is written by the run's ``RunCheckpoint`` (``save_last_now``; without one,
+    ``<run_dir>/checkpoints/last.ckpt`` through ``trainer.save_checkpoint``) and :class:`glm.errors.Preempted`
+    is raised with the step, the checkpoint and the resume command. A signal during validation is honoured
+    at the next step boundary, or once the fit has ended when no step follows (the checkpoint is then the
+    final ``last.ckpt``). Under several processes the ranks agree on the step: the flag is reduced (max of the
+    signal numbers) at every boundary, so one signalled rank stops them all at the same step.
+
+    A second SIGINT while a stop is pending raises ``KeyboardInterrupt`` at once (Lightning then exits 1
+    without a checkpoint). SIGTERM and SIGUSR1 are forwarded to the processes Lightning launched (what its own
+    handler does); SIGINT is not (Ctrl-C reaches the whole process group already).
+
+    ``requeue``: after the checkpoint, rank 0 runs ``scontrol requeue <job id>`` when ``SLURM_JOB_ID`` is set;
+    None (default) = only on SIGUSR1, the ``sbatch --signal=USR1@90`` warning before the time limit (SIGTERM
+    under SLURM is ``scancel`` or a preemption that SLURM requeues itself). The requeued job runs the same
+    command; with ``ckpt_path=auto`` in it, it resumes. Lightning's own SLURM auto-requeue (which saves
+    ``hpc_ckpt_*.ckpt`` inside its signal handler, mid-step) is turned off in ``setup``.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | None = None,
+        requeue: bool | None = None,
+        signals: Sequence[str] = DEFAULT_SIGNALS,
+    ) -> None:
+        self.run_dir = None if run_dir is None else str(run_dir)
+        self.requeue = requeue
+        self.signals: list[signal.Signals] = []
+        for name in signals:
+            number = getattr(signal, str(name).upper(), None)
+            if not isinstance(number, signal.Signals) or number in (signal.SIGKILL, signal.SIGSTOP):
+                raise ValueError(
+                    f"callbacks.preemption.signals: {name!r} is not a signal that can be caught "
+                    "(e.g. SIGTERM, SIGUSR1, SIGINT)"
+                )
+            self.signals.append(number)
+        self._pending: int | None = None  # the first signal received, not yet acted on
+        self._previous: dict[int, Any] = {}  # handlers replaced while training
+        self._trainer: L.Trainer | None = None
+        self._last_step = -1
+        self._stop_at_fit_end = 0  # signal number agreed in on_train_end (no step boundary followed)
+
+    # -- handlers --
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self._pending is not None:
+            raise KeyboardInterrupt  # the impatient second Ctrl-C
+        if self._pending is not None:
+            return
+        self._pending = signum
+        if signum == signal.SIGINT:  # os.write: print/logging are not safe inside a signal handler
+            os.write(2, b"\nCtrl-C: saving a checkpoint at the end of this step (Ctrl-C again to stop now)\n")
+        trainer = self._trainer
+        launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+        if signum != signal.SIGINT and launcher is not None:
+            launcher.kill(signum)  # the DDP children Lightning started (as its own SIGTERM handler does)
+
+    def _install(self, trainer: L.Trainer) -> None:
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        self._trainer = trainer
+        for signum in self.signals:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+
+    def _restore(self) -> None:
+        """Put back the handlers seen at install, where ours is still in place (Lightning's teardown may
+        have restored its own originals first)."""
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self._trainer = None
+
+    # -- hooks --
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._pending, self._stop_at_fit_end = None, 0
+        if disable_lightning_slurm_requeue(trainer):
+            log.info("SLURM: Lightning's auto-requeue is off; callbacks.preemption saves and requeues")
+        if self.requeue and slurm_job_id() is None:
+            log.warning(
+                "callbacks.preemption.requeue=true: not under SLURM (no SLURM_JOB_ID), nothing to requeue"
+            )
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning registers its SIGTERM handler after on_fit_start, so ours goes in after it
+        self._install(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+        self._last_step = int(trainer.global_step)
+
+    def _agreed_signal(self, trainer: L.Trainer) -> int:
+        signum = int(self._pending or 0)
+        if trainer.world_size > 1:  # a collective: every rank reaches each boundary
+            flag = torch.tensor(signum, device=trainer.strategy.root_device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        return signum
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = int(trainer.global_step)
+        if step == self._last_step:  # inside a gradient-accumulation window: no step boundary yet
+            return
+        self._last_step = step
+        signum = self._agreed_signal(trainer)
+        if signum:
+            log.info("%s received: saving a checkpoint at step %d", signal.Signals(signum).name, step)
+            self._stop(trainer, signum, self._save(trainer))
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # training ended with a signal pending (it came during the last validation): stop after the fit,
+        # from the final last.ckpt (RunCheckpoint writes it after this hook); decided here, on every rank
+        self._stop_at_fit_end = self._agreed_signal(trainer)
+        if self._stop_at_fit_end and self._checkpoint_callback(trainer) is None:
+            self._save(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._stop_at_fit_end:
+            callback = self._checkpoint_callback(trainer)
+            path = callback.last_model_path if callback is not None else str(self._fallback_path(trainer))
+            self._stop(trainer, self._stop_at_fit_end, path)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+    # -- saving, requeueing, stopping --
+    @staticmethod
+    def _checkpoint_callback(trainer: L.Trainer) -> LastCheckpointHooks | None:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpointHooks) and callback.save_last:
+                return callback
+        return None
+
+    def _fallback_path(self, trainer: L.Trainer) -> Path:
+        return Path(self.run_dir or trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    def _save(self, trainer: L.Trainer) -> str:
+        callback = self._checkpoint_callback(trainer)
+        if callback is not None:
+            callback.save_last_now(trainer)
+            return callback.last_model_path
+        path = self._fallback_path(trainer)  # where ckpt_path=last looks (glm.run.resume)
+        trainer.save_checkpoint(path)
+        return str(path)
+
+    def _requeue(self, trainer: L.Trainer, signum: int) -> str | None:
+        """``scontrol requeue`` on rank 0 when configured; the job id when it succeeded (None elsewhere)."""
+        job = slurm_job_id()
+        wanted = self.requeue if self.requeue is not None else signum == signal.SIGUSR1
+        if job is None or not wanted:
+            return None
+        if not re.fullmatch(r"[0-9]+(_[0-9]+)?", job):
+            log.warning("SLURM job id %r is not numeric: not requeued", job)
+            return None
+        if not trainer.is_global_zero:
+            return None
+        try:
+            done = subprocess.run(
+                ["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            log.warning("could not requeue SLURM job %s: %s", job, err)
+            return None
+        if done.returncode != 0:
+            log.warning("scontrol requeue %s failed (%d): %s", job, done.returncode, done.stderr.strip())
+            return None
+        log.info("requeued SLURM job %s", job)
+        return job
+
+    def _stop(self, trainer: L.Trainer, signum: int, path: str) -> None:
+        step = int(trainer.global_step)
+        self._pending, self._stop_at_fit_end = None, 0
+        run_dir = self.run_dir or trainer.default_root_dir
+        message = f"preempted by {signal.Signals(signum).name} at step {step}; checkpoint {path}; "
+        job = self._requeue(trainer, signum)
+        if trainer.world_size > 1:  # every rank's message (and FAILED) says what rank 0's scontrol did
+            job = trainer.strategy.broadcast(job, src=0)
+        if job is not None:
+            message += f"requeued SLURM job {job} (it resumes with ckpt_path=auto in its command); "
+        message += f"resume with: {resume_command(run_dir, hydra_task_overrides())}"
+        raise Preempted(message, signum, step)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 if TYPE_CHECKING:
     import lightning as L
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LastCheckpointHooks",
     "attached_trainer",
+    "disable_lightning_slurm_requeue",
     "estimated_stepping_batches",
     "use_every_process_for_data_parallel",
 ]
@@ -58,6 +60,22 @@ def use_every_process_for_data_parallel(strategy: Any) -> None:
         tp = 1 if strategy._tensor_parallel_size == "auto" else int(strategy._tensor_parallel_size)
         strategy._tensor_parallel_size = tp
         strategy._data_parallel_size = max(1, strategy.num_nodes * strategy.num_processes // tp)
+
+
+def disable_lightning_slurm_requeue(trainer: L.Trainer) -> bool:
+    """Turn off Lightning's SLURM auto-requeue for this trainer; True when it was on.
+
+    Under SLURM Lightning picks ``SLURMEnvironment(auto_requeue=True)``, and its ``_SignalConnector`` then
+    saves ``hpc_ckpt_N.ckpt`` inside the SIGUSR1 handler (in the middle of a step) and requeues the job.
+    ``glm.callbacks.Preemption`` does both at a step boundary instead, so this must not run as well. The
+    connector reads the private ``_accelerator_connector.cluster_environment`` (``trainer.strategy`` has no
+    environment on one device) when ``Trainer._run`` registers its handlers, after the ``setup`` hooks
+    (Lightning 2.4-2.6)."""
+    environment = trainer._accelerator_connector.cluster_environment
+    if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
+        environment.auto_requeue = False
+        return True
+    return False
 
 
 class LastCheckpointHooks(ModelCheckpoint):

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
-from glm.errors import UserError
+from glm.errors import Preempted, UserError
 from glm.utils.fs import atomic_write
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ def teardown() -> None:
 
 def task_wrapper(fn: F) -> F:
     """On failure: log the traceback (to the run's log file), write ``<run dir>/FAILED`` (first line
-    :func:`failure_reason`, then the traceback), re-raise.
+    :func:`failure_reason`, then the traceback), re-raise. A :class:`~glm.errors.Preempted` stop is logged
+    in one line and ``FAILED`` holds its message (the step and the resume command) instead of a traceback;
+    W&B gets exit code ``128 + signum``.
     On success: remove a ``FAILED`` left by an earlier attempt in the same dir. Always:
     ``wandb.finish(exit_code)`` and :func:`teardown`."""
 
@@ -79,7 +81,13 @@ def task_wrapper(fn: F) -> F:
         except BaseException as err:
             exit_code = 1
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-            if isinstance(
+            marker = f"{failure_reason(err)}\n\n{text}"
+            if isinstance(err, Preempted):
+                # not a failure: a stop with a checkpoint; FAILED says where and how to resume
+                exit_code = err.exit_code
+                marker = f"{err}\n"
+                log.warning("%s", err)
+            elif isinstance(
                 err, UserError
             ):  # the CLI prints the message alone; the traceback goes to FAILED only
                 log.error("run failed: %s: %s", type(err).__name__, err)
@@ -88,7 +96,7 @@ def task_wrapper(fn: F) -> F:
             out = _output_dir(cfg)
             if out is not None:
                 try:
-                    atomic_write(out / FAILED_MARKER, f"{failure_reason(err)}\n\n{text}")
+                    atomic_write(out / FAILED_MARKER, marker)
                 except OSError:
                     log.warning("could not write the FAILED marker in %s", out)
             raise
