@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from glm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -155,7 +157,7 @@ class ResumableDataLoader(DataLoader):
             return
         for key, value in self._layout().items():
             if key in state and int(state[key]) != value:
-                raise ValueError(
+                raise ConfigError(  # a user error (one line from run.py); a ValueError for older callers
                     f"resume: the checkpoint stopped mid-epoch with train dataloader {key}={state[key]}, "
                     f"this run has {key}={value}; the same sample order cannot continue (resume with the "
                     "same data and hardware settings, or from a checkpoint at an epoch boundary)"
