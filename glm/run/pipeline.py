@@ -1,5 +1,6 @@
-"""``run(cfg)``: validate -> seed -> datamodule (tokenizer) -> task module -> callbacks/loggers -> trainer ->
-stages -> ``metrics.json``. It and glm.run.instantiate are the only callers of ``hydra.utils.instantiate``.
+"""``run(cfg)``: validate (the checkpoint too) -> seed -> datamodule (tokenizer; every split the stages read,
+enough training data) -> task module -> callbacks/loggers -> trainer -> stages -> ``metrics.json``. It and
+glm.run.instantiate are the only callers of ``hydra.utils.instantiate``.
 
 Validation resolves what the config leaves open (the tokenizer, the objective, the gradient accumulation);
 the vocabulary follows the datamodule's tokenizer. These are passed to instantiation explicitly, and
@@ -32,7 +33,7 @@ from glm.run.resume import (
     wandb_resume_kwargs,
 )
 from glm.run.sweep import is_multirun
-from glm.run.validation import check_train_data, validate, vocab_follows_tokenizer
+from glm.run.validation import check_data_at_start_up, validate, vocab_follows_tokenizer
 from glm.run.wrappers import task_wrapper
 from glm.utils.allocator import set_host_allocator
 from glm.utils.fs import atomic_write
@@ -110,12 +111,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if given_ckpt is not None:  # the vocabulary, now that the tokenizer has fixed it
         ckpt = check_checkpoint(Path(given_ckpt))
         check_checkpoint_architecture(ckpt, given_ckpt, checked.built_model(model_values))
-    # every split the stages read is read (and tokenised) now, so a bad test file fails before training
-    for stage in dict.fromkeys(cfg.stages):
-        datamodule.setup(stage)
-    if "fit" in cfg.stages:  # a training split too small for one batch: refused before the model is built
-        check_train_data(datamodule, checked.world_size, cfg.trainer.get("limit_train_batches"))
     _write_outputs(output_dir / CONFIG_FILE, OmegaConf.to_yaml(run_cfg))
+    # every split the stages read, read now (a bad test file fails before training), and enough training data
+    check_data_at_start_up(
+        datamodule, list(cfg.stages), checked.world_size, cfg.trainer.get("limit_train_batches")
+    )
 
     log.info("instantiating task <%s>", cfg.task._target_)
     module = hydra.utils.instantiate(run_cfg.task, _convert_="all", model=run_cfg.model)

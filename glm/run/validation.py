@@ -603,3 +603,27 @@ def check_train_data(datamodule: Any, world_size: int, limit_train_batches: Any 
             "training batches per epoch is less than one, so the run would train 0 steps; raise it "
             "(or give a number of batches)"
         )
+
+
+def _local_rank() -> int:
+    """This process's rank on its node from the launcher's environment (0 before Lightning starts any)."""
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def check_data_at_start_up(
+    datamodule: Any, stages: list[str], world_size: int, limit_train_batches: Any = None
+) -> None:
+    """Read every split the stages will read (``datamodule.setup(stage)`` for each; the datamodules cache
+    what they read, so Lightning's own calls later cost nothing), then refuse a training split too small for
+    one batch: a bad test file or too little data fails before the model and trainer are built, not after
+    training. On local rank 0 only, as Lightning's ``prepare_data``: the other processes of a node would
+    read and tokenise the same files at the same time (they read them from the cache in ``fit``)."""
+    if _local_rank() != 0:
+        return
+    for stage in dict.fromkeys(stages):
+        datamodule.setup(stage)
+    if "fit" in stages:
+        check_train_data(datamodule, world_size, limit_train_batches)

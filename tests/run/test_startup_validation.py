@@ -442,3 +442,19 @@ def test_cli_nan_stop(tmp_path: Path) -> None:
     assert re.search(r"at global step \d+, batch index \d+ of epoch 0; lower task.optimizer.lr", last), last
     assert "NonFiniteLossError" in (run_dir / "FAILED").read_text()  # the traceback is kept there
     assert not (run_dir / "metrics.json").exists()
+
+
+# ---- a mid-epoch checkpoint resumed with another data layout --------------------------------------------
+def test_a_mid_epoch_resume_with_another_layout_is_a_config_error() -> None:
+    """Raised inside Lightning's fit (the loader's state is restored there); a ConfigError, so run.py prints
+    one line naming the keys behind the field."""
+    from glm.data.sampling import EpochIndexSampler, ResumableDataLoader
+
+    loader = ResumableDataLoader(list(range(40)), batch_size=4, sampler=EpochIndexSampler(40, seed=1))
+    saved = {**loader.state_dict(), "num_samples": 20, "batches_done": 3}
+    with pytest.raises(ConfigError) as err:
+        loader.load_state_dict(saved)
+    assert "train dataloader num_samples=20, this run has num_samples=40 (set by the data config: " in str(
+        err.value
+    )
+    assert "data.seq_length" in str(err.value)
