@@ -497,7 +497,7 @@ def check_positions(demands: list[PositionDemand], model: GLMConfig, from_export
             origin = f"model preset {model.name}, model.max_sequence_length={limit}"
             fix = f"set {d.key} <= {most}, or model.max_sequence_length >= {d.largest}"
         raise ConfigError(
-            f"{d.key}={d.value}: {d.what} would use position ids up to {d.largest}, but the model's position "
+            f"{d.key}: {d.value} gives {d.what} position ids up to {d.largest}, but the model's position "
             f"tables hold ids 0..{limit} ({origin}); {fix}"
         )
 
@@ -534,15 +534,16 @@ def check_trains_some_steps(trainer: Mapping[str, Any]) -> None:
     for key, unlimited in (("max_steps", "-1: no step limit"), ("max_epochs", "-1: no epoch limit")):
         if trainer.get(key) == 0:
             raise ConfigError(
-                f"trainer.{key}=0: the stages include fit, so the run would train 0 steps; set "
+                f"trainer.{key}: 0 with fit in the stages trains 0 steps (the untrained weights would be "
+                f"exported); set "
                 f"trainer.{key} to a positive number ({unlimited}), or leave fit out of stages "
                 "(e.g. stages=[validate])"
             )
     limit = trainer.get("limit_train_batches")
     if limit is not None and not isinstance(limit, bool) and limit == 0:
         raise ConfigError(
-            "trainer.limit_train_batches=0: the stages include fit, so the run would train 0 steps; set it "
-            "to a positive number of batches (or a fraction), or null for all"
+            "trainer.limit_train_batches: 0 with fit in the stages trains 0 steps; set it to a positive "
+            "number of batches (or a fraction), or null for all"
         )
 
 
@@ -599,7 +600,7 @@ def check_train_data(datamodule: Any, world_size: int, limit_train_batches: Any 
         )
     if isinstance(limit_train_batches, float) and int(batches * limit_train_batches) == 0:
         raise ConfigError(
-            f"trainer.limit_train_batches={limit_train_batches}: {limit_train_batches} of the {batches} "
+            f"trainer.limit_train_batches: {limit_train_batches} of the {batches} "
             "training batches per epoch is less than one, so the run would train 0 steps; raise it "
             "(or give a number of batches)"
         )

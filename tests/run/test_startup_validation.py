@@ -56,11 +56,12 @@ def test_lengths_beyond_the_position_table_are_refused(
     experiment: str, overrides: list[str], key: str, largest: int, compose_cfg
 ) -> None:
     message = _error(compose_cfg(experiment, ["logger=none", *overrides]))
-    assert message.startswith(f"{key}: ")
+    name, value = key.rsplit("=", 1)
+    assert message.startswith(f"{name}: {value} gives ")
     assert f"position ids up to {largest}, but the model's position tables hold ids 0..512" in message
     assert "model preset glm-tiny, model.max_sequence_length=512" in message
-    value = int(key.rsplit("=", 1)[1])
-    assert f"<= {value - (largest - 512)}, or model.max_sequence_length >= {largest}" in message
+    most = int(value) - (largest - 512)
+    assert f"set {name} <= {most}, or model.max_sequence_length >= {largest}" in message
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ def test_an_exports_position_table_is_the_limit(compose_cfg, tmp_path: Path) -> 
     )
     cfg = compose_cfg("superglue_rte", ["logger=none", "model=glm_tiny", f"task.pretrained={export}"])
     message = _error(cfg)  # RTE's table length 256 -> ids up to 254
-    assert message.startswith("data.seq_length=256: cloze sequences would use position ids up to 254")
+    assert message.startswith("data.seq_length: 256 gives cloze sequences position ids up to 254")
     assert "task.pretrained's model_config.yaml: glm-tiny, max_sequence_length=128" in message
     assert "set data.seq_length <= 130 (the export's tables cannot grow)" in message
     validate(
@@ -165,7 +166,8 @@ def test_the_bounds_are_those_of_the_layouts() -> None:
 )
 def test_a_loop_limit_of_zero_with_fit_is_refused(override: str, compose_cfg) -> None:
     message = _error(compose_cfg("ci_tiny", ["logger=none", override]))
-    assert message.startswith(f"{override}: the stages include fit, so the run would train 0 steps")
+    key, value = override.split("=")
+    assert message.startswith(f"{key}: {value} with fit in the stages trains 0 steps")
     validate(compose_cfg("ci_tiny", ["logger=none", override, "stages=[validate]"]))  # nothing to train
 
 
@@ -189,7 +191,7 @@ def _small_corpus(tmp_path: Path, paragraphs: int = 40) -> Path:
         ),
         (
             ["data.samples_per_epoch=8", "trainer.limit_train_batches=0.1"],
-            "trainer.limit_train_batches=0.1: 0.1 of the 2 training batches per epoch is less than one",
+            "trainer.limit_train_batches: 0.1 of the 2 training batches per epoch is less than one",
         ),
     ],
 )
@@ -393,7 +395,9 @@ def test_cli_pretraining_seq_length_beyond_positions(tmp_path: Path) -> None:
     r = run_cli(
         ["+experiment=ci_tiny", "logger=none", "data.seq_length=1024", f"hydra.run.dir={run_dir}"], tmp_path
     )
-    last = _one_line_failure(r, run_dir, "Config error: data.seq_length=1024: pretraining samples")
+    last = _one_line_failure(
+        r, run_dir, "Config error: data.seq_length: 1024 gives pretraining samples position ids up to 1023"
+    )
     assert "model preset glm-tiny, model.max_sequence_length=512" in last
 
 
@@ -458,3 +462,17 @@ def test_a_mid_epoch_resume_with_another_layout_is_a_config_error() -> None:
         err.value
     )
     assert "data.seq_length" in str(err.value)
+
+
+def test_an_evaluation_stage_checks_its_checkpoint_before_the_data(tiny_ckpt: Path, compose_cfg) -> None:
+    """stages=[validate] with ckpt_path: the same refusal, from run() before the datamodule is built."""
+    from glm.run.pipeline import run
+
+    cfg = compose_cfg(
+        "ci_tiny", ["logger=none", "stages=[validate]", f"ckpt_path={tiny_ckpt}", "model.num_layers=4"]
+    )
+    with pytest.raises(
+        ConfigError, match=r"was trained with model.num_layers=2 .* configures model.num_layers=4"
+    ):
+        run(cfg)
+    assert not (Path(cfg.paths.output_dir) / "config.yaml").exists()  # nothing was built
