@@ -25,7 +25,8 @@ __all__ = [
 
 
 class UserError(Exception):
-    """A problem with what the user gave; ``label`` says which kind ("Config", "Data" or "Input")."""
+    """A problem with what the user gave; ``label`` says which kind ("Config", "Data", "Input" or
+    "Training")."""
 
     label = "Input"
 
@@ -75,8 +76,12 @@ class StrategyUnavailable(RuntimeError):
     into a :class:`ConfigError` naming the hardware group)."""
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A NaN/Inf training loss; the message names the global step and the batch index."""
+class NonFiniteLossError(UserError, FloatingPointError):
+    """A NaN/Inf training loss; the message names the global step and the batch index. A user error: what
+    makes a loss diverge is the run's setup (learning rate, data, precision), so ``run.py`` prints it in one
+    line (``Training error: ...``) like any other."""
+
+    label = "Training"
 
 
 class Preempted(Exception):

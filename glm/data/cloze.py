@@ -51,7 +51,7 @@ from glm.data.base import GLMDataModule
 from glm.data.packing import pack_bins, pack_samples
 from glm.data.superglue.examples import ClozeExample
 from glm.data.superglue.tasks import MASK, SuperGLUETask, get_task, with_prompt_slots
-from glm.errors import DataFormatError
+from glm.errors import ConfigError, DataFormatError
 
 log = logging.getLogger(__name__)
 
@@ -467,11 +467,19 @@ class ClozeDataModule(GLMDataModule):
         return self._examples[split]
 
     def setup(self, stage: str | None = None) -> None:
+        """Read and encode exactly the splits the stage's loaders read (the test loop scores the val split,
+        predict the test file), so the pipeline, calling this for every stage of a run before it trains,
+        finds a bad or missing file of any of them first. ``None``: every split there is."""
         if stage in (None, "fit"):
             self.load_split("train")
-        if stage in (None, "fit", "validate"):
+        if stage in (None, "fit", "validate", "test"):
             self.load_split("val")
-        if stage in (None, "test", "predict") and self.has_split("test"):
+        if stage == "predict" or (stage is None and self.has_split("test")):
+            if self.task.path(self.data_dir, "test") is None:
+                raise ConfigError(
+                    f"stages: predict writes a submission for the {self.task.name} test split, but this data "
+                    "layout has no test file for it; leave predict out of stages"
+                )
             self.load_split("test")
 
     def _collate(self) -> _Collate:

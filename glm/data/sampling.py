@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from glm.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -50,6 +52,14 @@ __all__ = [
 ]
 
 TAILS = ("drop", "pad")
+# the config keys behind each field of a training loader's layout (named when a resume cannot continue)
+_LAYOUT_KEYS = {
+    "seed": "seed",
+    "num_samples": "the data config: data.seq_length, data.files, data.samples_per_epoch, max samples",
+    "world_size": "trainer.devices x trainer.num_nodes",
+    "batch_size": "data.micro_batch_size",
+    "shuffle": "the datamodule",
+}
 
 
 class EpochIndexSampler(Sampler[int]):
@@ -155,10 +165,11 @@ class ResumableDataLoader(DataLoader):
             return
         for key, value in self._layout().items():
             if key in state and int(state[key]) != value:
-                raise ValueError(
+                raise ConfigError(  # a user error (one line from run.py); a ValueError for older callers
                     f"resume: the checkpoint stopped mid-epoch with train dataloader {key}={state[key]}, "
-                    f"this run has {key}={value}; the same sample order cannot continue (resume with the "
-                    "same data and hardware settings, or from a checkpoint at an epoch boundary)"
+                    f"this run has {key}={value} (set by {_LAYOUT_KEYS[key]}); the same sample order cannot "
+                    "continue (resume with the same data and hardware settings, or from a checkpoint at an "
+                    "epoch boundary)"
                 )
         self.sampler.skip_once(done * int(self.batch_size or 1))
         log.info("resume: the train loader continues epoch %s after %d batches", state.get("epoch"), done)

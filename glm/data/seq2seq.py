@@ -42,7 +42,7 @@ from glm.data.base import GLMDataModule
 from glm.data.masking import pad_samples
 from glm.data.packing import pack_samples
 from glm.data.sampling import ResumableDataLoader
-from glm.errors import DataFormatError
+from glm.errors import ConfigError, DataFormatError
 from glm.utils.inputs import SkipLog, check_file, jsonl_lines, parse_json_object, read_lines
 
 log = logging.getLogger(__name__)
@@ -401,10 +401,16 @@ class Seq2SeqDataModule(GLMDataModule):
         return self.datasets[key]
 
     def setup(self, stage: str | None = None) -> None:
+        """Read and tokenise the splits the stage's loaders read (cached), so the pipeline, calling this for
+        every stage of a run before it trains, finds a bad test file before training rather than after."""
         if stage in (None, "fit"):
             self._load("train", True)
         if stage in (None, "fit", "validate") and "val" in self.splits:
             self._load("val", False)
+        if stage == "test" and "test" not in self.splits:
+            raise ConfigError(
+                "stages: test decodes data.splits.test, which is null; set it or leave test out"
+            )
         if stage in (None, "test") and "test" in self.splits:
             self._load("test", False)
 

@@ -1,5 +1,6 @@
-"""``run(cfg)``: validate -> seed -> datamodule (tokenizer) -> task module -> callbacks/loggers -> trainer ->
-stages -> ``metrics.json``. It and glm.run.instantiate are the only callers of ``hydra.utils.instantiate``.
+"""``run(cfg)``: validate (the checkpoint too) -> seed -> datamodule (tokenizer; every split the stages read,
+enough training data) -> task module -> callbacks/loggers -> trainer -> stages -> ``metrics.json``. It and
+glm.run.instantiate are the only callers of ``hydra.utils.instantiate``.
 
 Validation resolves what the config leaves open (the tokenizer, the objective, the gradient accumulation);
 the vocabulary follows the datamodule's tokenizer. These are passed to instantiation explicitly, and
@@ -25,9 +26,15 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from glm.checkpoint.io import AtomicCheckpointIO, export_model
 from glm.run.instantiate import instantiate_group
-from glm.run.resume import check_resume_config, resolve_ckpt_path, wandb_resume_kwargs
+from glm.run.resume import (
+    check_checkpoint,
+    check_checkpoint_architecture,
+    check_resume_config,
+    resolve_ckpt_path,
+    wandb_resume_kwargs,
+)
 from glm.run.sweep import is_multirun
-from glm.run.validation import validate, vocab_follows_tokenizer
+from glm.run.validation import check_data_at_start_up, validate, vocab_follows_tokenizer
 from glm.run.wrappers import task_wrapper
 from glm.utils.allocator import set_host_allocator
 from glm.utils.fs import atomic_write
@@ -109,7 +116,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     checked = validate(cfg, is_multirun=is_multirun())
     set_host_allocator(cfg.get("allocator", "system"))  # before the data and the model allocate anything
     output_dir = Path(cfg.paths.output_dir)
-    resume_from = resolve_ckpt_path(cfg.ckpt_path, output_dir) if "fit" in cfg.stages else None
+    # the checkpoint is opened and its architecture checked before anything is built (vocabulary: below)
+    given_ckpt = resolve_ckpt_path(cfg.ckpt_path, output_dir, checked.built)
+    resume_from = given_ckpt if "fit" in cfg.stages else None
     if resume_from is not None:  # before anything is built; the vocabulary once the tokenizer is known
         check_resume_config(checked.run_config(cfg), output_dir / CONFIG_FILE, ("model.vocab_size",))
     L.seed_everything(int(cfg.seed), workers=True)
@@ -117,11 +126,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     log.info("instantiating data <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all", **checked.data_inputs())
     tokenizer = getattr(datamodule, "tokenizer", None)
-    run_cfg = checked.run_config(cfg, vocab_follows_tokenizer(checked.model_values, tokenizer))
+    model_values = vocab_follows_tokenizer(checked.model_values, tokenizer)
+    run_cfg = checked.run_config(cfg, model_values)
     if resume_from is not None:
         check_resume_config(run_cfg, output_dir / CONFIG_FILE)
         log.info("resuming from %s", resume_from)
+    if given_ckpt is not None:  # the vocabulary, now that the tokenizer has fixed it
+        ckpt = check_checkpoint(Path(given_ckpt))
+        check_checkpoint_architecture(ckpt, given_ckpt, checked.built_model(model_values))
     _write_outputs(output_dir / CONFIG_FILE, OmegaConf.to_yaml(run_cfg))
+    # every split the stages read, read now (a bad test file fails before training), and enough training data
+    check_data_at_start_up(
+        datamodule, list(cfg.stages), checked.world_size, cfg.trainer.get("limit_train_batches")
+    )
 
     log.info("instantiating task <%s>", cfg.task._target_)
     module = hydra.utils.instantiate(run_cfg.task, _convert_="all", model=run_cfg.model)
@@ -152,7 +169,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if cfg.get("export_dir") and getattr(module, "model", None) is not None:
                 _export(module, tokenizer, run_cfg, Path(cfg.export_dir))
         else:  # validate / test / predict: the best checkpoint of this fit, else ckpt_path, else the weights
-            ckpt = _best_checkpoint(trainer) if fitted else resolve_ckpt_path(cfg.ckpt_path, output_dir)
+            ckpt = _best_checkpoint(trainer) if fitted else given_ckpt
             getattr(trainer, stage)(module, datamodule=datamodule, ckpt_path=ckpt)
         metrics.update(_plain_metrics(trainer.callback_metrics))
 

@@ -18,8 +18,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from glm.checkpoint.consolidate import DCP_METADATA_FILE, FSDP_META_FILE, checkpoint_kind
-from glm.checkpoint.io import safe_load, verify_manifest
+from glm.checkpoint.io import ANCHOR_KEY, expected_shapes, is_backbone_key, safe_load, verify_manifest
 from glm.errors import CheckpointError, ConfigError
+from glm.model import GLMConfig
+from glm.tasks.base import RUN_FIELDS
 from glm.utils.fs import atomic_write, restore_replaced_dir
 
 log = logging.getLogger(__name__)
@@ -28,11 +30,13 @@ RESUME_CHECKED = ("model", "objective", "data")  # what must not change when a r
 PLACEHOLDER_GROUPS = ("model", "objective")  # groups whose None values mean "the preset's" (glm.run.schemas)
 
 
-def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
+def resolve_ckpt_path(ckpt_path: Any, output_dir: Path, model: GLMConfig | None = None) -> str | None:
     """``last``/``auto`` -> this run dir's ``checkpoints/last.ckpt`` when it exists (resume = same command +
     ``hydra.run.dir=<old run dir> ckpt_path=last``), else None (a fresh start); any other value must be an
     existing checkpoint. The checkpoint is opened once here, so a truncated or corrupt file fails before any
-    work with a ``ConfigError`` naming it (rather than deep inside Lightning)."""
+    work with a ``ConfigError`` naming it (rather than deep inside Lightning); with ``model`` (the
+    architecture the run builds) a checkpoint of another architecture is refused too, its vocabulary aside
+    (the tokenizer fixes that later: :func:`check_checkpoint_architecture` again)."""
     if ckpt_path in (None, ""):
         return None
     if ckpt_path in ("last", "auto"):
@@ -48,28 +52,121 @@ def resolve_ckpt_path(ckpt_path: Any, output_dir: Path) -> str | None:
         path = Path(str(ckpt_path))
         if not path.exists():
             raise ConfigError(f"ckpt_path: no checkpoint file at {ckpt_path}")
-    check_checkpoint(path)
+    ckpt = check_checkpoint(path)
+    if model is not None:
+        check_checkpoint_architecture(ckpt, path, model, vocab_known=False)
     return str(path)
 
 
-def check_checkpoint(path: Path) -> None:
-    """A loadable training checkpoint (Lightning file or sharded FSDP dir), else ``ConfigError`` naming it."""
+def check_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A loadable training checkpoint (Lightning file or sharded FSDP dir), else ``ConfigError`` naming it.
+    Returns what the architecture check reads: the Lightning file's dict (memory-mapped) or the FSDP dir's
+    ``meta.pt`` (None for DeepSpeed dirs)."""
     try:
         kind = checkpoint_kind(path)
         if kind == "lightning":
             ckpt = safe_load(path, expect_digest=True)  # weights_only + mmap; the sha256 sidecar checked
             if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
                 raise CheckpointError(f"{path}: not a Lightning training checkpoint (no state_dict/loops)")
-        else:  # a directory (sharded FSDP, DeepSpeed): every file against its SHA256SUMS
-            verify_manifest(path)
+            return ckpt
+        verify_manifest(path)  # a directory (sharded FSDP, DeepSpeed): every file against its SHA256SUMS
         if kind == "fsdp":
-            safe_load(path / FSDP_META_FILE)
+            meta = safe_load(path / FSDP_META_FILE)
             try:
                 dcp.FileSystemReader(str(path)).read_metadata()
             except Exception as err:  # noqa: BLE001
                 raise CheckpointError(f"{path / DCP_METADATA_FILE}: unreadable ({err})") from None
+            return meta if isinstance(meta, dict) else None
     except CheckpointError as err:
         raise ConfigError(f"ckpt_path: {err}") from None
+    return None
+
+
+# GLMConfig fields a checkpoint's weights fix (RUN_FIELDS are training-time choices a run may change)
+ARCHITECTURE_FIELDS = tuple(f for f in GLMConfig.field_names() if f != "name" and f not in RUN_FIELDS)
+
+
+def _stored_architecture(ckpt: dict[str, Any], path: Path) -> GLMConfig | None:
+    """The GLMConfig in the checkpoint's ``hyper_parameters["model"]`` (what ``GLMTaskModule`` saves), None
+    when it has none (a checkpoint of another LightningModule)."""
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("model"), dict):
+        return None
+    try:
+        return GLMConfig.from_dict(dict(hparams["model"]))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"ckpt_path: {path}: hyper_parameters['model'] is not a GLM config ({err})"
+        ) from None
+
+
+def _architecture_value(config: GLMConfig, field: str) -> Any:
+    """A field as the built network sees it: ``intermediate_size`` None means 4h (or 8h/3), and the rotary
+    and DeepNorm constants matter only when those switches are on."""
+    if field == "intermediate_size":
+        return config.ffn_size
+    if field == "rotary_base" and config.position_encoding != "rotary":
+        return None
+    if field in ("deepnorm_alpha", "deepnorm_beta") and config.layernorm_order != "deepnorm":
+        return None
+    return getattr(config, field)
+
+
+def _shape_difference(ckpt: dict[str, Any], configured: GLMConfig, skip_vocab: bool) -> str | None:
+    """Without stored hyperparameters: the first backbone weight whose shape differs from ``configured``."""
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        return None
+    backbone = {
+        k.removeprefix("model."): v for k, v in state.items() if is_backbone_key(k.removeprefix("model."))
+    }
+    if not backbone:
+        return None
+    want = expected_shapes(configured)
+    for key in sorted(set(want) | set(backbone)):
+        if skip_vocab and key == ANCHOR_KEY:
+            continue
+        if key not in backbone:
+            return f"weight {key} missing from the checkpoint"
+        if key not in want:
+            return f"weight {key} not in the configured model"
+        if tuple(backbone[key].shape) != tuple(want[key]):
+            return f"{key}: stored shape {tuple(backbone[key].shape)}, configured {tuple(want[key])}"
+    return None
+
+
+def check_checkpoint_architecture(
+    ckpt: dict[str, Any] | None, path: str | Path, configured: GLMConfig, vocab_known: bool = True
+) -> None:
+    """Refuse a checkpoint of another architecture before any model is built (instead of Lightning's
+    ``Missing key(s) in state_dict`` after it), naming the checkpoint, the first differing
+    architecture field (stored vs configured) and what to do. ``configured`` is the model the run builds;
+    ``vocab_known=False`` (before the tokenizer has fixed ``vocab_size``) skips the vocabulary."""
+    if ckpt is None:
+        return
+    path = Path(path)
+    stored = _stored_architecture(ckpt, path)
+    if stored is None:
+        diff = _shape_difference(ckpt, configured, skip_vocab=not vocab_known)
+        if diff:
+            raise ConfigError(
+                f"ckpt_path: {path} holds weights of another architecture than this run's model "
+                f"(preset {configured.name}): {diff}; give a checkpoint of this model, or set the model "
+                "group to the checkpoint's shape"
+            )
+        return
+    for field in ARCHITECTURE_FIELDS:
+        if field == "vocab_size" and not vocab_known:
+            continue
+        old, new = _architecture_value(stored, field), _architecture_value(configured, field)
+        if old != new:
+            old, new = getattr(stored, field), getattr(configured, field)
+            raise ConfigError(
+                f"ckpt_path: {path} was trained with model.{field}={old!r} (model {stored.name}, from its "
+                f"hyper_parameters), this run configures model.{field}={new!r} (model {configured.name}); "
+                f"set model.{field}={old!r} (or the model group it was trained with) to continue it, or "
+                "drop ckpt_path to start a new run"
+            )
 
 
 def _first_difference(old: Any, new: Any, where: str, not_yet: tuple[str, ...] = ()) -> str | None:

@@ -17,12 +17,18 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from glm.checkpoint.io import TOKENIZER_DIR
+from glm.data.cloze import ClozeDataModule
+from glm.data.lm_eval import LMEvalDataModule
 from glm.data.masking import MaskingConfig
+from glm.data.pretrain import PretrainDataModule
+from glm.data.sampling import EpochIndexSampler
+from glm.data.seq2seq import Seq2SeqDataModule
+from glm.data.superglue.tasks import get_task
 from glm.distributed import check_deepspeed_available
 from glm.errors import ConfigError, StrategyUnavailable
 from glm.model import GLMConfig
 from glm.run.schemas import set_values
-from glm.tasks.base import GLMTaskModule
+from glm.tasks.base import GLMTaskModule, architecture_from_export
 from glm.tasks.optim import normalize_optimizer, normalize_scheduler
 from glm.utils.allocator import ALLOCATORS
 
@@ -35,6 +41,7 @@ class Validated:
     """What validating resolved: the pipeline builds the run from these and leaves the config as it is."""
 
     model: GLMConfig  # the model group's architecture (its vocabulary may still follow the tokenizer)
+    built: GLMConfig  # what the run builds: ``model``, or the shape of task.pretrained's export dir
     model_values: dict[str, Any]  # the keys the model group sets (None placeholders dropped)
     objective: MaskingConfig | None
     objective_values: dict[str, Any] | None  # the keys the objective group sets
@@ -42,6 +49,14 @@ class Validated:
     data_takes_objective: bool  # the data module has an ``objective`` argument (pretraining corpora)
     accumulate_grad_batches: int | None
     world_size: int
+    pretrained: str | None = None  # task.pretrained
+
+    def built_model(self, model_values: dict[str, Any]) -> GLMConfig:
+        """The architecture the task module builds from ``model_values`` (the vocabulary fixed by the
+        tokenizer): those, or the shape of task.pretrained's export dir."""
+        config = GLMConfig.from_dict(model_values)
+        exported = architecture_from_export(config, self.pretrained, log_changes=False)
+        return config if exported is None else GLMConfig.from_dict(exported)
 
     def data_inputs(self) -> dict[str, Any]:
         """Keyword arguments for the data module: the resolved tokenizer and objective it takes."""
@@ -291,6 +306,12 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
 
     trainer = _container(cfg.trainer)
     check_against_signature(trainer, "trainer", skip=("strategy", "callbacks", "logger"))
+    if "fit" in stages:
+        check_trains_some_steps(trainer)
+    exported = architecture_from_export(model, pretrained, log_changes=False)
+    built = model if exported is None else GLMConfig.from_dict(exported)
+    check_positions(position_demands(data_cls, data, task), built, from_export=exported is not None)
+    check_stage_splits(data_cls, data, stages)
     if _strategy_name(trainer) == "deepspeed_strategy":
         try:
             check_deepspeed_available()
@@ -331,6 +352,7 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
                 check_against_signature(node, f"{group}.{name}")
     return Validated(
         model=model,
+        built=built,
         model_values=model_values,
         objective=objective,
         objective_values=objective_values,
@@ -338,6 +360,7 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
         data_takes_objective="objective" in _init_params(data_cls)[0],
         accumulate_grad_batches=accumulate,
         world_size=world,
+        pretrained=str(pretrained) if pretrained else None,
     )
 
 
@@ -385,3 +408,223 @@ def vocab_follows_tokenizer(model_values: dict[str, Any], tokenizer: Any) -> dic
             values["vocab_size"] = int(tokenizer.vocab_size)
     check_tokenizer(tokenizer, GLMConfig.from_dict(values))
     return values
+
+
+# ---- lengths against the model's position tables ---------------------------------------------------------
+@dataclass
+class PositionDemand:
+    """A length key of the data (or decoding) config and the largest position id it makes the model read."""
+
+    key: str
+    value: int
+    largest: int  # the largest id in either row of position_ids ([B, 2, L]: positions, block positions)
+    what: str  # what takes those ids, for the message
+
+
+def _int_value(data: Mapping[str, Any], key: str, where: str = "data") -> int:
+    value = data.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}.{key}: expected a positive int, got {value!r}")
+    return value
+
+
+def position_demands(data_cls: Any, data: Mapping[str, Any], task: Mapping[str, Any]) -> list[PositionDemand]:
+    """The largest position id every length of the datamodule leads to (docs/original-glm.md §3: Part A takes
+    positions ``0 .. sep-1``, Part B the position of its mask and block positions ``1 .. k``). The bounds
+    are those of the layouts in glm/data (``data.pack`` restarts positions per sample, so it changes none);
+    ``tests/run/test_startup_validation.py`` checks each against samples built at that length. A datamodule
+    of another class has none here (its own checks apply)."""
+    if not inspect.isclass(data_cls):
+        return []
+    if issubclass(data_cls, PretrainDataModule):
+        # raw samples hold <= L tokens: Part A positions stay below sep <= L, a span or generated suffix has
+        # at most L - 2 tokens + [sop] -> blocks <= L - 1 (docs/original-glm.md §5.3, §5.5)
+        length = _int_value(data, "seq_length")
+        return [PositionDemand("data.seq_length", length, length - 1, "pretraining samples")]
+    if issubclass(data_cls, ClozeDataModule):
+        # Part A + Part B <= L with Part A >= 3 ([CLS], [MASK], eos): positions <= sep - 1, blocks <= L - sep
+        length = data.get("seq_length")
+        if length is None:
+            try:
+                length = get_task(str(data.get("task"))).seq_length
+            except ValueError as err:
+                raise ConfigError(f"data.task: {err}") from None
+        length = _int_value({"seq_length": length}, "seq_length")
+        return [PositionDemand("data.seq_length", length, length - 2, "cloze sequences")]
+    if issubclass(data_cls, Seq2SeqDataModule):
+        src, tgt = _int_value(data, "src_seq_length"), _int_value(data, "tgt_seq_length")
+        demands = [
+            PositionDemand("data.src_seq_length", src, src - 1, "the source (Part A)"),
+            PositionDemand("data.tgt_seq_length", tgt, tgt, "the target (Part B block positions)"),
+        ]
+        new_tokens = (task.get("generation") or {}).get("max_new_tokens")
+        if new_tokens is not None:  # decoding feeds the generated tokens at blocks 1 .. max_new_tokens
+            new_tokens = _int_value({"max_new_tokens": new_tokens}, "max_new_tokens", "task.generation")
+            demands.append(
+                PositionDemand("task.generation.max_new_tokens", new_tokens, new_tokens, "decoding")
+            )
+        return demands
+    if issubclass(data_cls, LMEvalDataModule):
+        length = _int_value(data, "seq_length")
+        if data.get("kind", "lambada") == "lambada":
+            # [CLS] context [mask] eos | [sop] answer: Part A <= L - k (k >= 1), blocks <= k <= L - 4
+            return [PositionDemand("data.seq_length", length, length - 2, "LAMBADA samples")]
+        # windows of W = L - 1 tokens: the first scores W - 1 tokens (blocks <= L - 2); a later one prompts
+        # with W - overlap tokens after [CLS] (positions <= L - overlap); unidirectional prompts with one
+        overlap = data.get("overlap", 256)
+        largest = length - 2
+        if not data.get("unidirectional") and isinstance(overlap, int) and overlap > 0:
+            largest = max(largest, length - overlap)
+        return [PositionDemand("data.seq_length", length, largest, "perplexity windows")]
+    return []
+
+
+def check_positions(demands: list[PositionDemand], model: GLMConfig, from_export: bool = False) -> None:
+    """Every demand must fit the learned position tables (``max_sequence_length + 1`` rows, ids 0..P:
+    docs/original-glm.md §1.1); rotary positions have no table. One ConfigError naming the key, its value,
+    the model's limit and where that limit comes from."""
+    if model.position_encoding != "learned":
+        return
+    limit = int(model.max_sequence_length)
+    for d in demands:
+        if d.largest <= limit:
+            continue
+        most = d.value - (d.largest - limit)
+        if from_export:
+            origin = f"task.pretrained's model_config.yaml: {model.name}, max_sequence_length={limit}"
+            fix = f"set {d.key} <= {most} (the export's tables cannot grow)"
+        else:
+            origin = f"model preset {model.name}, model.max_sequence_length={limit}"
+            fix = f"set {d.key} <= {most}, or model.max_sequence_length >= {d.largest}"
+        raise ConfigError(
+            f"{d.key}: {d.value} gives {d.what} position ids up to {d.largest}, but the model's position "
+            f"tables hold ids 0..{limit} ({origin}); {fix}"
+        )
+
+
+def check_stage_splits(data_cls: Any, data: Mapping[str, Any], stages: list[str]) -> None:
+    """A stage whose split the data config leaves out would fail after training; refused now."""
+    if not inspect.isclass(data_cls):
+        return
+    if (
+        issubclass(data_cls, Seq2SeqDataModule)
+        and "test" in stages
+        and not (data.get("splits") or {}).get("test")
+    ):
+        raise ConfigError(
+            "data.splits.test: null, but stages include test (it decodes that split); set it "
+            "or leave test out of stages"
+        )
+    if issubclass(data_cls, ClozeDataModule) and "predict" in stages:
+        try:
+            task = get_task(str(data.get("task")))
+        except ValueError as err:
+            raise ConfigError(f"data.task: {err}") from None
+        if task.files.get("test") is None:
+            raise ConfigError(
+                f"stages: predict writes a submission for the {task.name} test split, but this data layout "
+                "has no test file for it; leave predict out of stages"
+            )
+
+
+# ---- runs that would train nothing -------------------------------------------------------------------------
+def check_trains_some_steps(trainer: Mapping[str, Any]) -> None:
+    """With ``fit`` in the stages, a loop limit of 0 trains nothing (and would still export the untrained
+    weights and exit 0): refused, naming the key."""
+    for key, unlimited in (("max_steps", "-1: no step limit"), ("max_epochs", "-1: no epoch limit")):
+        if trainer.get(key) == 0:
+            raise ConfigError(
+                f"trainer.{key}: 0 with fit in the stages trains 0 steps (the untrained weights would be "
+                f"exported); set "
+                f"trainer.{key} to a positive number ({unlimited}), or leave fit out of stages "
+                "(e.g. stages=[validate])"
+            )
+    limit = trainer.get("limit_train_batches")
+    if limit is not None and not isinstance(limit, bool) and limit == 0:
+        raise ConfigError(
+            "trainer.limit_train_batches: 0 with fit in the stages trains 0 steps; set it to a positive "
+            "number of batches (or a fraction), or null for all"
+        )
+
+
+# what to change when the training split makes no batch, by datamodule class
+_TOO_LITTLE_DATA = (
+    (
+        PretrainDataModule,
+        "lower data.seq_length or data.micro_batch_size, add files to data.files, or set "
+        "data.samples_per_epoch",
+    ),
+    (ClozeDataModule, "check data.max_train_examples and the task's train file"),
+    (Seq2SeqDataModule, "check data.max_samples.train and data.splits.train"),
+)
+
+
+def train_batches_per_epoch(datamodule: Any, world_size: int) -> tuple[int, int] | None:
+    """(training samples, batches per epoch on each of ``world_size`` ranks) of a datamodule whose setup ran,
+    computed like its sampler and loader will (EpochIndexSampler's tail rule, the loader's drop_last); None
+    when it has no such loader."""
+    loader = datamodule.train_dataloader()
+    sampler = getattr(loader, "sampler", None)
+    batch = int(getattr(loader, "batch_size", 0) or 0)
+    if not isinstance(sampler, EpochIndexSampler) or batch < 1:
+        return None
+    n = sampler.num_samples
+    per_rank = -(-n // world_size) if sampler.tail == "pad" else n // world_size
+    batches = per_rank // batch if loader.drop_last else -(-per_rank // batch)
+    return n, batches
+
+
+def check_train_data(datamodule: Any, world_size: int, limit_train_batches: Any = None) -> None:
+    """After the datamodule's setup, before the model and trainer are built: a training split too small for
+    one batch (what only the tokenised data tells, e.g. a short corpus at a long ``data.seq_length``) would
+    train 0 steps; refused naming the keys. ``limit_train_batches`` as the trainer takes it (int or
+    fraction)."""
+    counted = train_batches_per_epoch(datamodule, world_size)
+    if counted is None:
+        return
+    n, batches = counted
+    hint = next(
+        (text for cls, text in _TOO_LITTLE_DATA if isinstance(datamodule, cls)), "check the training data"
+    )
+    micro = int(getattr(datamodule, "micro_batch_size", 0) or 0)
+    if batches == 0:
+        detail = (
+            f"of <= {datamodule.seq_length} tokens " if isinstance(datamodule, PretrainDataModule) else ""
+        )
+        dropped = (
+            " (an incomplete last batch is dropped)" if isinstance(datamodule, PretrainDataModule) else ""
+        )
+        raise ConfigError(
+            f"data: {n} training sample(s) {detail}per epoch make no batch of data.micro_batch_size={micro} "
+            f"on {world_size} device(s){dropped}, so the run would train 0 steps; {hint}"
+        )
+    if isinstance(limit_train_batches, float) and int(batches * limit_train_batches) == 0:
+        raise ConfigError(
+            f"trainer.limit_train_batches: {limit_train_batches} of the {batches} "
+            "training batches per epoch is less than one, so the run would train 0 steps; raise it "
+            "(or give a number of batches)"
+        )
+
+
+def _local_rank() -> int:
+    """This process's rank on its node from the launcher's environment (0 before Lightning starts any)."""
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def check_data_at_start_up(
+    datamodule: Any, stages: list[str], world_size: int, limit_train_batches: Any = None
+) -> None:
+    """Read every split the stages will read (``datamodule.setup(stage)`` for each; the datamodules cache
+    what they read, so Lightning's own calls later cost nothing), then refuse a training split too small for
+    one batch: a bad test file or too little data fails before the model and trainer are built, not after
+    training. On local rank 0 only, as Lightning's ``prepare_data``: the other processes of a node would
+    read and tokenise the same files at the same time (they read them from the cache in ``fit``)."""
+    if _local_rank() != 0:
+        return
+    for stage in dict.fromkeys(stages):
+        datamodule.setup(stage)
+    if "fit" in stages:
+        check_train_data(datamodule, world_size, limit_train_batches)

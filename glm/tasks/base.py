@@ -63,6 +63,34 @@ RUN_FIELDS = frozenset(
 )
 
 
+def architecture_from_export(
+    config: GLMConfig, pretrained: str | None, log_changes: bool = True
+) -> dict[str, Any] | None:
+    """The model values a run with ``task.pretrained=<export dir>`` builds, or None when ``pretrained`` is not
+    an export dir (the model group's config stands).
+
+    Decision: the weights only fit the shape they were trained with, so every shape field (layers, widths,
+    heads, V, positions, norm/MLP kind) comes from the export's ``model_config.yaml``; the run's
+    training-time fields (`RUN_FIELDS`: dropouts, attention kernel, softmax precision, init range, embedding
+    gradient scale) stay as the run's model group sets them. Differences are logged (``log_changes``).
+    Start-up validation calls this too, so its checks (position lengths, checkpoints) see the model the run
+    will build.
+    """
+    if not pretrained or not is_export_dir(pretrained):
+        return None
+    exported = read_model_config(Path(pretrained) / CONFIG_FILE).to_dict()
+    current = config.to_dict()
+    merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
+    changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}
+    if changed and log_changes:
+        log.info(
+            "architecture from the export %s (run's model group -> export): %s",
+            pretrained,
+            ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()),
+        )
+    return merged
+
+
 class GLMTaskModule(L.LightningModule):
     """Base of the GLM task modules (pretraining, cloze, seq2seq, LM evaluation).
 
@@ -98,26 +126,12 @@ class GLMTaskModule(L.LightningModule):
 
     # ---- model ----
     def _architecture_from_export(self) -> None:
-        """When `pretrained` is an export dir, its `model_config.yaml` fixes the architecture.
-
-        Decision: the weights only fit the shape they were trained with, so every shape field (layers,
-        widths, heads, V, positions, norm/MLP kind) comes from the export; the run's training-time
-        fields (`RUN_FIELDS`: dropouts, attention kernel, softmax precision, init range, embedding
-        gradient scale) stay as the run's model group sets them. Differences are logged, and the
-        effective config replaces `hparams["model"]` so a checkpoint of this run rebuilds the same model.
-        """
-        if not self.pretrained or not is_export_dir(self.pretrained):
+        """When `pretrained` is an export dir, its `model_config.yaml` fixes the architecture
+        (:func:`architecture_from_export`); the effective config replaces `hparams["model"]` so a
+        checkpoint of this run rebuilds the same model."""
+        merged = architecture_from_export(self.glm_config, self.pretrained)
+        if merged is None:
             return
-        exported = read_model_config(Path(self.pretrained) / CONFIG_FILE).to_dict()
-        current = self.glm_config.to_dict()
-        merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
-        changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}
-        if changed:
-            log.info(
-                "architecture from the export %s (run's model group -> export): %s",
-                self.pretrained,
-                ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items()),
-            )
         self.glm_config = GLMConfig.from_dict(merged)
         self.hparams["model"] = merged
 

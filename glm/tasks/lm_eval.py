@@ -20,6 +20,7 @@ from torch import Tensor
 
 from glm.compat import attached_trainer
 from glm.data.lm_eval import perplexity
+from glm.errors import ConfigError
 from glm.tasks.base import GLMTaskModule
 from glm.tasks.evaluation import EvaluationReport, finish_evaluation
 
@@ -37,10 +38,12 @@ def score_samples(logits: Tensor, targets: Tensor, loss_mask: Tensor) -> tuple[T
 
 def check_positions(config: Any, largest: int, key: str) -> None:
     """A learned position table has `max_sequence_length + 1` rows (docs/original-glm.md §1.1): refuse larger position ids
-    before the forward pass (which would fail deep inside `F.embedding`), naming the config key to change."""
+    before the forward pass (which would fail deep inside `F.embedding`), naming the config key to change.
+    Start-up validation (`glm.run.validation.check_positions`) refuses such lengths from the config first;
+    this is the check on the samples themselves."""
     limit = int(config.max_sequence_length)
     if getattr(config, "position_encoding", "learned") == "learned" and largest > limit:
-        raise ValueError(
+        raise ConfigError(
             f"{key}: the samples need position ids up to {largest}, but the model's position table stops at "
             f"model.max_sequence_length={limit}; lower {key} (or use a model with longer positions)"
         )
