@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from glm.checkpoint.io import TOKENIZER_DIR
+from glm.data.base import check_tokenizer_spec
 from glm.data.cloze import ClozeDataModule
 from glm.data.lm_eval import LMEvalDataModule
 from glm.data.masking import MaskingConfig
@@ -303,6 +304,7 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     data = _container(cfg.data)
     data_cls = check_against_signature(data, "data", skip=("objective",))
     tokenizer = tokenizer_for_run(data, pretrained)
+    check_tokenizer_spec(tokenizer)  # data.tokenizer.train.* refused before any file is read
 
     trainer = _container(cfg.trainer)
     check_against_signature(trainer, "trainer", skip=("strategy", "callbacks", "logger"))
