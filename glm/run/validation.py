@@ -56,7 +56,8 @@ class Validated:
         """The architecture the task module builds from ``model_values`` (the vocabulary fixed by the
         tokenizer): those, or the shape of task.pretrained's export dir."""
         config = GLMConfig.from_dict(model_values)
-        exported = architecture_from_export(config, self.pretrained, log_changes=False)
+        positions = model_values.get("max_sequence_length")
+        exported = architecture_from_export(config, self.pretrained, log_changes=False, positions=positions)
         return config if exported is None else GLMConfig.from_dict(exported)
 
     def data_inputs(self) -> dict[str, Any]:
@@ -310,9 +311,17 @@ def validate(cfg: DictConfig, is_multirun: bool = False) -> Validated:
     check_against_signature(trainer, "trainer", skip=("strategy", "callbacks", "logger"))
     if "fit" in stages:
         check_trains_some_steps(trainer)
-    exported = architecture_from_export(model, pretrained, log_changes=False)
+    demands = position_demands(data_cls, data, task)
+    positions = model_values.get("max_sequence_length")
+    exported = architecture_from_export(model, pretrained, log_changes=False, positions=positions)
     built = model if exported is None else GLMConfig.from_dict(exported)
-    check_positions(position_demands(data_cls, data, task), built, from_export=exported is not None)
+    raised = seq2seq_positions(data_cls, demands, built)
+    if raised is not None:  # the model the run builds gets the longer tables (an export's are extended)
+        model_values = {**model_values, "max_sequence_length": raised}
+        model = GLMConfig.from_dict(model_values)
+        exported = architecture_from_export(model, pretrained, log_changes=False, positions=raised)
+        built = model if exported is None else GLMConfig.from_dict(exported)
+    check_positions(demands, built, from_export=exported is not None)
     check_stage_splits(data_cls, data, stages)
     if _strategy_name(trainer) == "deepspeed_strategy":
         try:
@@ -481,6 +490,24 @@ def position_demands(data_cls: Any, data: Mapping[str, Any], task: Mapping[str, 
     return []
 
 
+def seq2seq_positions(data_cls: Any, demands: list[PositionDemand], model: GLMConfig) -> int | None:
+    """Seq2seq finetuning raises ``P`` to what its lengths need, as the original's ``tasks/seq2seq/finetune.py``
+    does with ``--src-seq-length`` (docs/original-glm.md §1.1; loading extends shorter tables). The new
+    ``model.max_sequence_length``, or None when the tables are long enough (or positions are rotary)."""
+    if not (inspect.isclass(data_cls) and issubclass(data_cls, Seq2SeqDataModule)) or not demands:
+        return None
+    needed = max(d.largest for d in demands)
+    if model.position_encoding != "learned" or needed <= model.max_sequence_length:
+        return None
+    log.info(
+        "model.max_sequence_length: %d -> %d for %s (seq2seq raises the position tables to its lengths)",
+        model.max_sequence_length,
+        needed,
+        ", ".join(f"{d.key}={d.value}" for d in demands if d.largest > model.max_sequence_length),
+    )
+    return needed
+
+
 def check_positions(demands: list[PositionDemand], model: GLMConfig, from_export: bool = False) -> None:
     """Every demand must fit the learned position tables (``max_sequence_length + 1`` rows, ids 0..P:
     docs/original-glm.md §1.1); rotary positions have no table. One ConfigError naming the key, its value,
@@ -494,7 +521,10 @@ def check_positions(demands: list[PositionDemand], model: GLMConfig, from_export
         most = d.value - (d.largest - limit)
         if from_export:
             origin = f"task.pretrained's model_config.yaml: {model.name}, max_sequence_length={limit}"
-            fix = f"set {d.key} <= {most} (the export's tables cannot grow)"
+            fix = (
+                f"set {d.key} <= {most}, or model.max_sequence_length >= {d.largest} (the export's tables "
+                "are then extended with fresh rows, as the original's load_pretrained does)"
+            )
         else:
             origin = f"model preset {model.name}, model.max_sequence_length={limit}"
             fix = f"set {d.key} <= {most}, or model.max_sequence_length >= {d.largest}"

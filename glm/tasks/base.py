@@ -64,7 +64,7 @@ RUN_FIELDS = frozenset(
 
 
 def architecture_from_export(
-    config: GLMConfig, pretrained: str | None, log_changes: bool = True
+    config: GLMConfig, pretrained: str | None, log_changes: bool = True, positions: int | None = None
 ) -> dict[str, Any] | None:
     """The model values a run with ``task.pretrained=<export dir>`` builds, or None when ``pretrained`` is not
     an export dir (the model group's config stands).
@@ -72,7 +72,9 @@ def architecture_from_export(
     Decision: the weights only fit the shape they were trained with, so every shape field (layers, widths,
     heads, V, positions, norm/MLP kind) comes from the export's ``model_config.yaml``; the run's
     training-time fields (`RUN_FIELDS`: dropouts, attention kernel, softmax precision, init range, embedding
-    gradient scale) stay as the run's model group sets them. Differences are logged (``log_changes``).
+    gradient scale) stay as the run's model group sets them. ``positions``: a ``model.max_sequence_length``
+    the run asks for explicitly; longer than the export's, it grows the position tables (the original's
+    ``load_pretrained`` extends them). Differences are logged (``log_changes``).
     Start-up validation calls this too, so its checks (position lengths, checkpoints) see the model the run
     will build.
     """
@@ -81,6 +83,10 @@ def architecture_from_export(
     exported = read_model_config(Path(pretrained) / CONFIG_FILE).to_dict()
     current = config.to_dict()
     merged = {k: (current[k] if k in RUN_FIELDS else v) for k, v in exported.items()}
+    if positions is not None and positions > exported["max_sequence_length"]:
+        merged["max_sequence_length"] = int(
+            positions
+        )  # loading extends the tables (docs/original-glm.md §1.1)
     changed = {k: (current.get(k), v) for k, v in merged.items() if k != "name" and current.get(k) != v}
     if changed and log_changes:
         log.info(
@@ -129,7 +135,8 @@ class GLMTaskModule(L.LightningModule):
         """When `pretrained` is an export dir, its `model_config.yaml` fixes the architecture
         (:func:`architecture_from_export`); the effective config replaces `hparams["model"]` so a
         checkpoint of this run rebuilds the same model."""
-        merged = architecture_from_export(self.glm_config, self.pretrained)
+        requested = (self.hparams["model"] or {}).get("max_sequence_length")
+        merged = architecture_from_export(self.glm_config, self.pretrained, positions=requested)
         if merged is None:
             return
         self.glm_config = GLMConfig.from_dict(merged)

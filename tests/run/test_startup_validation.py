@@ -40,14 +40,6 @@ def _error(cfg) -> str:
         ("ci_tiny", ["data.seq_length=514"], "data.seq_length=514", 513),
         ("ci_tiny", ["data.seq_length=600", "data.pack=true"], "data.seq_length=600", 599),
         ("superglue_rte", ["model=glm_tiny", "data.seq_length=600"], "data.seq_length=600", 598),
-        ("xsum", ["data.src_seq_length=1024"], "data.src_seq_length=1024", 1023),
-        ("xsum", ["data.src_seq_length=64", "data.tgt_seq_length=600"], "data.tgt_seq_length=600", 600),
-        (
-            "xsum",
-            ["data.src_seq_length=64", "+task.generation.max_new_tokens=700"],
-            "task.generation.max_new_tokens=700",
-            700,
-        ),
         ("lambada_zeroshot", ["data.seq_length=1024"], "data.seq_length=1024", 1022),
         ("wikitext_ppl", [], "data.seq_length=1024", 1022),
     ],
@@ -79,6 +71,27 @@ def test_lengths_within_the_position_table_pass(experiment: str, overrides: list
     validate(compose_cfg(experiment, ["logger=none", *overrides]))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "raised"),
+    [
+        (["data.src_seq_length=1024"], 1023),
+        (["data.src_seq_length=64", "data.tgt_seq_length=600"], 600),
+        (["data.src_seq_length=64", "+task.generation.max_new_tokens=700"], 700),
+        ([], 607),  # xsum's own src_seq_length 608 on glm-tiny (P 512)
+    ],
+)
+def test_seq2seq_raises_the_position_tables_to_its_lengths(
+    overrides: list[str], raised: int, compose_cfg
+) -> None:
+    """As the original's seq2seq finetuning raises --max-position-embeddings to --src-seq-length: the model
+    the run builds (and stores in config.yaml) has P = the largest position id its lengths give."""
+    checked = validate(compose_cfg("xsum", ["logger=none", *overrides]))
+    assert checked.model_values["max_sequence_length"] == raised
+    assert checked.model.max_sequence_length == checked.built.max_sequence_length == raised
+    cfg = compose_cfg("xsum", ["logger=none", "model.max_sequence_length=2048", *overrides])
+    assert validate(cfg).built.max_sequence_length == 2048  # long enough already: left alone
+
+
 def test_an_exports_position_table_is_the_limit(compose_cfg, tmp_path: Path) -> None:
     """With task.pretrained=<export dir> the run builds the export's shape (GLMTaskModule), so its P is the
     limit, whatever the model group says."""
@@ -92,10 +105,14 @@ def test_an_exports_position_table_is_the_limit(compose_cfg, tmp_path: Path) -> 
     message = _error(cfg)  # RTE's table length 256 -> ids up to 254
     assert message.startswith("data.seq_length: 256 gives cloze sequences position ids up to 254")
     assert "task.pretrained's model_config.yaml: glm-tiny, max_sequence_length=128" in message
-    assert "set data.seq_length <= 130 (the export's tables cannot grow)" in message
+    assert (
+        "set data.seq_length <= 130, or model.max_sequence_length >= 254 (the export's tables are" in message
+    )
     validate(
         compose_cfg("superglue_rte", ["logger=none", f"task.pretrained={export}", "data.seq_length=130"])
     )
+    longer = ["logger=none", "model=glm_tiny", "model.max_sequence_length=256", f"task.pretrained={export}"]
+    assert validate(compose_cfg("superglue_rte", longer)).built.max_sequence_length == 256  # tables extended
 
 
 class _Tok:
