@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 import glm.run  # noqa: F401  (registers the glm.* resolvers and the model/objective schemas before Hydra composes)
@@ -20,6 +22,13 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted as stop:  # a checkpoint was saved; the message says how to resume (a sweep stops too)
         print(f"Preempted: {stop}", file=sys.stderr)
         sys.exit(stop.exit_code)
+    except SIGTERMException:  # Lightning's own stop (callbacks.preemption=null): a SystemExit with code 0
+        print(
+            "Preempted: SIGTERM, handled by Lightning (callbacks.preemption=null, or before training started): "
+            "nothing saved at this step; resume from the newest checkpoint with ckpt_path=last",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGTERM)
     except UserError as err:  # config mistakes and bad or missing input: one line naming it, no traceback
         if is_multirun():  # that job fails alone, as below
             job_failed(err)

@@ -132,7 +132,10 @@ def test_signal_in_the_last_validation_stops_after_the_fit(shared, tmp_path: Pat
     last = run_dir / "checkpoints" / "last.ckpt"
     assert r.returncode == 143, (r.returncode, r.stderr[-4000:])
     assert f"Preempted: preempted by SIGTERM at step {STEPS}; checkpoint {last}; " in r.stderr
-    assert sorted(p.name for p in last.parent.iterdir() if p.suffix == ".ckpt") == ["last.ckpt", f"step{STEPS:06d}.ckpt"]
+    assert sorted(p.name for p in last.parent.iterdir() if p.suffix == ".ckpt") == [
+        "last.ckpt",
+        f"step{STEPS:06d}.ckpt",
+    ]
     assert not (run_dir / "metrics.json").exists()
     r = run_cli([*args, "ckpt_path=last"], tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -152,6 +155,18 @@ def test_callbacks_none_keeps_preemption_and_saves_where_ckpt_path_last_looks(sh
     r = run_cli([*args, "ckpt_path=last"], tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "continues epoch 0 after 3 batches" in (run_dir / "run.log").read_text()
+
+
+@pytest.mark.slow
+def test_without_the_preemption_callback_sigterm_still_exits_143(shared, tmp_path: Path) -> None:
+    """callbacks.preemption=null leaves SIGTERM to Lightning, whose stop is a SystemExit with code 0: run.py
+    still tells a scheduler it was stopped (and that nothing was saved at that step)."""
+    run_dir = tmp_path / "run"
+    args = [*COMMON, shared.cache, "callbacks.preemption=null", f"hydra.run.dir={run_dir}"]
+    r = run_cli([*args, *_signal_at(2, "SIGTERM")], tmp_path)
+    assert r.returncode == 143, (r.returncode, r.stderr[-3000:])
+    assert r.stderr.strip().splitlines()[-1].startswith("Preempted: SIGTERM, handled by Lightning")
+    assert not (run_dir / "metrics.json").exists()
 
 
 def _fake_scontrol(tmp_path: Path, rc: int = 0) -> tuple[dict[str, str], Path]:
