@@ -372,7 +372,9 @@ def test_optimized_metric_not_logged_fails_a_sweep_only(caplog) -> None:
     assert optimized_metric(OmegaConf.create({"optimized_metric": None}), logged, sweep=True) is None
 
 
-def test_sweep_with_an_unlogged_optimized_metric_stops(tmp_path: Path) -> None:
+def test_sweep_with_an_unlogged_optimized_metric_fails_each_job_and_says_so(tmp_path: Path) -> None:
+    """A sweep optimising a metric no job logs optimises nothing: every job fails with that reason (after its
+    run, the first moment it is known), the sweep lists them and exits 1."""
     need_data("gutenberg/11-0.txt")
     r = run_cli(
         [
@@ -388,6 +390,11 @@ def test_sweep_with_an_unlogged_optimized_metric_stops(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
-    _fails_naming(r, "Config error: optimized_metric: 'val/accuracy' was not logged", "train/loss")
-    assert r.returncode == 2
-    assert (tmp_path / "sweep" / "0" / "metrics.json").is_file() and not (tmp_path / "sweep" / "1").exists()
+    reason = "Config error: optimized_metric: 'val/accuracy' was not logged by this sweep job"
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Sweep: 2 jobs failed" in r.stderr
+    for job in ("0", "1"):
+        marker = tmp_path / "sweep" / job / "FAILED"
+        assert marker.read_text().splitlines()[0].startswith(reason)
+        assert f"{reason}; logged: seed, train/loss, train/lr -- {marker}" in r.stderr
+        assert (tmp_path / "sweep" / job / "metrics.json").is_file()
