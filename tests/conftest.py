@@ -34,6 +34,19 @@ def need_data(relpath: str) -> Path:
     return need_shared_data(relpath)
 
 
+CORPUS_WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+
+
+def write_corpus(path: Path, paragraphs: int = 40) -> Path:
+    """A small text corpus: ``paragraphs`` blank-line separated paragraphs over CORPUS_WORDS."""
+    text = "\n\n".join(
+        " ".join(CORPUS_WORDS[(p * 7 + k * 3) % len(CORPUS_WORDS)] for k in range(12)) + "."
+        for p in range(paragraphs)
+    )
+    path.write_text(text + "\n")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _clear_hydra() -> Iterator[None]:
     from hydra.core.global_hydra import GlobalHydra

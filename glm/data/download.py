@@ -34,6 +34,7 @@ from pathlib import Path
 from glm.data.paths import data_root
 from glm.data.sources import GROUPS, REGISTRY, RemoteFile
 from glm.errors import ChecksumError, DownloadError
+from glm.utils.fs import sha256_file
 
 MIRROR_ENV = "GLM_DATA_MIRROR"
 _CHUNK = 1 << 20
@@ -58,15 +59,6 @@ def resolve(
             for f in registry[member]:
                 files.setdefault(f.target, f)
     return list(files.values())
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_status(entry: RemoteFile, root: Path, verify: bool = False) -> str:

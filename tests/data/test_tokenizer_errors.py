@@ -11,23 +11,13 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import write_corpus
 
 import glm.tokenizer.training as training
 from glm.data.base import check_tokenizer_spec, resolve_tokenizer
 from glm.errors import ConfigError, DataFormatError, MissingInputError
 from glm.tokenizer import SP_MODEL_FILE, train_sentencepiece
 from glm.tokenizer.training import FIXED_PIECES, MIN_VOCAB_SIZE
-
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
-
-
-def _corpus(path: Path, paragraphs: int = 40) -> Path:
-    """A small text corpus: `paragraphs` blank-line separated paragraphs over WORDS."""
-    text = "\n\n".join(
-        " ".join(WORDS[(p * 7 + k * 3) % len(WORDS)] for k in range(12)) + "." for p in range(paragraphs)
-    )
-    path.write_text(text + "\n")
-    return path
 
 
 def _spec(tmp_path: Path, **train) -> dict:
@@ -95,7 +85,7 @@ def test_max_bytes_that_cuts_away_all_text_is_named(tmp_path):
 
 
 def test_non_utf8_corpus_while_training_names_file_line_column_and_offset(tmp_path):
-    bad = _corpus(tmp_path / "bad.txt", 3)
+    bad = write_corpus(tmp_path / "bad.txt", 3)
     lines = bad.read_bytes().split(b"\n")
     offset = len(lines[0]) + 1 + len(lines[1]) + 1 + 6  # line 3, column 7
     lines[2] = lines[2][:6] + b"\xe9" + lines[2][6:]  # a Latin-1 e-acute
@@ -142,7 +132,7 @@ def test_corpus_path_that_is_a_directory(tmp_path):
     ],
 )
 def test_bad_training_settings_are_refused_before_training(tmp_path, no_training, train, message):
-    corpus = _corpus(tmp_path / "c.txt")
+    corpus = write_corpus(tmp_path / "c.txt")
     spec = _spec(tmp_path, **train)
     with pytest.raises(ConfigError, match=message):
         check_tokenizer_spec(spec)  # the start-up check: no file is read
@@ -153,7 +143,7 @@ def test_bad_training_settings_are_refused_before_training(tmp_path, no_training
 
 def test_minimum_vocab_size_is_the_fixed_pieces_plus_one_per_character(tmp_path):
     assert (FIXED_PIECES, MIN_VOCAB_SIZE) == (266, 267)  # 10 specials + 256 byte pieces
-    corpus = _corpus(tmp_path / "c.txt")
+    corpus = write_corpus(tmp_path / "c.txt")
     chars = len(set(corpus.read_text().replace("\n", "")))  # 16 letters, space, full stop
     need = FIXED_PIECES + chars
     with pytest.raises(
@@ -167,7 +157,7 @@ def test_minimum_vocab_size_is_the_fixed_pieces_plus_one_per_character(tmp_path)
 
 
 def test_vocab_size_larger_than_the_corpus_gives_names_the_largest(tmp_path):
-    corpus = _corpus(tmp_path / "c.txt")
+    corpus = write_corpus(tmp_path / "c.txt")
     with pytest.raises(
         ConfigError,
         match=r"data\.tokenizer\.train\.vocab_size: 9000 is more pieces than .*c\.txt \(\d+ lines\) can give: at most (\d+)",

@@ -279,11 +279,11 @@ def test_handlers_are_replaced_while_training_and_restored_after() -> None:
 
 def test_resume_command_and_slurm_job_id() -> None:
     overrides = ["+experiment=ci_tiny", "logger=[csv,wandb]", "ckpt_path=auto", "task.optimizer.lr=1e-3"]
-    assert resume_command("/runs/a b", overrides) == (
+    assert resume_command("outputs/runs/a b", overrides) == (
         "python run.py +experiment=ci_tiny 'logger=[csv,wandb]' task.optimizer.lr=1e-3 "
-        "'hydra.run.dir=/runs/a b' ckpt_path=last"
+        "'hydra.run.dir=outputs/runs/a b' ckpt_path=last"
     )
-    assert resume_command("/r", None) == "python run.py <the same overrides> hydra.run.dir=/r ckpt_path=last"
+    assert resume_command("r", None) == "python run.py <the same overrides> hydra.run.dir=r ckpt_path=last"
     assert slurm_job_id({"SLURM_JOB_ID": "90"}) == "90"
     assert (
         slurm_job_id({"SLURM_JOB_ID": "91", "SLURM_ARRAY_JOB_ID": "90", "SLURM_ARRAY_TASK_ID": "3"}) == "90_3"

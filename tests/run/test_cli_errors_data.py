@@ -8,17 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import need_data, run_cli
-
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
-
-
-def _corpus(path: Path, paragraphs: int = 40) -> Path:
-    text = "\n\n".join(
-        " ".join(WORDS[(p * 7 + k * 3) % len(WORDS)] for k in range(12)) + "." for p in range(paragraphs)
-    )
-    path.write_text(text + "\n")
-    return path
+from conftest import need_data, run_cli, write_corpus
 
 
 def _pretrain(tmp_path: Path, *overrides: str):
@@ -51,7 +41,7 @@ def _assert_one_line_error(r, label: str, pattern: str, tmp_path: Path) -> str:
 
 
 def test_non_utf8_corpus_while_training_the_tokenizer(tmp_path: Path) -> None:
-    corpus = _corpus(tmp_path / "corpus.txt")
+    corpus = write_corpus(tmp_path / "corpus.txt")
     data = corpus.read_bytes()
     corpus.write_bytes(data[:100] + b"\xff" + data[100:])
     line = data[:100].count(b"\n") + 1
@@ -66,7 +56,7 @@ def test_non_utf8_corpus_while_training_the_tokenizer(tmp_path: Path) -> None:
 
 
 def test_empty_tokenizer_dir(tmp_path: Path) -> None:
-    corpus = _corpus(tmp_path / "corpus.txt")
+    corpus = write_corpus(tmp_path / "corpus.txt")
     (tmp_path / "tok").mkdir()
     _assert_one_line_error(
         _pretrain(tmp_path, f"data.files=[{corpus}]", f"data.tokenizer.path={tmp_path / 'tok'}"),
@@ -77,7 +67,7 @@ def test_empty_tokenizer_dir(tmp_path: Path) -> None:
 
 
 def test_vocab_size_below_the_minimum_is_refused_before_training(tmp_path: Path) -> None:
-    corpus = _corpus(tmp_path / "corpus.txt")
+    corpus = write_corpus(tmp_path / "corpus.txt")
     _assert_one_line_error(
         _pretrain(tmp_path, f"data.files=[{corpus}]", "data.tokenizer.train.vocab_size=10"),
         "Config",
@@ -88,7 +78,7 @@ def test_vocab_size_below_the_minimum_is_refused_before_training(tmp_path: Path)
 
 
 def test_vocab_size_the_corpus_cannot_give_leaves_no_tokenizer(tmp_path: Path) -> None:
-    corpus = _corpus(tmp_path / "corpus.txt")
+    corpus = write_corpus(tmp_path / "corpus.txt")
     _assert_one_line_error(
         _pretrain(tmp_path, f"data.files=[{corpus}]", "data.tokenizer.train.vocab_size=9000"),
         "Config",
